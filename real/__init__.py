@@ -1,0 +1,1 @@
+"""The LLM side: activations, loaders of other libraries' SAEs, splicing, triggers."""
