@@ -1,0 +1,154 @@
+"""Matching latents between two dictionaries: best cosine (maxcos), one-to-one (Hungarian), strict enc+dec.
+
+All cosine work is chunked over rows so that an m x n cosine matrix is never held for large m.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import torch
+from jaxtyping import Float, Int
+from scipy.optimize import linear_sum_assignment
+from scipy.sparse import csr_matrix
+from scipy.sparse.csgraph import min_weight_full_bipartite_matching
+from torch import Tensor
+
+DEFAULT_CHUNK = 4096
+SPARSE_HUNGARIAN_FROM = 16384  # m at which `hungarian` switches to the sparse candidate graph
+
+
+def unit_rows(w: Float[Tensor, "*b m d"], eps: float = 1e-12) -> Float[Tensor, "*b m d"]:
+    """Rows scaled to unit norm (cosines are between unit-normalised decoder rows)."""
+    return w / w.norm(dim=-1, keepdim=True).clamp_min(eps)
+
+
+def cos_chunks(a: Float[Tensor, "m d"], b: Float[Tensor, "n d"], chunk: int = DEFAULT_CHUNK) -> Iterator[tuple[int, Tensor]]:
+    """Yield (row offset, cos[rows, n]) blocks of the cosine matrix of unit rows a and b."""
+    for s in range(0, a.shape[0], chunk):
+        yield s, a[s : s + chunk] @ b.T
+
+
+def maxcos(
+    a: Float[Tensor, "m d"], b: Float[Tensor, "n d"], chunk: int = DEFAULT_CHUNK
+) -> tuple[Float[Tensor, " m"], Int[Tensor, " m"]]:
+    """For each (unit) row of a, its best signed cosine in b and the index of that row."""
+    vals = torch.empty(a.shape[0], device=a.device, dtype=a.dtype)
+    idx = torch.empty(a.shape[0], device=a.device, dtype=torch.long)
+    for s, c in cos_chunks(a, b, chunk):
+        v, i = c.max(dim=1)
+        vals[s : s + len(v)], idx[s : s + len(v)] = v, i
+    return vals, idx
+
+
+def maxcos_both(
+    a: Float[Tensor, "m d"], b: Float[Tensor, "n d"], chunk: int = DEFAULT_CHUNK
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """maxcos in both directions from one pass over the chunks: (a->b vals, idx, b->a vals, idx)."""
+    va = torch.empty(a.shape[0], device=a.device, dtype=a.dtype)
+    ia = torch.empty(a.shape[0], device=a.device, dtype=torch.long)
+    vb = torch.full((b.shape[0],), -float("inf"), device=a.device, dtype=a.dtype)
+    ib = torch.zeros(b.shape[0], device=a.device, dtype=torch.long)
+    for s, c in cos_chunks(a, b, chunk):
+        v, i = c.max(dim=1)
+        va[s : s + len(v)], ia[s : s + len(v)] = v, i
+        cv, ci = c.max(dim=0)
+        better = cv > vb
+        vb = torch.where(better, cv, vb)
+        ib = torch.where(better, ci + s, ib)
+    return va, ia, vb, ib
+
+
+def topk_cos(
+    a: Float[Tensor, "m d"], b: Float[Tensor, "n d"], k: int, chunk: int = DEFAULT_CHUNK
+) -> tuple[Float[Tensor, "m k"], Int[Tensor, "m k"]]:
+    """For each row of a, its k best cosines in b (descending) and their indices."""
+    k = min(k, b.shape[0])
+    vals = torch.empty(a.shape[0], k, device=a.device, dtype=a.dtype)
+    idx = torch.empty(a.shape[0], k, device=a.device, dtype=torch.long)
+    for s, c in cos_chunks(a, b, chunk):
+        v, i = c.topk(k, dim=1)
+        vals[s : s + len(v)], idx[s : s + len(v)] = v, i
+    return vals, idx
+
+
+def hungarian_dense(a: Float[Tensor, "m d"], b: Float[Tensor, "n d"]) -> tuple[Int[Tensor, " m"], Float[Tensor, " m"]]:
+    """One-to-one assignment maximising total cosine (scipy linear_sum_assignment on the full matrix).
+
+    Returns partner[m] (-1 where a row is left unmatched because n < m) and the matched cosine (nan there).
+    """
+    c = (a @ b.T).double().cpu().numpy()
+    rows, cols = linear_sum_assignment(c, maximize=True)
+    return _pack(rows, cols, c[rows, cols], a.shape[0], a.device)
+
+
+def hungarian_sparse(
+    a: Float[Tensor, "m d"], b: Float[Tensor, "n d"], k: int = 32, chunk: int = DEFAULT_CHUNK
+) -> tuple[Int[Tensor, " m"], Float[Tensor, " m"]]:
+    """One-to-one assignment on a sparse candidate graph (top-k partners of every row in both directions).
+
+    The diagonal pairs (i, i) are always added so that a full matching exists; edge cost is 2 - cos > 0, and
+    scipy's min_weight_full_bipartite_matching solves it. Exact whenever the optimum uses candidate edges only
+    (always when k >= n). Requires m <= n (swap the arguments otherwise).
+    """
+    m, n = a.shape[0], b.shape[0]
+    if m > n:
+        pb, cb = hungarian_sparse(b, a, k, chunk)
+        partner = torch.full((m,), -1, dtype=torch.long, device=a.device)
+        cosv = torch.full((m,), float("nan"), device=a.device)
+        ok = pb >= 0
+        partner[pb[ok]] = torch.nonzero(ok).squeeze(1)
+        cosv[pb[ok]] = cb[ok].to(cosv.dtype)
+        return partner, cosv
+    va, ia = topk_cos(a, b, k, chunk)  # row candidates
+    vb, ib = topk_cos(b, a, min(k, m), chunk)  # column candidates (b rows choose a rows)
+    diag = (a * b[:m]).sum(dim=1)
+    rows = torch.cat([torch.arange(m, device=a.device).repeat_interleave(va.shape[1]), ib.reshape(-1),
+                      torch.arange(m, device=a.device)])
+    cols = torch.cat([ia.reshape(-1), torch.arange(n, device=a.device).repeat_interleave(vb.shape[1]),
+                      torch.arange(m, device=a.device)])
+    vals = torch.cat([va.reshape(-1), vb.reshape(-1), diag])
+    r, c_, v = rows.cpu().numpy(), cols.cpu().numpy(), vals.double().cpu().numpy()
+    key = r.astype(np.int64) * n + c_  # deduplicate edges (the same pair may come from both sides)
+    _, first = np.unique(key, return_index=True)
+    r, c_, v = r[first], c_[first], v[first]
+    graph = csr_matrix((2.0 - v + 1e-9, (r, c_)), shape=(m, n))
+    match = min_weight_full_bipartite_matching(graph)  # match[i] = column of row i
+    rows_i = np.arange(m)
+    cos_m = np.asarray(graph[rows_i, match]).ravel()
+    return _pack(rows_i, match, 2.0 - cos_m + 1e-9, m, a.device)
+
+
+def _pack(rows: np.ndarray, cols: np.ndarray, cos: np.ndarray, m: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    partner = torch.full((m,), -1, dtype=torch.long)
+    cosv = torch.full((m,), float("nan"))
+    partner[torch.as_tensor(rows, dtype=torch.long)] = torch.as_tensor(cols, dtype=torch.long)
+    cosv[torch.as_tensor(rows, dtype=torch.long)] = torch.as_tensor(cos, dtype=torch.float32)
+    return partner.to(device), cosv.to(device)
+
+
+def hungarian(
+    a: Float[Tensor, "m d"], b: Float[Tensor, "n d"], sparse: bool | None = None, k: int = 32
+) -> tuple[Int[Tensor, " m"], Float[Tensor, " m"]]:
+    """One-to-one matching of unit rows: dense solver for small m, sparse candidate graph from m >= 16k."""
+    if sparse is None:
+        sparse = max(a.shape[0], b.shape[0]) >= SPARSE_HUNGARIAN_FROM
+    return hungarian_sparse(a, b, k) if sparse else hungarian_dense(a, b)
+
+
+def strict_match(
+    dec_a: Float[Tensor, "m d"], dec_b: Float[Tensor, "n d"], enc_a: Float[Tensor, "m d"], enc_b: Float[Tensor, "n d"],
+    sparse: bool | None = None,
+) -> tuple[Int[Tensor, " m"], Float[Tensor, " m"]]:
+    """Paulo & Belrose (2025): Hungarian on decoder rows and on encoder columns separately; a pair counts when
+    both assign the same partner. Score = min(decoder cos, encoder cos) there, 0 elsewhere (so score >= tau
+    means both cosines >= tau). Returns (decoder partner, score)."""
+    pd, cd = hungarian(dec_a, dec_b, sparse)
+    pe, _ = hungarian(enc_a, enc_b, sparse)
+    ok = (pd >= 0) & (pd == pe)
+    ce = torch.zeros_like(cd)
+    if ok.any():
+        ce[ok] = (enc_a[ok] * enc_b[pd[ok]]).sum(dim=1).to(ce.dtype)
+    score = torch.where(ok, torch.minimum(cd, ce), torch.zeros_like(cd))
+    return pd, score

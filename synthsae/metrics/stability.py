@@ -1,0 +1,104 @@
+"""Per-latent stability across S seeds: the fraction of the other seeds in which a latent is matched at cos >= tau.
+
+The cross-seed work is one [S, S, m] table of match scores, filled pair by pair and chunk by chunk on the
+device: never an (S*m) x (S*m) matrix.
+"""
+
+from __future__ import annotations
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from synthsae.metrics.matching import DEFAULT_CHUNK, hungarian, maxcos_both, strict_match, unit_rows
+
+RULES = ("maxcos", "hungarian", "strict")
+
+
+def pair_scores(
+    dec: Float[Tensor, "S m d"],
+    rule: str = "maxcos",
+    enc: Float[Tensor, "S d m"] | None = None,
+    chunk: int = DEFAULT_CHUNK,
+    device: str | torch.device | None = None,
+) -> tuple[Float[Tensor, "S S m"], Int[Tensor, "S S m"]]:
+    """Match score and partner of every latent of seed a in every seed b (diagonal: nan / -1), on the CPU.
+
+    maxcos: best signed cosine; hungarian: cosine to the one-to-one partner; strict: min(dec, enc) cosine
+    where the decoder and encoder Hungarian assignments agree, else 0 (see matching.strict_match).
+    """
+    if rule not in RULES:
+        raise ValueError(f"match rule {rule!r}: must be one of {', '.join(RULES)}")
+    if rule == "strict" and enc is None:
+        raise ValueError("match rule 'strict' needs the encoder W_enc [S, d, m]")
+    S, m, _ = dec.shape
+    dev = torch.device(device) if device is not None else dec.device
+    D = unit_rows(dec.to(dev, torch.float32))
+    E = unit_rows(enc.to(dev, torch.float32).transpose(1, 2)) if enc is not None else None
+    scores = torch.full((S, S, m), float("nan"))
+    partner = torch.full((S, S, m), -1, dtype=torch.long)
+    for a in range(S):
+        for b in range(a + 1, S):
+            if rule == "maxcos":
+                va, ia, vb, ib = maxcos_both(D[a], D[b], chunk)
+                scores[a, b], partner[a, b], scores[b, a], partner[b, a] = va.cpu(), ia.cpu(), vb.cpu(), ib.cpu()
+                continue
+            if rule == "hungarian":
+                p, s = hungarian(D[a], D[b])
+            else:
+                p, s = strict_match(D[a], D[b], E[a], E[b])
+            p, s = p.cpu(), s.cpu().float()
+            scores[a, b], partner[a, b] = s, p
+            ok = p >= 0  # the same assignment read from b's side
+            partner[b, a, p[ok]] = torch.nonzero(ok).squeeze(1)
+            scores[b, a, p[ok]] = s[ok]
+    return scores, partner
+
+
+def stability(scores: Float[Tensor, "S S m"], tau: float) -> Float[Tensor, "S m"]:
+    """Fraction of the other S-1 seeds in which each latent is matched with score >= tau."""
+    S = scores.shape[0]
+    if S < 2:
+        raise ValueError("stability needs at least 2 seeds")
+    return (scores >= tau).sum(dim=1).float() / (S - 1)  # nan (diagonal, unmatched) compares False
+
+
+def soft_stability(scores: Float[Tensor, "S S m"]) -> Float[Tensor, "S m"]:
+    """Mean best score over the other seeds (unmatched counts as 0)."""
+    S = scores.shape[0]
+    eye = torch.eye(S, dtype=torch.bool)[:, :, None].expand_as(scores)
+    return torch.where(eye, 0.0, scores.nan_to_num(0.0)).sum(dim=1) / (S - 1)
+
+
+def classify(stab: Float[Tensor, "S m"], stable_cutoff: float = 0.8, unstable_cutoff: float = 0.2) -> dict[str, Tensor]:
+    """Boolean masks of stable (>= stable_cutoff) and unstable (<= unstable_cutoff) latents."""
+    return {"stable": stab >= stable_cutoff, "unstable": stab <= unstable_cutoff}
+
+
+def threshold_sweep(
+    scores: Float[Tensor, "S S m"], taus: list[float], stable_cutoff: float = 0.8, unstable_cutoff: float = 0.2,
+    mask: Tensor | None = None,
+) -> list[dict]:
+    """Mean stability and the stable / unstable fractions at every tau (over latents in `mask`, default all)."""
+    rows = []
+    for tau in taus:
+        st = stability(scores, tau)
+        v = st[mask] if mask is not None else st.reshape(-1)
+        rows.append({
+            "tau": float(tau),
+            "mean_stability": float(v.mean()) if v.numel() else float("nan"),
+            "frac_stable": float((v >= stable_cutoff).float().mean()) if v.numel() else float("nan"),
+            "frac_unstable": float((v <= unstable_cutoff).float().mean()) if v.numel() else float("nan"),
+        })
+    return rows
+
+
+def random_dictionary_baseline(
+    m: int, d: int, tau: float, rule: str = "maxcos", seeds: int = 2, gen_seed: int = 0, device: str | torch.device = "cpu"
+) -> dict:
+    """Chance level: stability and soft stability of `seeds` Gaussian-random dictionaries of the same shape."""
+    g = torch.Generator().manual_seed(gen_seed)
+    dec = torch.randn(seeds, m, d, generator=g)
+    enc = torch.randn(seeds, d, m, generator=g) if rule == "strict" else None
+    sc, _ = pair_scores(dec, rule, enc, device=device)
+    return {"mean_stability": float(stability(sc, tau).mean()), "mean_soft_stability": float(soft_stability(sc).mean())}
