@@ -139,8 +139,231 @@ def torch_uint8():
 
 # ----------------------------------------------------------------------------------------------- train (trainer issue)
 # ----------------------------------------------------------------------------------------------- analyze (metrics issue)
+
+
+@app.command("analyze")
+@user_errors
+def analyze_cmd(
+    paths: list[Path] = typer.Argument(..., help="a run directory, or several SAE folders (SAELens layout), one per seed"),
+    tau: Optional[float] = typer.Option(None, "--tau", help="match threshold (default: the run's analysis.tau, 0.7)"),
+    match: Optional[str] = typer.Option(None, "--match", help="match rule: maxcos, hungarian or strict"),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when available), cpu, cuda, cuda:N"),
+    out: Optional[Path] = typer.Option(None, "--out", help="metrics.json to write (default: RUN_DIR/metrics.json, or beside the first SAE folder)"),
+    as_json: bool = typer.Option(False, "--json", help="print the analysis as JSON instead of tables"),
+) -> None:
+    """Stability, truth recovery and reproducible subspaces of S seeds; merged into metrics.json under "analysis"."""
+    from synthsae.config import AnalysisConfig
+    from synthsae.metrics.run_analysis import analyze_folders, analyze_run, is_run_dir, with_overrides, write_analysis
+
+    if device != "auto" and not (device == "cpu" or device.startswith("cuda")):
+        raise UserError(f"--device = {device!r}: must be auto, cpu, cuda or cuda:N")
+    for p in paths:
+        if not p.exists():
+            raise UserError(f"{str(p)!r}: no such file or directory")
+    if len(paths) == 1 and is_run_dir(paths[0]):
+        from synthsae.config import load as load_config
+
+        base = load_config(paths[0] / "config.toml").analysis
+        res, per = analyze_run(paths[0], with_overrides(base, tau, match), device)
+        target = out or paths[0] / "metrics.json"
+    else:
+        bad = [str(p) for p in paths if not (p / "sae_weights.safetensors").is_file()]
+        if bad:
+            raise UserError(f"{bad[0]!r}: neither a run directory (config.toml + seeds/) nor an SAE folder (sae_weights.safetensors)")
+        if len(paths) < 2:
+            raise UserError("one SAE folder is one seed: give at least two folders (or a run directory)")
+        res, per = analyze_folders(paths, with_overrides(AnalysisConfig(), tau, match), device)
+        target = out or paths[0].parent / "metrics.json"
+    write_analysis(target, res, per)
+    if as_json:
+        typer.echo(json.dumps(res, indent=2))
+        return
+    print_analysis(res)
+    console.print(f"wrote {target} (key \"analysis\")")
+
+
+def _f(x, nd: int = 3) -> str:
+    return "-" if x is None else f"{x:.{nd}f}"
+
+
+def _vb(d: dict | None) -> str:
+    return "-" if not d else f"{_f(d['value'])} (chance {_f(d['baseline'])})"
+
+
+def print_analysis(res: dict) -> None:
+    """Rich summary tables of an analysis dict."""
+    s = res["settings"]
+    st = res["stability"]
+    t = Table(title=f"{s['seeds']} seeds x {s['d_sae']} latents, d = {s['d_in']}; match {s['match']}, tau {s['tau']}")
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    t.add_row("mean stability", _vb(st["mean"]))
+    t.add_row("mean soft stability", _vb(st["soft_mean"]))
+    t.add_row(f"stable (>= {s['stable_cutoff']}) / unstable (<= {s['unstable_cutoff']})",
+              f"{_f(st['frac_stable'])} / {_f(st['frac_unstable'])}")
+    t.add_row("stability sweep (tau: mean)", "  ".join(f"{r['tau']:g}: {_f(r['mean_stability'], 2)}" for r in st["sweep"]))
+    sp = res["span_reproducibility"]
+    t.add_row("span reproducibility k=1..4, all", "  ".join(_f(v["value"], 2) for v in sp["all"])
+              + f"  (chance {'  '.join(_f(v['baseline'], 2) for v in sp['all'])})")
+    t.add_row("span reproducibility k=1..4, unstable", "  ".join(_f(v, 2) for v in sp["unstable"]))
+    uc = res["unstable_clusters"]
+    t.add_row("unstable clusters (>= 2 seeds)", f"{uc['n_clusters_multi_seed']} holding {_f(uc['frac_unstable_in_multi_seed_clusters'], 2)} of {uc['n_unstable_alive']} unstable live latents")
+    if "frequency" in res:
+        fr = res["frequency"]
+        t.add_row("Spearman(log freq, stability)", _vb(fr["spearman_log_freq_stability"]))
+        t.add_row("dead latents", f"{fr['n_dead']} ({_f(fr['frac_dead'], 3)})")
+    tr = res.get("truth")
+    if tr and "atoms" in tr:
+        a = tr["atoms"]
+        t.add_row("atoms: MCC", _vb(a["mcc"]))
+        t.add_row("atoms: recovered at cos >= 0.9", _vb(a["frac_recovered_0.9"]))
+        t.add_row("atom latents: stability", _f(a["atom_latent_stability"]))
+        t.add_row("latents in rank >= 4 blocks: stability", _f(tr.get("block_latent_stability_rank_ge_4")))
+    console.print(t)
+    if tr and tr.get("blocks"):
+        align = {r["block"]: r for r in tr.get("cluster_alignment", {}).get("per_block", [])}
+        bt = Table(title="planted subspaces: measured stability beside the rotation null")
+        for col in ("block", "rank", "geometry", "prob", "latents/seed", "recovery (chance)", "stability", "rotation null",
+                    "diff", "span k=1/2/4", "cluster erank"):
+            bt.add_column(col, justify="right")
+        for b in tr["blocks"]:
+            n = b["n_assigned_per_seed"]
+            al = align.get(b["block"], {})
+            sr = b["span_reproducibility"]
+            bt.add_row(str(b["block"]), str(b["rank"]), "orth" if b["orthogonal"] else "super", f"{b['prob']:.3f}",
+                       f"{sum(n) / len(n):.1f}", f"{_f(b['recovery']['value'], 2)} ({_f(b['recovery']['baseline'], 2)})",
+                       _f(b["stability"], 2), _f(b["rotation_null"], 2), _f(b["stability_minus_rotation_null"], 2),
+                       "/".join(_f(sr[k], 2) for k in (0, 1, 3) if k < len(sr)),
+                       _f(al.get("largest_cluster_effective_rank"), 1))
+        console.print(bt)
+
 # ----------------------------------------------------------------------------------------------- ablate / pool (pooling issue)
+
+
+def _pooling_run_dir(run_dir: Path, device: str, tau: Optional[float]) -> None:
+    """Shared checks of `ablate` / `pool`: a run folder, a known device, tau in [-1, 1]."""
+    from synthsae.metrics.run_analysis import is_run_dir
+
+    if not run_dir.exists():
+        raise UserError(f"{str(run_dir)!r}: no such run directory")
+    if not is_run_dir(run_dir):
+        raise UserError(f"{str(run_dir)!r}: not a run directory (needs config.toml and seeds/)")
+    if device != "auto" and not (device == "cpu" or device.startswith("cuda")):
+        raise UserError(f"--device = {device!r}: must be auto, cpu, cuda or cuda:N")
+    if tau is not None and not -1.0 <= tau <= 1.0:
+        raise UserError(f"--tau = {tau}: must be in [-1, 1]")
+
+
+def _pm(stat: dict, f: str = ".3f") -> str:
+    """'mean ± std' of a {"mean", "std"} spread ('-' when undefined)."""
+    if not stat or stat.get("mean") is None:
+        return "-"
+    return f"{stat['mean']:{f}}±{stat['std']:{f}}"
+
+
+@app.command("ablate")
+@user_errors
+def ablate_cmd(
+    run_dir: Path = typer.Argument(..., help="a synthetic run directory (config.toml, truth.safetensors, seeds/)"),
+    tau: Optional[float] = typer.Option(None, "--tau", help="match threshold for stability (default: the run's analysis.tau)"),
+    match: Optional[str] = typer.Option(None, "--match", help="match rule: maxcos, hungarian or strict"),
+    draws: int = typer.Option(3, "--draws", min=1, help="random control groups drawn per seed (costs averaged)"),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when available), cpu, cuda, cuda:N"),
+    as_json: bool = typer.Option(False, "--json", help="print the result as JSON instead of a table"),
+) -> None:
+    """Functional asymmetry: zero stable / unstable / random latent groups and decode; merged into metrics.json
+    under "ablation" (changes in FVU and readout-head KL, per seed and mean ± std over seeds)."""
+    from synthsae.metrics.ablation import ablate_run, merge_metrics
+    from synthsae.metrics.stability import RULES
+
+    _pooling_run_dir(run_dir, device, tau)
+    if match is not None and match not in RULES:
+        raise UserError(f"--match = {match!r}: must be one of {', '.join(RULES)}")
+    if not (run_dir / "truth.safetensors").is_file():
+        raise UserError(f"{str(run_dir)!r}: no truth.safetensors (ablate scores synthetic runs; real runs splice via real/)")
+    res = ablate_run(run_dir, device, progress=not as_json, tau=tau, match=match, n_draws=draws)
+    merge_metrics(run_dir / "metrics.json", "ablation", res)
+    if as_json:
+        typer.echo(json.dumps(res, indent=2))
+        return
+    from rich import box
+
+    table = Table(title=f"ablation of {run_dir} (tau {res['tau']}, {res['match']}; mean±std over seeds)",
+                  box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1))
+    table.add_column("group", no_wrap=True)
+    for col in ("n", "mass", "ΔFVU", "ΔKL", "FVU/m", "KL/m"):
+        table.add_column(col, justify="right", no_wrap=True)
+    for name, row in res["groups"].items():
+        short = name.replace("random_size_", "rnd-size ").replace("random_freq_", "rnd-freq ").replace("unstable", "unst.")
+        size = "-" if row["size"]["mean"] is None else f"{row['size']['mean']:.0f}"
+        table.add_row(short, size, _pm(row["mass_share"], ".2f"), _pm(row["share_fvu"], ".2f"),
+                      _pm(row.get("share_pred", {}), ".2f"), _pm(row["share_fvu_per_mass_share"], ".2f"),
+                      _pm(row.get("share_pred_per_mass_share", {}), ".2f"))
+    console.print(table)
+    console.print("mass: share of activation mass; ΔFVU, ΔKL: share of what zeroing every latent costs; "
+                  "FVU/m, KL/m: that share over the mass share (1 = in proportion to mass); n: latents per seed")
+    console.print(f"full reconstruction: FVU {_pm(res['baseline']['fvu'], '.4f')}, KL {_pm(res['baseline'].get('pred', {}), '.4f')}; "
+                  f"every latent zeroed: FVU {_pm(res['all_ablated']['fvu'], '.4f')}")
+    console.print(f"wrote {run_dir / 'metrics.json'} (key \"ablation\")")
+
+
+@app.command("pool")
+@user_errors
+def pool_cmd(
+    run_dir: Path = typer.Argument(..., help="a run directory (config.toml, seeds/)"),
+    tau: Optional[float] = typer.Option(None, "--tau", help="link threshold for clustering and matching (default: the run's analysis.tau)"),
+    width: Optional[int] = typer.Option(None, "--width", min=1, help="latents kept per pool (default: both 1x and 2x the run's d_sae)"),
+    halves: bool = typer.Option(True, "--halves/--no-halves", help="also pool disjoint seed halves and compare their stability"),
+    rule: Optional[list[str]] = typer.Option(None, "--rule", help="ranking rule(s): coverage, coverage_freq, union (default: all)"),
+    steps: int = typer.Option(300, "--steps", min=0, help="refit steps of encoder and biases (decoder frozen)"),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when available), cpu, cuda, cuda:N"),
+    as_json: bool = typer.Option(False, "--json", help="print the result as JSON instead of a table"),
+) -> None:
+    """Pooled SAEs: merge latents that seeds agree on, refit the encoder, judge EV / L0 / stability against
+    single seeds. Pools go to RUN_DIR/pooled/<variant>_<pool>/ (SAELens layout); numbers to metrics.json "pooling"."""
+    from synthsae.metrics.ablation import merge_metrics
+    from synthsae.pooling import RULES, pooling_study
+
+    _pooling_run_dir(run_dir, device, tau)
+    rules = list(rule) if rule else list(RULES)
+    for r in rules:
+        if r not in RULES:
+            raise UserError(f"--rule = {r!r}: must be one of {', '.join(RULES)}")
+    if halves and len(list((run_dir / "seeds").glob("seed_*"))) < 2:
+        raise UserError("--halves needs a run with at least 2 seeds (use --no-halves)")
+    res = pooling_study(run_dir, tau=tau, widths=[width] if width else None, rules=rules, halves=halves,
+                        refit_steps=steps, device=device, progress=not as_json)
+    merge_metrics(run_dir / "metrics.json", "pooling", res)
+    if as_json:
+        typer.echo(json.dumps(res, indent=2))
+        return
+    sing = res["single"]
+    table = Table(title=f"pooling of {run_dir} (tau {res['tau']}, {res['match']}; stabilities over live latents)")
+    table.add_column("dictionary", no_wrap=True)
+    for col in ("width", "EV", "L0", "stab. A<->B", "stab. vs held-out"):
+        table.add_column(col, justify="right", no_wrap=True)
+    table.add_row("single seeds", str(res["base_width"]), _pm(sing["ev"]), _pm(sing["l0"], ".2f"),
+                  _pm(sing.get("stability_between_halves")), _pm(sing.get("stability_vs_heldout")))
+    for name, row in res["variants"].items():
+        pa = row["pools"]
+        w = "/".join(str(pa[k]["width"]) for k in pa)
+        ev = _pm(row["ev_halves"]) if "ev_halves" in row else f"{pa['all']['ev']:.3f}"
+        l0 = _pm(row["l0_halves"], ".2f") if "l0_halves" in row else f"{pa['all']['l0']:.2f}"
+        table.add_row(name, w, ev, l0, _pm(row.get("stability_pool_vs_pool")), _pm(row.get("stability_vs_heldout")))
+    console.print(table)
+    console.print(f"pooled SAEs in {run_dir / 'pooled'}; wrote {run_dir / 'metrics.json'} (key \"pooling\")")
+
 # ----------------------------------------------------------------------------------------------- run / report / compare
+
+
+def apply_overrides(cfg: RunConfig, **flags) -> RunConfig:
+    """Command-line flags over a config: `section.field=value` for every flag that was given (not None)."""
+    where = {"variant": "sae", "d_sae": "sae", "k": "sae", "seeds": "train", "steps": "train", "device": "train",
+             "batch_size": "train", "lr": "train", "vary_data": "train", "data_seed": "train"}
+    for name, value in flags.items():
+        if value is not None:
+            setattr(getattr(cfg, where[name]), name, value)
+    return validate(cfg)
 
 
 @app.command("run")
@@ -148,16 +371,79 @@ def torch_uint8():
 def run(
     preset_name: Optional[str] = typer.Option(None, "--preset", help="named truth preset (default: default)"),
     config_file: Optional[Path] = typer.Option(None, "--config", help="TOML config file"),
+    variant: Optional[str] = typer.Option(None, "--variant", help="SAE variant (relu, topk, batchtopk, jumprelu, gated, matryoshka, plug-ins)"),
+    seeds: Optional[int] = typer.Option(None, "--seeds", help="number of seeds S"),
+    d_sae: Optional[int] = typer.Option(None, "--d-sae", help="latents per SAE"),
+    k: Optional[int] = typer.Option(None, "--k", help="active latents per token (TopK family)"),
+    steps: Optional[int] = typer.Option(None, "--steps", help="training steps"),
+    out: Optional[Path] = typer.Option(None, "--out", help="run folder (default: runs/<preset>-<variant>)"),
+    device: Optional[str] = typer.Option(None, "--device", help="auto (CUDA if available), cpu, cuda, cuda:N"),
+    resume: bool = typer.Option(False, "--resume", help="finish an interrupted run (skips stages already done)"),
+    force: bool = typer.Option(False, "--force", help="overwrite an existing run"),
 ) -> None:
-    """The whole study on the embedded default: train S seeds, analyse, ablate, pool, report."""
-    cfg = resolve_config(preset_name, config_file)
-    from synthsae.truth import describe
+    """The whole study on the embedded default: train S seeds, analyse, ablate, pool, write the report."""
+    from synthsae.study import check_target, run_study
 
-    print_truth_description(cfg.preset, describe(cfg.truth))
-    console.print(
-        f"will train {cfg.train.seeds} seeds of a {cfg.sae.variant} SAE (d_sae = {cfg.sae.d_sae}, k = {cfg.sae.k}) "
-        f"for {cfg.train.steps} steps, then analyse, ablate, pool and report (pipeline not wired yet)"
-    )
+    if resume and force:
+        raise UserError("--resume and --force are exclusive: resume keeps the run, force starts it over")
+    cfg = apply_overrides(resolve_config(preset_name, config_file), variant=variant, seeds=seeds, d_sae=d_sae, k=k,
+                          steps=steps, device=device)
+    if cfg.train.seeds < 2:
+        raise UserError(f"--seeds = {cfg.train.seeds}: the study compares seeds, so it needs at least 2")
+    out = out or Path("runs") / f"{cfg.preset}-{cfg.sae.variant}"
+    check_target(out, resume, force)  # before any work, so a refused run leaves the folder untouched
+    try:
+        res = run_study(cfg, out, resume=resume, force=force, device=device, log=lambda m: console.print(m, highlight=False))
+    except KeyboardInterrupt:
+        err_console.print(f"interrupted: `synthsae run --resume --out {out}` (same options) finishes the run")
+        raise typer.Exit(code=130) from None
+    print_verdicts(out)
+    took = ", ".join(f"{k} {v:.0f}s" for k, v in res.seconds.items())
+    console.print(f"report: {out / 'report.html'} (and report.md); stage times: {took}", highlight=False)
+
+
+def print_verdicts(run_dir: Path) -> None:
+    from synthsae.report import verdicts
+
+    table = Table(title=f"claims in {run_dir}")
+    for col in ("claim", "verdict", "numbers"):
+        table.add_column(col)
+    colour = {"held": "green", "partly held": "yellow", "did not hold": "red", "not measured": "dim"}
+    for title, verdict, why in verdicts(run_dir):
+        table.add_row(title, f"[{colour[verdict]}]{verdict}[/]", why)
+    console.print(table)
+
+
+def _existing_run(run_dir: Path) -> Path:
+    if not (run_dir / "metrics.json").is_file():
+        raise UserError(f"RUN_DIR = {str(run_dir)!r}: no metrics.json there (not a finished run?)")
+    return run_dir
+
+
+@app.command("report")
+@user_errors
+def report_cmd(run_dir: Path = typer.Argument(..., help="a run folder with metrics.json")) -> None:
+    """Rebuild figures/, report.md and report.html from a run's saved files (no retraining)."""
+    from synthsae.report import build_report
+
+    md, page = build_report(_existing_run(run_dir))
+    print_verdicts(run_dir)
+    console.print(f"wrote {md} and {page}", highlight=False)
+
+
+@app.command("compare")
+@user_errors
+def compare_cmd(
+    run_dirs: list[Path] = typer.Argument(..., help="two or more run folders"),
+    out: Path = typer.Option(Path("runs/compare"), "--out", help="folder for compare.md / compare.html"),
+) -> None:
+    """Put several runs (e.g. two variants) side by side in one report."""
+    from synthsae.report import build_comparison
+
+    if len(run_dirs) < 2:
+        raise UserError("RUN_DIRS: give at least two run folders to compare")
+    md, page = build_comparison([_existing_run(r) for r in run_dirs], out)
+    console.print(f"wrote {md} and {page}", highlight=False)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -42,3 +42,21 @@ def atomic_save_safetensors(tensors: dict[str, Tensor], path: str | os.PathLike[
     cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     with atomic_path(path) as tmp:
         save_file(cpu, str(tmp), metadata=metadata)
+
+
+def merge_json_key(path: str | os.PathLike[str], key: str, value: Any) -> None:
+    """Read-modify-write a JSON object file: set `key`, keep every other key, write atomically.
+
+    Several commands (analyze, ablate, pool) share one metrics.json; none may clobber another's numbers.
+    """
+    p = Path(path)
+    old: dict = {}
+    if p.is_file():
+        try:
+            old = json.loads(p.read_text())
+        except json.JSONDecodeError:
+            old = {}
+        if not isinstance(old, dict):
+            old = {}
+    old[key] = value
+    atomic_write_json(p, old)

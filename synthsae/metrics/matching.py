@@ -15,7 +15,8 @@ from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import min_weight_full_bipartite_matching
 from torch import Tensor
 
-DEFAULT_CHUNK = 4096
+DEFAULT_CHUNK = 4096  # rows per cosine block, capped so a block holds at most BLOCK_ELEMS entries
+BLOCK_ELEMS = 1 << 26  # 64M floats = 256 MB per [rows, n] cosine block
 SPARSE_HUNGARIAN_FROM = 16384  # m at which `hungarian` switches to the sparse candidate graph
 
 
@@ -26,6 +27,7 @@ def unit_rows(w: Float[Tensor, "*b m d"], eps: float = 1e-12) -> Float[Tensor, "
 
 def cos_chunks(a: Float[Tensor, "m d"], b: Float[Tensor, "n d"], chunk: int = DEFAULT_CHUNK) -> Iterator[tuple[int, Tensor]]:
     """Yield (row offset, cos[rows, n]) blocks of the cosine matrix of unit rows a and b."""
+    chunk = max(1, min(chunk, BLOCK_ELEMS // max(b.shape[0], 1)))
     for s in range(0, a.shape[0], chunk):
         yield s, a[s : s + chunk] @ b.T
 
@@ -61,14 +63,14 @@ def maxcos_both(
 
 
 def topk_cos(
-    a: Float[Tensor, "m d"], b: Float[Tensor, "n d"], k: int, chunk: int = DEFAULT_CHUNK
+    a: Float[Tensor, "m d"], b: Float[Tensor, "n d"], k: int, chunk: int = DEFAULT_CHUNK, absolute: bool = False
 ) -> tuple[Float[Tensor, "m k"], Int[Tensor, "m k"]]:
-    """For each row of a, its k best cosines in b (descending) and their indices."""
+    """For each row of a, its k best cosines in b (descending; by |cos| when absolute) and their indices."""
     k = min(k, b.shape[0])
     vals = torch.empty(a.shape[0], k, device=a.device, dtype=a.dtype)
     idx = torch.empty(a.shape[0], k, device=a.device, dtype=torch.long)
     for s, c in cos_chunks(a, b, chunk):
-        v, i = c.topk(k, dim=1)
+        v, i = (c.abs() if absolute else c).topk(k, dim=1)
         vals[s : s + len(v)], idx[s : s + len(v)] = v, i
     return vals, idx
 
@@ -114,10 +116,11 @@ def hungarian_sparse(
     _, first = np.unique(key, return_index=True)
     r, c_, v = r[first], c_[first], v[first]
     graph = csr_matrix((2.0 - v + 1e-9, (r, c_)), shape=(m, n))
-    match = min_weight_full_bipartite_matching(graph)  # match[i] = column of row i
-    rows_i = np.arange(m)
-    cos_m = np.asarray(graph[rows_i, match]).ravel()
-    return _pack(rows_i, match, 2.0 - cos_m + 1e-9, m, a.device)
+    rows_i, match = min_weight_full_bipartite_matching(graph)  # row rows_i[j] -> column match[j]
+    rows_i, match = np.asarray(rows_i, dtype=np.int64), np.asarray(match, dtype=np.int64)
+    ti, tm = torch.from_numpy(rows_i).to(a.device), torch.from_numpy(match).to(a.device)
+    cos_m = (a[ti] * b[tm]).sum(dim=1).double().cpu().numpy()
+    return _pack(rows_i, match, cos_m, m, a.device)
 
 
 def _pack(rows: np.ndarray, cols: np.ndarray, cos: np.ndarray, m: int, device: torch.device) -> tuple[Tensor, Tensor]:

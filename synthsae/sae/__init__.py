@@ -46,3 +46,11 @@ def get_variant(name: str) -> type:
 
         raise ConfigError(f"sae.variant = {name!r}: unknown; known variants are {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]
+
+
+def build_sae(cfg, d_in: int, init_seeds: list[int], device=None, dtype=None):
+    """A freshly initialised SAE of cfg.variant with one seed per entry of init_seeds."""
+    import torch
+
+    cls = get_variant(cfg.variant)
+    return cls(cfg, d_in, list(init_seeds), device=device, dtype=dtype or torch.float32)

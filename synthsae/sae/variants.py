@@ -1,1 +1,5 @@
-"""Imports every shipped variant so that each registers itself (placeholder until the trainer lands)."""
+"""Imports every shipped variant module so that each registers itself."""
+
+from synthsae.sae import dense, topk  # noqa: F401
+
+__all__ = ["dense", "topk"]

@@ -1,0 +1,224 @@
+"""Save and load SAEs in SAELens's folder layout, truth files and whole run folders.
+
+A seed folder holds `cfg.json` (SAELens 6 fields + `architecture`; our variant, seeds and configs under
+`metadata`), `sae_weights.safetensors` (that seed's tensors, no S axis, SAELens names) and
+`sparsity.safetensors` (key `sparsity` [d_sae]: log10 of each latent's firing frequency, +1e-10 inside the log).
+Every problem with a file is a one-line `RunFileError` naming the file and what is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from synthsae.config import ConfigError, RunConfig, SAEConfig
+from synthsae.fileio import atomic_save_safetensors, atomic_write_json
+from synthsae.sae import get_variant
+from synthsae.sae.base import SAE
+
+CFG = "cfg.json"
+WEIGHTS = "sae_weights.safetensors"
+SPARSITY = "sparsity.safetensors"
+SAELENS_VERSION = "6.0.0"  # the config schema we write (SAELens reads metadata.sae_lens_version)
+# SAELens architecture -> our variant, for folders written by SAELens itself (no metadata.variant)
+ARCH_TO_VARIANT = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu", "gated": "gated",
+                   "batchtopk": "batchtopk", "matryoshka_batchtopk": "matryoshka"}
+
+
+class RunFileError(ConfigError):
+    """A missing, unreadable or inconsistent file in a seed or run folder (one line: the path and the problem)."""
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+# ----------------------------------------------------------------------------------------------- seed folders
+
+
+def save_seed_folder(folder: str | os.PathLike[str], sae: SAE, s: int, metadata: dict[str, Any],
+                     sparsity: Float[Tensor, " m"] | None = None) -> Path:
+    """Write seed s of `sae` as a SAELens folder (atomic per file)."""
+    folder = Path(folder)
+    meta = {"sae_lens_version": SAELENS_VERSION, "sae_lens_training_version": SAELENS_VERSION,
+            "variant": sae.variant, "init_seed": sae.init_seeds[s], **metadata}
+    meta.setdefault("sae", asdict(sae.cfg))
+    cfg = {
+        "architecture": sae.saelens_architecture,
+        "d_in": sae.d_in,
+        "d_sae": sae.d_sae,
+        "dtype": _dtype_name(sae.dtype),
+        "device": "cpu",
+        "apply_b_dec_to_input": bool(sae.cfg.apply_b_dec_to_input),
+        "normalize_activations": "none",
+        "reshape_activations": "none",
+        **sae.saelens_cfg(),
+        "metadata": meta,
+    }
+    atomic_save_safetensors({k: v.detach() for k, v in sae.seed_tensors(s).items()}, folder / WEIGHTS)
+    if sparsity is not None:
+        atomic_save_safetensors({"sparsity": sparsity.detach().float()}, folder / SPARSITY)
+    atomic_write_json(folder / CFG, cfg)  # written last: a folder with cfg.json is complete
+    return folder
+
+
+def _read_cfg(folder: Path) -> dict[str, Any]:
+    path = folder / CFG
+    if not folder.is_dir():
+        raise RunFileError(f"{folder}: no such seed folder")
+    if not path.is_file():
+        raise RunFileError(f"{path}: missing (a seed folder needs {CFG}, {WEIGHTS})")
+    try:
+        cfg = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RunFileError(f"{path}: not valid JSON ({exc})") from None
+    for key in ("d_in", "d_sae"):
+        if not isinstance(cfg.get(key), int):
+            raise RunFileError(f"{path}: field {key!r} missing or not an integer")
+    return cfg
+
+
+def _read_tensors(path: Path) -> dict[str, Tensor]:
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise RunFileError(f"{path}: missing")
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as exc:  # noqa: BLE001 - safetensors raises several types for damaged files
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise RunFileError(f"{path}: unreadable or corrupted safetensors file ({msg})") from None
+
+
+def sae_config_from_cfg(cfg: dict[str, Any], where: Path) -> SAEConfig:
+    """Our SAEConfig from a cfg.json: metadata.sae when we wrote it, else from SAELens's own fields."""
+    meta = cfg.get("metadata") or {}
+    if isinstance(meta.get("sae"), dict):
+        known = {f.name for f in fields(SAEConfig)}
+        sc = SAEConfig(**{k: v for k, v in meta["sae"].items() if k in known})
+    else:
+        arch = cfg.get("architecture", "standard")
+        if arch not in ARCH_TO_VARIANT:
+            raise RunFileError(f"{where / CFG}: architecture {arch!r} is not one we can load "
+                               f"(known: {', '.join(ARCH_TO_VARIANT)})")
+        sc = SAEConfig(variant=ARCH_TO_VARIANT[arch], d_sae=cfg["d_sae"], k=int(cfg.get("k", 1)),
+                       apply_b_dec_to_input=bool(cfg.get("apply_b_dec_to_input", True)))
+    sc.variant = meta.get("variant", sc.variant)
+    if sc.d_sae != cfg["d_sae"]:
+        raise RunFileError(f"{where / CFG}: d_sae = {cfg['d_sae']} but metadata.sae.d_sae = {sc.d_sae}")
+    return sc
+
+
+def load_sae_folders(folders: list[str | os.PathLike[str]], device: str | torch.device = "cpu") -> SAE:
+    """Stack S seed folders (same variant and shapes) into one SAE with S seeds, in the given order."""
+    if not folders:
+        raise RunFileError("no seed folders given")
+    paths = [Path(f) for f in folders]
+    cfgs = [_read_cfg(p) for p in paths]
+    sae_cfgs = [sae_config_from_cfg(c, p) for c, p in zip(cfgs, paths)]
+    first, first_cfg = paths[0], sae_cfgs[0]
+    for p, c, sc in zip(paths, cfgs, sae_cfgs):
+        if sc.variant != first_cfg.variant or c["d_in"] != cfgs[0]["d_in"] or sc.d_sae != first_cfg.d_sae:
+            raise RunFileError(f"{p}: {sc.variant} d_in={c['d_in']} d_sae={sc.d_sae} does not match {first}: "
+                               f"{first_cfg.variant} d_in={cfgs[0]['d_in']} d_sae={first_cfg.d_sae}")
+    try:
+        cls = get_variant(first_cfg.variant)
+    except ConfigError as exc:
+        raise RunFileError(f"{first / CFG}: {exc}") from None
+    init_seeds = [int((c.get("metadata") or {}).get("init_seed", i)) for i, c in enumerate(cfgs)]
+    dtype = getattr(torch, str(cfgs[0].get("dtype", "float32")).removeprefix("torch."), torch.float32)
+    if not isinstance(dtype, torch.dtype):
+        dtype = torch.float32
+    sae = cls.empty_like(first_cfg, cfgs[0]["d_in"], init_seeds, device="cpu", dtype=dtype)
+    expected = {k: tuple(t.shape) for k, t in sae.seed_tensors(0).items()}
+    per_seed = []
+    for p in paths:
+        tensors = _read_tensors(p / WEIGHTS)
+        for k, shape in expected.items():
+            if k not in tensors:
+                raise RunFileError(f"{p / WEIGHTS}: tensor {k!r} missing (has {', '.join(sorted(tensors)) or 'none'})")
+            if tuple(tensors[k].shape) != shape:
+                raise RunFileError(f"{p / WEIGHTS}: tensor {k!r} has shape {tuple(tensors[k].shape)}, expected {shape}")
+            if not bool(torch.isfinite(tensors[k]).all()):
+                raise RunFileError(f"{p / WEIGHTS}: tensor {k!r} holds NaN or Inf values")
+        per_seed.append(tensors)
+    try:
+        sae.load_seed_tensors(per_seed)
+    except (KeyError, RuntimeError) as exc:
+        raise RunFileError(f"{first}: cannot load weights ({exc})") from None
+    return sae.to(device)
+
+
+def load_sparsity(folders: list[str | os.PathLike[str]]) -> Float[Tensor, "S m"]:
+    """log10 firing frequencies [S, d_sae] from each folder's sparsity.safetensors."""
+    rows = []
+    for f in folders:
+        t = _read_tensors(Path(f) / SPARSITY)
+        if "sparsity" not in t:
+            raise RunFileError(f"{Path(f) / SPARSITY}: no 'sparsity' tensor")
+        rows.append(t["sparsity"].reshape(-1))
+    if len({r.numel() for r in rows}) > 1:
+        raise RunFileError(f"{folders[0]}: sparsity lengths differ across folders ({sorted({r.numel() for r in rows})})")
+    return torch.stack(rows)
+
+
+# ----------------------------------------------------------------------------------------------- truth & runs
+
+
+def save_truth(path: str | os.PathLike[str], truth) -> None:
+    """truth.safetensors in the DESIGN.md layout, with the truth config as JSON metadata."""
+    atomic_save_safetensors(truth.tensors(), path, metadata={"truth_config": json.dumps(asdict(truth.cfg))})
+
+
+def load_truth_tensors(path: str | os.PathLike[str]) -> dict[str, Tensor]:
+    """The raw tensors of a truth.safetensors file (readable without our code, too)."""
+    return _read_tensors(Path(path))
+
+
+def seed_folders(run_dir: str | os.PathLike[str]) -> list[Path]:
+    """seeds/seed_<k>/ of a run, in k order."""
+    root = Path(run_dir) / "seeds"
+    if not root.is_dir():
+        raise RunFileError(f"{root}: missing (is {run_dir} a finished training run?)")
+    found = []
+    for p in root.iterdir():
+        if p.is_dir() and p.name.startswith("seed_") and p.name[5:].isdigit():
+            found.append((int(p.name[5:]), p))
+    if not found:
+        raise RunFileError(f"{root}: holds no seed_<k> folders")
+    return [p for _, p in sorted(found)]
+
+
+def load_run(run_dir: str | os.PathLike[str], device: str | torch.device = "cpu"):
+    """(RunConfig, SAE with every seed, Truth or None) of a run folder; checks the truth file against the config."""
+    from synthsae import config as C
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunFileError(f"{run_dir}: no such run folder")
+    cfg_path = run_dir / "config.toml"
+    if not cfg_path.is_file():
+        raise RunFileError(f"{cfg_path}: missing (not a run folder?)")
+    try:
+        cfg: RunConfig = C.load(cfg_path)
+    except ConfigError as exc:
+        raise RunFileError(f"{cfg_path}: {exc}") from None
+    sae = load_sae_folders(seed_folders(run_dir), device=device)
+    truth = None
+    tpath = run_dir / "truth.safetensors"
+    if tpath.exists():
+        from synthsae.truth import build_truth
+
+        stored = load_truth_tensors(tpath)
+        truth = build_truth(cfg.truth, device=device)
+        for k, v in truth.tensors().items():
+            if k not in stored or stored[k].shape != v.shape or not torch.allclose(stored[k].to(v.device, v.dtype), v, atol=1e-6):
+                raise RunFileError(f"{tpath}: tensor {k!r} does not match the truth built from config.toml")
+    return cfg, sae, truth

@@ -1,0 +1,109 @@
+"""Analyse a run directory or a list of SAE folders from disk and write the result into metrics.json."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from synthsae.config import AnalysisConfig, validate_analysis
+from synthsae.fileio import atomic_save_safetensors, atomic_write_json
+from synthsae.metrics.analyze import analyze_with_latents, measure_frequency
+
+EVAL_DATA_SEED_OFFSET = 1_000_003  # frequencies are measured on a stream the SAEs never trained on
+METRICS_KEY = "analysis"
+LATENTS_FILE = "analysis_latents.safetensors"
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """'auto' / None = CUDA when available, else CPU."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def is_run_dir(path: Path) -> bool:
+    """A run directory holds config.toml and seeds/."""
+    return (path / "config.toml").is_file() and (path / "seeds").is_dir()
+
+
+def analyze_run(
+    run_dir: str | Path, cfg: AnalysisConfig | None = None, device: str | None = None
+) -> tuple[dict, dict[str, Tensor]]:
+    """Analyse every seed of a run (config's [analysis] section unless cfg is given); frequencies are measured on
+    analysis.eval_tokens fresh samples from the truth, else read from sparsity.safetensors."""
+    from synthsae.io import load_run, seed_folders
+
+    run_dir = Path(run_dir)
+    run_cfg, sae, truth = load_run(run_dir)
+    cfg = cfg or run_cfg.analysis
+    validate_analysis(cfg)
+    dev = resolve_device(device)
+    sae = sae.to(dev)
+    freq, source = None, None
+    if truth is not None:
+        truth = truth.to(dev)
+        seed = run_cfg.train.data_seed + EVAL_DATA_SEED_OFFSET
+        freq = measure_frequency(sae, truth, cfg.eval_tokens, seed)
+        source = f"measured on {cfg.eval_tokens} fresh samples from the truth (data seed {seed})"
+    else:
+        freq, source = _sparsity(seed_folders(run_dir))
+    res, per = analyze_with_latents(sae.W_dec.detach(), sae.W_enc.detach(), freq, truth, cfg, dev, source)
+    res["settings"]["run_dir"] = str(run_dir)
+    res["settings"]["variant"] = run_cfg.sae.variant
+    return res, per
+
+
+def analyze_folders(
+    folders: list[str | Path], cfg: AnalysisConfig | None = None, device: str | None = None
+) -> tuple[dict, dict[str, Tensor]]:
+    """Analyse several single-SAE folders (SAELens layout), one per seed, without a truth."""
+    from synthsae.io import load_sae_folders
+
+    cfg = cfg or AnalysisConfig()
+    validate_analysis(cfg)
+    folders = [Path(f) for f in folders]
+    dev = resolve_device(device)
+    sae = load_sae_folders(folders).to(dev)
+    freq, source = _sparsity(folders)
+    res, per = analyze_with_latents(sae.W_dec.detach(), sae.W_enc.detach(), freq, None, cfg, dev, source)
+    res["settings"]["folders"] = [str(f) for f in folders]
+    return res, per
+
+
+def _sparsity(folders: list[Path]) -> tuple[Tensor | None, str | None]:
+    """Firing frequencies from sparsity.safetensors (log10) when every folder has one."""
+    if not folders or not all((f / "sparsity.safetensors").is_file() for f in folders):
+        return None, None
+    from synthsae.io import load_sparsity
+
+    return torch.pow(10.0, load_sparsity(folders).float()).cpu(), "sparsity.safetensors (training)"
+
+
+def write_analysis(path: str | Path, res: dict, per_latent: dict[str, Tensor] | None = None) -> Path:
+    """Merge `res` into metrics.json under "analysis" (other keys kept), atomically; per-latent tensors beside it."""
+    path = Path(path)
+    old = {}
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            old = {}
+        if not isinstance(old, dict):
+            old = {}
+    old[METRICS_KEY] = res
+    atomic_write_json(path, old)
+    if per_latent:
+        atomic_save_safetensors({k: v.contiguous() for k, v in per_latent.items()}, path.parent / LATENTS_FILE,
+                                metadata={"schema": res.get("schema", "")})
+    return path
+
+
+def with_overrides(cfg: AnalysisConfig, tau: float | None = None, match: str | None = None) -> AnalysisConfig:
+    """A copy of cfg with the command-line overrides applied (validated)."""
+    new = dataclasses.replace(cfg, tau=cfg.tau if tau is None else tau, match=cfg.match if match is None else match)
+    validate_analysis(new)
+    return new

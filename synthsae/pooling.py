@@ -1,0 +1,495 @@
+"""Pooled SAEs: merge the latents that several seeds agree on into one dictionary, then refit its encoder.
+
+Recipe (DESIGN.md, "Pooling"):
+1. Gather the *live* latents of the pooled seeds: firing frequency > `live_threshold` (default 1e-5) on the
+   held-out eval sample (a latent that never fires there carries nothing worth pooling).
+2. Cluster them across seeds. Candidate links are pairs from different seeds whose unit decoder rows have
+   cos >= tau; links are taken in descending cosine and merge two clusters only when (a) the clusters share no
+   seed (so a cluster holds at most one latent per seed and its size is the number of distinct seeds it spans)
+   and (b) the clusters' mean directions still have cos >= tau (no chaining drift across a subspace).
+3. Score and keep: rule "coverage" ranks clusters by seed coverage, ties by cohesion (mean cosine of members to
+   their centroid); "coverage_freq" by coverage, ties by mean firing frequency; "union" keeps every cluster
+   (the full union of unique latents; its width is the number of clusters, not `width`).
+4. Represent each kept cluster by the normalised mean of its unit decoder rows, the mean encoder column and
+   the mean of the other per-latent parameters (b_enc, thresholds ...); b_dec is the mean over pooled seeds.
+5. Refit encoder and biases with the decoder frozen: a short phase of the same trainer (train.train_steps).
+
+The result is an ordinary SAE (S = number of pools) saved in the SAELens layout, accepted by every command.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+RULES = ("coverage", "coverage_freq", "union")
+LIVE_THRESHOLD = 1e-5
+KNOWN_PER_LATENT = ("b_enc", "threshold", "log_threshold", "b_gate", "b_mag", "r_mag")  # [S, m] extras
+
+
+# ----------------------------------------------------------------------------------------------- clustering
+
+
+@dataclass
+class Clusters:
+    """Clusters of gathered latents. `members[c]` indexes the gathered list (seed_of / latent_of)."""
+
+    seed_of: Int[Tensor, " N"]  # seed index (into the SAE's seed axis) of every gathered latent
+    latent_of: Int[Tensor, " N"]  # latent index inside its seed
+    labels: Int[Tensor, " N"]  # cluster id 0..C-1 of every gathered latent
+    coverage: Int[Tensor, " C"]  # distinct seeds per cluster (= size: at most one latent per seed)
+    cohesion: Float[Tensor, " C"]  # mean cosine of members to the normalised centroid
+    freq: Float[Tensor, " C"]  # mean firing frequency of members
+    centroid: Float[Tensor, "C d"]  # normalised mean decoder row
+
+    @property
+    def n_clusters(self) -> int:
+        return int(self.coverage.numel())
+
+    def members(self, c: int) -> Tensor:
+        return torch.nonzero(self.labels == c).squeeze(1)
+
+
+def _find(parent: list[int], i: int) -> int:
+    while parent[i] != i:
+        parent[i] = parent[parent[i]]
+        i = parent[i]
+    return i
+
+
+def cluster_latents(
+    dec: Float[Tensor, "N d"], seed_of: Int[Tensor, " N"], tau: float, chunk: int = 4096
+) -> Int[Tensor, " N"]:
+    """Seed-exclusive, drift-checked single linkage of latents from different seeds (see module docstring).
+
+    Cosines are computed seed pair by seed pair in row chunks (never an N x N matrix).
+    """
+    from synthsae.metrics.matching import unit_rows
+
+    D = unit_rows(dec.detach().float().cpu())
+    seeds = seed_of.cpu()
+    N = D.shape[0]
+    uniq = torch.unique(seeds).tolist()
+    rows_i, rows_j, vals = [], [], []
+    for ai, a in enumerate(uniq):
+        ia = torch.nonzero(seeds == a).squeeze(1)
+        for b in uniq[ai + 1 :]:
+            ib = torch.nonzero(seeds == b).squeeze(1)
+            for s in range(0, ia.numel(), chunk):
+                c = D[ia[s : s + chunk]] @ D[ib].T
+                r, q = torch.nonzero(c >= tau, as_tuple=True)
+                rows_i.append(ia[s + r])
+                rows_j.append(ib[q])
+                vals.append(c[r, q])
+    parent = list(range(N))
+    if vals:
+        ei, ej, ev = torch.cat(rows_i).numpy(), torch.cat(rows_j).numpy(), torch.cat(vals).numpy()
+        order = np.argsort(-ev, kind="stable")
+        seed_np = seeds.numpy()
+        mask = [1 << int(list(uniq).index(int(s))) for s in seed_np]  # seed bitmask per root
+        csum = D.double().numpy().copy()  # sum of unit rows per root
+        for e in order:
+            ri, rj = _find(parent, int(ei[e])), _find(parent, int(ej[e]))
+            if ri == rj or mask[ri] & mask[rj]:
+                continue
+            ci, cj = csum[ri], csum[rj]
+            cos = float(ci @ cj) / (math.sqrt(float(ci @ ci) * float(cj @ cj)) + 1e-30)
+            if cos < tau:
+                continue
+            parent[rj] = ri
+            mask[ri] |= mask[rj]
+            csum[ri] = ci + cj
+    roots = torch.tensor([_find(parent, i) for i in range(N)], dtype=torch.long)
+    _, labels = torch.unique(roots, return_inverse=True)
+    return labels
+
+
+def gather_and_cluster(
+    dec: Float[Tensor, "S m d"],
+    seeds: list[int],
+    freq: Float[Tensor, "S m"],
+    tau: float,
+    live_threshold: float = LIVE_THRESHOLD,
+) -> Clusters:
+    """Gather the live latents of `seeds` (indices into the seed axis) and cluster them across seeds."""
+    from synthsae.metrics.matching import unit_rows
+
+    dec = dec.detach().float().cpu()
+    freq = freq.detach().float().cpu()
+    seed_of, latent_of = [], []
+    for s in seeds:
+        live = torch.nonzero(freq[s] > live_threshold).squeeze(1)
+        seed_of.append(torch.full_like(live, s))
+        latent_of.append(live)
+    seed_of_t, latent_of_t = torch.cat(seed_of), torch.cat(latent_of)
+    D = unit_rows(dec[seed_of_t, latent_of_t])
+    labels = cluster_latents(D, seed_of_t, tau)
+    C = int(labels.max()) + 1 if labels.numel() else 0
+    coverage = torch.bincount(labels, minlength=C)
+    csum = torch.zeros(C, D.shape[1]).index_add_(0, labels, D)
+    centroid = unit_rows(csum)
+    cohesion = torch.zeros(C).index_add_(0, labels, (D * centroid[labels]).sum(1)) / coverage.clamp_min(1)
+    f = torch.zeros(C).index_add_(0, labels, freq[seed_of_t, latent_of_t]) / coverage.clamp_min(1)
+    return Clusters(seed_of_t, latent_of_t, labels, coverage, cohesion, f, centroid)
+
+
+def rank_clusters(cl: Clusters, rule: str = "coverage", width: int | None = None) -> Int[Tensor, " w"]:
+    """Cluster ids in rank order, cut to `width` (rule "union" keeps every cluster)."""
+    if rule not in RULES:
+        raise ValueError(f"pooling rule {rule!r}: must be one of {', '.join(RULES)}")
+    tie = cl.cohesion if rule == "coverage" else cl.freq
+    # lexicographic: coverage first, then the tie-breaker, then cluster id (deterministic)
+    order = np.lexsort((np.arange(cl.n_clusters), -tie.double().numpy(), -cl.coverage.numpy()))
+    order = torch.from_numpy(order).long()
+    if rule == "union" or width is None:
+        return order
+    return order[:width]
+
+
+# ----------------------------------------------------------------------------------------------- pooled tensors
+
+
+def pooled_state(sae, cl: Clusters, keep: Int[Tensor, " w"], seeds: list[int]) -> dict[str, Tensor]:
+    """The pooled SAE's tensors (no seed axis): W_dec [w, d] (unit rows), W_enc [d, w], b_dec [d], per-latent extras.
+
+    Per-latent tensors are averaged over each kept cluster's members; per-seed tensors ([S, d] or [S]) over
+    the pooled seeds. Any other tensor is taken from the first pooled seed.
+    """
+    from synthsae.metrics.matching import unit_rows
+
+    state = {k: v.detach().float().cpu() for k, v in sae.state_dict().items()}
+    S, m, d = state["W_dec"].shape
+    w = keep.numel()
+    # member -> kept slot
+    slot_of_cluster = torch.full((cl.n_clusters,), -1, dtype=torch.long)
+    slot_of_cluster[keep] = torch.arange(w)
+    slot = slot_of_cluster[cl.labels]
+    use = slot >= 0
+    s_of, l_of, slot = cl.seed_of[use], cl.latent_of[use], slot[use]
+    count = torch.bincount(slot, minlength=w).clamp_min(1).float()
+
+    def per_latent_mean(t: Tensor, axis: int = 1) -> Tensor:  # t: [S, m, ...] -> [w, ...]
+        vals = t[s_of, l_of]  # [n, ...]
+        acc = torch.zeros((w,) + vals.shape[1:]).index_add_(0, slot, vals)
+        return acc / count.view(-1, *([1] * (vals.dim() - 1)))
+
+    out: dict[str, Tensor] = {}
+    sel = torch.tensor(seeds, dtype=torch.long)
+    for name, t in state.items():
+        if name == "W_dec":
+            out[name] = unit_rows(per_latent_mean(unit_rows(t), 1))
+        elif name == "W_enc":
+            out[name] = per_latent_mean(t.transpose(1, 2), 1).T.contiguous()  # [S, d, m] -> [d, w]
+        elif t.dim() == 2 and t.shape == (S, m) and (name in KNOWN_PER_LATENT or m != d):
+            out[name] = per_latent_mean(t, 1)
+        elif t.dim() >= 1 and t.shape[0] == S:
+            out[name] = t[sel].mean(0)
+        else:
+            out[name] = t
+    return out
+
+
+def pooled_sae(sae_cfg, states: list[dict[str, Tensor]], d_in: int, device="cpu", dtype=torch.float32, init_seeds=None):
+    """An SAE with one seed per pooled state (all of the same width) and its SAEConfig (d_sae = the width)."""
+    from synthsae.sae import build_sae
+
+    w = states[0]["W_dec"].shape[0]
+    if any(s["W_dec"].shape[0] != w for s in states):
+        raise ValueError("pooled states of one SAE must share a width")
+    cfg = dataclasses.replace(sae_cfg, d_sae=w, k=min(sae_cfg.k, w))
+    if w != sae_cfg.d_sae and getattr(cfg, "matryoshka_prefixes", None):
+        cfg = dataclasses.replace(cfg, matryoshka_prefixes=[])
+    init = list(init_seeds) if init_seeds is not None else list(range(len(states)))
+    sae = build_sae(cfg, d_in, init, device, dtype)
+    sae.load_seed_tensors(states)
+    return sae, cfg
+
+
+def refit(sae, batches, steps: int, train_cfg, progress: bool = False):
+    """Refit encoder and biases with the decoder frozen: a short phase of the same trainer."""
+    from synthsae.train import train_steps
+
+    if steps <= 0:
+        return sae
+    tcfg = dataclasses.replace(train_cfg, steps=steps, warmup_steps=min(train_cfg.warmup_steps, max(steps // 10, 1)))
+    train_steps(sae, batches, steps, tcfg, freeze_decoder=True, progress=progress)
+    return sae
+
+
+# ----------------------------------------------------------------------------------------------- protocol
+
+
+def match_scores(
+    dec_a: Float[Tensor, "ma d"], dec_b: Float[Tensor, "mb d"], rule: str = "maxcos",
+    enc_a: Float[Tensor, "d ma"] | None = None, enc_b: Float[Tensor, "d mb"] | None = None,
+) -> Float[Tensor, " ma"]:
+    """Match score of every latent of dictionary a in dictionary b (widths may differ), by synthsae.metrics rules."""
+    from synthsae.metrics.matching import hungarian, maxcos, strict_match, unit_rows
+
+    A, B = unit_rows(dec_a.detach().float().cpu()), unit_rows(dec_b.detach().float().cpu())
+    if rule == "maxcos":
+        return maxcos(A, B)[0]
+    if rule == "hungarian":
+        return hungarian(A, B)[1].float().nan_to_num(-1.0)
+    if rule == "strict":
+        if enc_a is None or enc_b is None:
+            raise ValueError("match rule 'strict' needs encoders")
+        Ea, Eb = unit_rows(enc_a.detach().float().cpu().T), unit_rows(enc_b.detach().float().cpu().T)
+        return strict_match(A, B, Ea, Eb)[1].float()
+    raise ValueError(f"match rule {rule!r}: must be one of maxcos, hungarian, strict")
+
+
+def heldout_stability(
+    dec: Float[Tensor, "m d"], others: list[Tensor], tau: float, rule: str = "maxcos",
+    enc: Tensor | None = None, other_encs: list[Tensor] | None = None,
+) -> Float[Tensor, " m"]:
+    """Per latent of `dec`: the fraction of the `others` dictionaries in which it is matched at score >= tau."""
+    hits = torch.zeros(dec.shape[0])
+    for i, o in enumerate(others):
+        oe = other_encs[i] if other_encs is not None else None
+        hits += (match_scores(dec, o, rule, enc, oe) >= tau).float()
+    return hits / max(len(others), 1)
+
+
+@torch.no_grad()
+def evaluate(sae, x: Tensor, batch_size: int = 4096) -> dict[str, Tensor]:
+    """Per seed: EV = 1 - FVU, L0 (mean active latents per token), firing frequency [S, m]."""
+    from synthsae.metrics.ablation import ablate, latent_stats
+
+    freq, _ = latent_stats(sae, x, batch_size)
+    none = torch.zeros(1, sae.n_seeds, sae.W_dec.shape[1], dtype=torch.bool, device=x.device)
+    f = ablate(sae, x, none, None, batch_size)["fvu"][0]
+    return {"ev": 1.0 - f, "l0": freq.sum(-1), "freq": freq}
+
+
+def _spread(values) -> dict:
+    from synthsae.metrics.ablation import spread
+
+    return spread(values)
+
+
+def _seed_halves(S: int) -> tuple[list[int], list[int]]:
+    h = S // 2
+    return list(range(h)), list(range(h, 2 * h))
+
+
+def _default_batches(truth, batch_size: int, seed: int):
+    from synthsae.truth import stream
+
+    return stream(truth, batch_size, seed)
+
+
+def pooling_study(
+    run,
+    *,
+    tau: float | None = None,
+    match: str | None = None,
+    widths: list[int] | None = None,
+    rules: tuple[str, ...] | list[str] = RULES,
+    halves: bool = True,
+    refit_steps: int = 300,
+    live_threshold: float = LIVE_THRESHOLD,
+    eval_tokens: int | None = None,
+    eval_seed: int | None = None,
+    refit_seed_offset: int = 7919,
+    x: Tensor | None = None,
+    batches=None,
+    out_dir: str | Path | None = None,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> dict:
+    """Pool the seeds of a run and judge the pools; a JSON-able dict (metrics.json key "pooling").
+
+    `run` is a run directory or a (RunConfig, SAE, Truth | None) triple. For every rule in `rules` and width in
+    `widths` (default: 1x and 2x d_sae; "union" has its own width) it builds a pool of all seeds and, with
+    `halves`, one pool per disjoint half of the seeds, refits each (`refit_steps` steps, decoder frozen), and
+    reports EV / L0 against single seeds and stability pool-vs-pool and pool-vs-held-out-seeds against the same
+    numbers for single seeds. Pooled SAEs are saved under `out_dir` (default RUN_DIR/pooled) when given a run
+    directory or an out_dir. `batches(seed)` -> iterator of [B, d] replaces the truth's stream for the refit
+    (the real side); `x` replaces the eval sample.
+    """
+    from tqdm.auto import tqdm
+
+    from synthsae.metrics.ablation import eval_sample
+    from synthsae.metrics.stability import random_dictionary_baseline
+
+    t0 = time.perf_counter()
+    if isinstance(run, (str, Path)):
+        from synthsae.io import load_run
+
+        from synthsae.metrics.run_analysis import resolve_device
+
+        run_dir = Path(run)
+        cfg, sae, truth = load_run(run_dir, device=resolve_device(device))
+        if out_dir is None:
+            out_dir = run_dir / "pooled"
+    else:
+        cfg, sae, truth = run
+    if device is not None and device != "auto":
+        sae = sae.to(device)
+        truth = truth.to(device) if truth is not None else None
+    dev = sae.W_dec.device
+    if eval_seed is None:
+        from synthsae.metrics.ablation import EVAL_DATA_SEED_OFFSET
+
+        eval_seed = cfg.train.data_seed + EVAL_DATA_SEED_OFFSET
+    tau = cfg.analysis.tau if tau is None else tau
+    match = cfg.analysis.match if match is None else match
+    m, d = sae.W_dec.shape[1], sae.W_dec.shape[2]
+    S = sae.n_seeds
+    widths = list(widths) if widths else [m, 2 * m]
+    for r in rules:
+        if r not in RULES:
+            raise ValueError(f"pooling rule {r!r}: must be one of {', '.join(RULES)}")
+    if x is None:
+        if truth is None:
+            raise ValueError("pooling_study needs an eval sample x or a truth")
+        x = eval_sample(truth, eval_tokens or cfg.analysis.eval_tokens, eval_seed)
+    x = x.to(dev, sae.W_dec.dtype)
+    if batches is None:
+        if truth is None and refit_steps > 0:
+            raise ValueError("pooling_study needs refit batches or a truth to draw them from")
+        batches = lambda seed: _default_batches(truth, cfg.train.batch_size, seed)  # noqa: E731
+
+    single = evaluate(sae, x)
+    freq = single["freq"]
+    live = freq > live_threshold
+    dec, enc = sae.W_dec.detach().float().cpu(), sae.W_enc.detach().float().cpu()
+    strict = match == "strict"
+
+    do_halves = halves and S >= 2
+    A, B = _seed_halves(S) if do_halves else ([], [])
+    pools = {"all": list(range(S))}
+    if do_halves:
+        pools.update({"A": A, "B": B})
+
+    out: dict = {
+        "tau": tau,
+        "match": match,
+        "live_threshold": live_threshold,
+        "live_rule": f"firing frequency > {live_threshold:g} on the eval sample (eval_seed {eval_seed})",
+        "refit_steps": refit_steps,
+        "eval_tokens": int(x.shape[0]),
+        "base_width": m,
+        "widths": widths,
+        "rules": list(rules),
+        "halves": {"A": A, "B": B} if do_halves else None,
+        "units": {
+            "ev": "explained variance 1 - FVU on the eval sample",
+            "l0": "mean active latents per token",
+            "stability_*": f"fraction of live latents matched ({match}, score >= tau) in the other dictionary",
+            "vs_heldout": "per live latent, fraction of the other half's single seeds it is matched in",
+        },
+    }
+    # single-seed baselines
+    sing: dict = {"ev": _spread(single["ev"].tolist()), "l0": _spread(single["l0"].tolist()),
+                  "n_live": _spread(live.sum(-1).float().tolist())}
+    if do_halves:
+        pair_vals = []
+        for a in A:
+            for b in B:
+                for p, q in ((a, b), (b, a)):
+                    sc = match_scores(dec[p], dec[q], match, enc[p] if strict else None, enc[q] if strict else None)
+                    pair_vals.append(float((sc[live[p].cpu()] >= tau).float().mean()))
+        held = []
+        for own, other in ((A, B), (B, A)):
+            for a in own:
+                st = heldout_stability(dec[a], [dec[b] for b in other], tau, match,
+                                       enc[a] if strict else None, [enc[b] for b in other] if strict else None)
+                held.append(float(st[live[a].cpu()].mean()))
+        sing["stability_between_halves"] = {**_spread(pair_vals), "pairs": "every (a in A, b in B), both directions"}
+        sing["stability_vs_heldout"] = _spread(held)
+    sing["random_baseline"] = random_dictionary_baseline(m, d, tau, match)["mean_stability"]
+    out["single"] = sing
+
+    # every (rule, width) variant
+    clusters = {name: gather_and_cluster(dec, seeds, freq, tau, live_threshold) for name, seeds in pools.items()}
+    out["clusters"] = {
+        name: {"n_gathered": int(cl.labels.numel()), "n_clusters": cl.n_clusters,
+               "coverage_hist": torch.bincount(cl.coverage, minlength=len(pools[name]) + 1)[1:].tolist()}
+        for name, cl in clusters.items()
+    }
+    variants = [(r, w) for r in rules if r != "union" for w in widths] + ([("union", None)] if "union" in rules else [])
+    out["variants"] = {}
+    saved: dict[str, str] = {}
+    bar = tqdm(variants, desc="pooling", disable=not progress, leave=False)
+    for vi, (rule, width) in enumerate(bar):
+        vname = f"{rule}_w{width}" if width is not None else rule
+        states, keeps = {}, {}
+        for name, seeds in pools.items():
+            keep = rank_clusters(clusters[name], rule, width)
+            keeps[name] = keep
+            states[name] = pooled_state(sae, clusters[name], keep, seeds)
+        # refit pools of equal width together (one batched SAE per width)
+        by_w: dict[int, list[str]] = {}
+        for name, st in states.items():
+            by_w.setdefault(st["W_dec"].shape[0], []).append(name)
+        fitted: dict[str, tuple] = {}
+        for w, names in by_w.items():
+            psae, pcfg = pooled_sae(cfg.sae, [states[n] for n in names], d, dev, sae.W_dec.dtype,
+                                    init_seeds=list(range(len(names))))
+            refit(psae, batches(cfg.train.data_seed + refit_seed_offset + vi), refit_steps, cfg.train)
+            ev = evaluate(psae, x)
+            for i, n in enumerate(names):
+                fitted[n] = (psae, pcfg, i, ev)
+        row: dict = {"rule": rule, "width": width, "pools": {}}
+        pdec = {n: fitted[n][0].W_dec[fitted[n][2]].detach().float().cpu() for n in pools}
+        penc = {n: fitted[n][0].W_enc[fitted[n][2]].detach().float().cpu() for n in pools}
+        plive = {n: (fitted[n][3]["freq"][fitted[n][2]] > live_threshold).cpu() for n in pools}
+        for n, seeds in pools.items():
+            psae, pcfg, i, ev = fitted[n]
+            cl, keep = clusters[n], keeps[n]
+            info = {
+                "seeds": seeds,
+                "width": int(keep.numel()),
+                "ev": float(ev["ev"][i]),
+                "l0": float(ev["l0"][i]),
+                "n_live": int(plive[n].sum()),
+                "kept_coverage_hist": torch.bincount(cl.coverage[keep], minlength=len(seeds) + 1)[1:].tolist(),
+                "kept_mean_coverage": float(cl.coverage[keep].float().mean()) if keep.numel() else None,
+            }
+            if out_dir is not None:
+                folder = Path(out_dir) / f"{vname}_{n}"
+                save_pooled(folder, psae, i, {"rule": rule, "tau": tau, "width": int(keep.numel()),
+                                               "pooled_seeds": [sae.init_seeds[s] for s in seeds] if hasattr(sae, "init_seeds") else seeds,
+                                               "refit_steps": refit_steps, "live_threshold": live_threshold},
+                            ev["freq"][i])
+                info["folder"] = str(folder)
+                saved[f"{vname}_{n}"] = str(folder)
+            row["pools"][n] = info
+        if do_halves:
+            pp = []
+            for p, q in (("A", "B"), ("B", "A")):
+                sc = match_scores(pdec[p], pdec[q], match, penc[p] if strict else None, penc[q] if strict else None)
+                pp.append(float((sc[plive[p]] >= tau).float().mean()) if plive[p].any() else None)
+            held = []
+            for p, other in (("A", B), ("B", A)):
+                st = heldout_stability(pdec[p], [dec[b] for b in other], tau, match,
+                                       penc[p] if strict else None, [enc[b] for b in other] if strict else None)
+                held.append(float(st[plive[p]].mean()) if plive[p].any() else None)
+            row["stability_pool_vs_pool"] = _spread(pp)
+            row["stability_vs_heldout"] = _spread(held)
+            row["ev_halves"] = _spread([row["pools"]["A"]["ev"], row["pools"]["B"]["ev"]])
+            row["l0_halves"] = _spread([row["pools"]["A"]["l0"], row["pools"]["B"]["l0"]])
+            wA = row["pools"]["A"]["width"]
+            row["random_baseline"] = random_dictionary_baseline(wA, d, tau, match)["mean_stability"]
+        out["variants"][vname] = row
+    out["folders"] = saved
+    out["seconds"] = time.perf_counter() - t0
+    return out
+
+
+def save_pooled(folder: str | Path, sae, s: int, metadata: dict, freq: Tensor | None = None) -> None:
+    """Save seed s of a pooled SAE as an ordinary SAELens-layout folder (io.save_seed_folder)."""
+    from synthsae.io import save_seed_folder
+
+    sparsity = torch.log10(freq.detach().float().cpu().clamp_min(1e-10)) if freq is not None else None
+    save_seed_folder(Path(folder), sae, s, metadata, sparsity)

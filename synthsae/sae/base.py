@@ -1,0 +1,230 @@
+"""The base SAE: S independently initialised SAEs stacked on a leading seed axis, trained in one batched step.
+
+Layout (SAELens's, plus the seed axis): W_enc [S, d_in, d_sae], b_enc [S, d_sae], W_dec [S, d_sae, d_in] with
+unit-norm rows, b_dec [S, d_in]. Every parameter and persistent buffer has S as its first dimension, so a seed
+subset is a slice (`select_seeds`) and S folders stack into one SAE. Losses are summed over seeds and every
+per-seed quantity (gradient clipping included, in the trainer) is computed per seed, so seed s follows exactly
+the trajectory it would follow alone.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from jaxtyping import Bool, Float
+from torch import Tensor, nn
+
+from synthsae.config import SAEConfig
+
+_SKIP_INIT: contextvars.ContextVar[bool] = contextvars.ContextVar("synthsae_skip_init", default=False)
+
+
+@dataclass
+class SAEOutput:
+    """What one training forward pass returns (per-seed values have shape [S])."""
+
+    x_hat: Float[Tensor, "S B d"]
+    loss: Float[Tensor, ""]  # sum over seeds of `losses` (seeds are independent, so their gradients are too)
+    losses: Float[Tensor, " S"]
+    recon: Float[Tensor, " S"]  # reconstruction term (the batch FVU)
+    aux: Float[Tensor, " S"]  # sparsity / auxiliary terms (variant-specific, 0 if none)
+    l0: Float[Tensor, " S"]  # mean number of non-zero latents per token
+    fvu: Float[Tensor, " S"]  # sum ||x - x_hat||^2 / sum ||x - mean(x)||^2 over the batch (detached)
+    fired: Bool[Tensor, "S m"]  # which latents were non-zero on at least one token of the batch
+
+
+def as_seed_batch(x: Tensor, S: int) -> Tensor:
+    """[B, d] (shared by all seeds) or [S, B, d] -> a [S, B, d] view."""
+    if x.dim() == 2:
+        return x.unsqueeze(0).expand(S, *x.shape)
+    if x.dim() != 3 or x.shape[0] != S:
+        raise ValueError(f"input has shape {tuple(x.shape)}; expected [B, d] or [S={S}, B, d]")
+    return x
+
+
+def batch_fvu(x: Tensor, x_hat: Float[Tensor, "S B d"]) -> Float[Tensor, " S"]:
+    """Per-seed fraction of variance unexplained on this batch (pooled, mean-centred)."""
+    xs = as_seed_batch(x, x_hat.shape[0])
+    err = (xs - x_hat).pow(2).sum(dim=(1, 2))
+    var = (xs - xs.mean(dim=1, keepdim=True)).pow(2).sum(dim=(1, 2)).clamp_min(1e-12)
+    return err / var
+
+
+def batch_scale(x: Tensor, S: int) -> Float[Tensor, " S"]:
+    """Per-seed RMS norm of the centred batch: sparsity penalties are divided by it, so they are scale-free."""
+    xs = as_seed_batch(x, S)
+    return (xs - xs.mean(dim=1, keepdim=True)).pow(2).sum(dim=2).mean(dim=1).clamp_min(1e-12).sqrt()
+
+
+class SAE(nn.Module):
+    """Base of every variant: parameters, init, dense encode/decode and the decoder-norm housekeeping."""
+
+    variant: ClassVar[str] = "base"
+    saelens_architecture: ClassVar[str] = "standard"  # the architecture name written to cfg.json
+
+    def __init__(self, cfg: SAEConfig, d_in: int, init_seeds: list[int], device=None, dtype=torch.float32):
+        super().__init__()
+        if not init_seeds:
+            raise ValueError("an SAE needs at least one init seed")
+        self.cfg = cfg
+        self.d_in = int(d_in)
+        self.init_seeds = [int(s) for s in init_seeds]
+        S, m, d = len(self.init_seeds), cfg.d_sae, self.d_in
+        kw = dict(device=device, dtype=dtype)
+        self.W_enc = nn.Parameter(torch.empty(S, d, m, **kw))
+        self.b_enc = nn.Parameter(torch.zeros(S, m, **kw))
+        self.W_dec = nn.Parameter(torch.empty(S, m, d, **kw))
+        self.b_dec = nn.Parameter(torch.zeros(S, d, **kw))
+        if not _SKIP_INIT.get():
+            self.reset_parameters()
+
+    # ------------------------------------------------------------------------------------------- init
+
+    def reset_parameters(self) -> None:
+        """Each seed from its own CPU generator: random unit decoder rows, encoder = decoder^T, zero biases."""
+        with torch.no_grad():
+            for s, seed in enumerate(self.init_seeds):  # init only: the training step has no seed loop
+                gen = torch.Generator().manual_seed(seed)
+                w = torch.randn(self.cfg.d_sae, self.d_in, generator=gen, dtype=torch.float64)
+                w = w / w.norm(dim=1, keepdim=True).clamp_min(1e-12)
+                self.W_dec[s].copy_(w)
+                self.W_enc[s].copy_(w.T)
+                self.init_seed_extras(s, gen)
+
+    def init_seed_extras(self, s: int, gen: torch.Generator) -> None:
+        """Hook for variants whose extra parameters need per-seed random init (default: none)."""
+
+    # ------------------------------------------------------------------------------------------- shapes
+
+    @property
+    def n_seeds(self) -> int:
+        return len(self.init_seeds)
+
+    @property
+    def d_sae(self) -> int:
+        return self.cfg.d_sae
+
+    @property
+    def device(self) -> torch.device:
+        return self.W_dec.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.W_dec.dtype
+
+    # ------------------------------------------------------------------------------------------- maths
+
+    def bias_eff(self) -> Float[Tensor, "S m"]:
+        """b_enc - b_dec @ W_enc: subtracting b_dec from the input folded into the bias (no extra B x d x m matmul)."""
+        if not self.cfg.apply_b_dec_to_input:
+            return self.b_enc
+        return self.b_enc - torch.bmm(self.b_dec.unsqueeze(1), self.W_enc).squeeze(1)
+
+    def pre_acts(self, x: Tensor, bias: Tensor | None = None) -> Float[Tensor, "S B m"]:
+        """Encoder pre-activations (x - b_dec) @ W_enc + b_enc for every seed."""
+        bias = self.bias_eff() if bias is None else bias
+        if x.dim() == 2:
+            return torch.matmul(x, self.W_enc) + bias.unsqueeze(1)
+        return torch.baddbmm(bias.unsqueeze(1), as_seed_batch(x, self.n_seeds), self.W_enc)
+
+    def activation(self, pre: Float[Tensor, "S B m"]) -> Float[Tensor, "S B m"]:
+        """Inference non-linearity (ReLU unless the variant says otherwise)."""
+        return torch.relu(pre)
+
+    def encode(self, x: Tensor) -> Float[Tensor, "S B m"]:
+        """Dense inference activations (>= 0); x is [S, B, d] or [B, d] shared by all seeds."""
+        return self.activation(self.pre_acts(x))
+
+    def decode(self, acts: Float[Tensor, "S B m"]) -> Float[Tensor, "S B d"]:
+        return torch.baddbmm(self.b_dec.unsqueeze(1), acts, self.W_dec)
+
+    def forward(self, x: Tensor, step: int = 0, dead: Bool[Tensor, "S m"] | None = None) -> SAEOutput:
+        """One training forward pass; `dead` marks latents the trainer counts as dead (for auxiliary losses)."""
+        acts = self.encode(x)
+        x_hat = self.decode(acts)
+        return self.output(x, x_hat, acts, aux=None)
+
+    def output(self, x: Tensor, x_hat: Tensor, acts: Tensor | None, aux: Tensor | None,
+               l0: Tensor | None = None, fired: Tensor | None = None) -> SAEOutput:
+        """Assemble an SAEOutput with the FVU as reconstruction loss plus `aux` (per seed)."""
+        recon = batch_fvu(x, x_hat)
+        aux = torch.zeros_like(recon) if aux is None else aux
+        losses = recon + aux
+        with torch.no_grad():
+            if acts is not None:
+                nz = acts > 0
+                l0 = nz.sum(dim=2).to(recon.dtype).mean(dim=1)
+                fired = nz.any(dim=1)
+        return SAEOutput(x_hat=x_hat, loss=losses.sum(), losses=losses, recon=recon, aux=aux, l0=l0,
+                         fvu=recon.detach(), fired=fired)
+
+    # ------------------------------------------------------------------------------------------- decoder norm
+
+    def decoder_norms(self) -> Float[Tensor, "S m"]:
+        return self.W_dec.norm(dim=2)
+
+    @torch.no_grad()
+    def normalize_decoder(self) -> None:
+        """Rescale decoder rows to unit norm (after every optimiser step)."""
+        self.W_dec.div_(self.W_dec.norm(dim=2, keepdim=True).clamp_min(1e-12))
+
+    @torch.no_grad()
+    def remove_parallel_grad(self) -> None:
+        """Drop the gradient component parallel to each (unit) decoder row: it would only change the norm."""
+        g = self.W_dec.grad
+        if g is None:
+            return
+        w = self.W_dec
+        g.sub_((g * w).sum(dim=2, keepdim=True) * w)
+
+    def update_running_stats(self, out: SAEOutput) -> None:
+        """Hook called by the trainer after each step (BatchTopK's threshold estimate lives here)."""
+
+    # ------------------------------------------------------------------------------------------- seeds & files
+
+    def select_seeds(self, idx: list[int]) -> "SAE":
+        """A new SAE of the same class holding the seeds at positions idx (copies)."""
+        idx = [int(i) for i in idx]
+        new = self.empty_like(self.cfg, self.d_in, [self.init_seeds[i] for i in idx], self.device, self.dtype)
+        sel = torch.tensor(idx, dtype=torch.long, device=self.device)
+        new.load_state_dict({k: v.index_select(0, sel).clone() for k, v in self.state_dict().items()})
+        return new
+
+    @classmethod
+    def empty_like(cls, cfg: SAEConfig, d_in: int, init_seeds: list[int], device=None, dtype=torch.float32) -> "SAE":
+        """An instance whose weights will be overwritten (skips the random init)."""
+        token = _SKIP_INIT.set(True)
+        try:
+            return cls(cfg, d_in, init_seeds, device=device, dtype=dtype)
+        finally:
+            _SKIP_INIT.reset(token)
+
+    def saelens_cfg(self) -> dict[str, Any]:
+        """Architecture-specific cfg.json fields (beyond d_in, d_sae, dtype, ...)."""
+        return {}
+
+    def seed_tensors(self, s: int) -> dict[str, Tensor]:
+        """Weights of seed s as SAELens names them (no S axis)."""
+        return {k: v[s] for k, v in self.state_dict().items()}
+
+    def load_seed_tensors(self, per_seed: list[dict[str, Tensor]]) -> None:
+        """Inverse of seed_tensors over all seeds (stacks them); raises KeyError/RuntimeError on a mismatch."""
+        own = self.state_dict()
+        missing = [k for k in own if k not in per_seed[0]]
+        if missing:
+            raise KeyError(f"missing tensor(s) {', '.join(missing)}")
+        self.load_state_dict({k: torch.stack([t[k] for t in per_seed]).to(own[k].dtype) for k in own})
+
+    def extra_repr(self) -> str:
+        return f"variant={self.variant}, S={self.n_seeds}, d_in={self.d_in}, d_sae={self.d_sae}"
+
+
+def l1_warmup(cfg: SAEConfig, step: int) -> float:
+    """Sparsity coefficient ramped linearly from 0 to l1_coeff over l1_warmup_steps."""
+    if cfg.l1_warmup_steps <= 0:
+        return cfg.l1_coeff
+    return cfg.l1_coeff * min(1.0, (step + 1) / cfg.l1_warmup_steps)
+

@@ -1,0 +1,161 @@
+"""Sparse codes (indices + values) and hand-written autograd for their encode/decode: O(nnz * d), not O(B * m * d).
+
+A sparse code over S seeds is a flat list of nnz entries (token row in [S*B], latent column in [S*m] with the
+seed offset s*m folded in, value). Rows are sorted, so the code is a CSR matrix [S*B, S*m] that is block
+diagonal over seeds. The dense encoder forward (the cost floor) runs outside autograd; these functions then
+carry the gradient only through the selected entries:
+
+- `gather_pre`: identity on the selected pre-activations; backward scatters their gradient into W_enc and the
+  effective encoder bias (an embedding-bag over each latent's tokens, i.e. CSR^T @ x).
+- `sparse_decode`: sum_j v_j W_dec[c_j] per row (embedding-bag); backward gives dL/dv by per-entry dot products
+  and dL/dW_dec by CSR^T @ grad.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from torch import Tensor
+
+_CHUNK_ELEMS = 1 << 22  # entries x d per chunk of the per-entry dot products (16 MB of float32)
+
+
+@dataclass
+class SparseCode:
+    """Selected (row, latent) pairs of a batch of S*B tokens over S*m latents; rows sorted ascending."""
+
+    rows: Int[Tensor, " nnz"]  # token row in [0, S*B)
+    cols: Int[Tensor, " nnz"]  # latent in [0, S*m), seed offset folded in
+    offsets: Int[Tensor, " SB"]  # start of each row's entries (embedding-bag offsets)
+    n_rows: int  # S * B
+    n_cols: int  # S * m
+    per_row: int | None = None  # k when every row has exactly k entries (TopK), else None
+    _by_col: tuple[Tensor, Tensor] | None = None
+
+    def by_col(self) -> tuple[Int[Tensor, " nnz"], Int[Tensor, " Sm"]]:
+        """(permutation sorting entries by latent, stable in row order; offsets of each latent's run)."""
+        if self._by_col is None:
+            perm = torch.sort(self.cols, stable=True).indices
+            counts = torch.bincount(self.cols, minlength=self.n_cols)
+            offs = torch.zeros(self.n_cols, dtype=torch.long, device=self.cols.device)
+            offs[1:] = torch.cumsum(counts, 0)[:-1]
+            self._by_col = (perm, offs)
+        return self._by_col
+
+
+def code_from_topk(idx: Int[Tensor, "S B k"], m: int) -> SparseCode:
+    """A code with exactly k entries per token from per-seed latent indices [S, B, k]."""
+    S, B, k = idx.shape
+    dev = idx.device
+    cols = (idx + torch.arange(S, device=dev).view(S, 1, 1) * m).reshape(-1)
+    rows = torch.arange(S * B, device=dev).repeat_interleave(k)
+    offsets = torch.arange(0, S * B * k, k, device=dev)
+    return SparseCode(rows=rows, cols=cols, offsets=offsets, n_rows=S * B, n_cols=S * m, per_row=k)
+
+
+def code_from_rows_cols(rows: Int[Tensor, " nnz"], cols: Int[Tensor, " nnz"], n_rows: int, n_cols: int) -> tuple[SparseCode, Tensor]:
+    """A code from unsorted entries; also returns the permutation that sorted them by row (stable)."""
+    perm = torch.sort(rows, stable=True).indices
+    rows, cols = rows[perm], cols[perm]
+    counts = torch.bincount(rows, minlength=n_rows)
+    offsets = torch.zeros(n_rows, dtype=torch.long, device=rows.device)
+    offsets[1:] = torch.cumsum(counts, 0)[:-1]
+    return SparseCode(rows=rows, cols=cols, offsets=offsets, n_rows=n_rows, n_cols=n_cols), perm
+
+
+def _rowwise_dots(a: Tensor, a_idx: Tensor | None, b: Tensor, b_idx: Tensor, per_row: int | None) -> Tensor:
+    """out[e] = <a[a_idx[e]], b[b_idx[e]]> for every entry, in chunks so no [nnz, d] temporary is kept."""
+    nnz, d = b_idx.numel(), b.shape[1]
+    out = torch.empty(nnz, dtype=b.dtype, device=b.device)
+    if per_row is not None:  # a row per k consecutive entries: a batched (k x d) @ (d x 1) per row
+        rows_per_chunk = max(1, _CHUNK_ELEMS // max(1, per_row * d))
+        n_rows = nnz // per_row
+        buf = None
+        for r0 in range(0, n_rows, rows_per_chunk):
+            r1 = min(n_rows, r0 + rows_per_chunk)
+            sel = b_idx[r0 * per_row : r1 * per_row]
+            if buf is None or buf.shape[0] != sel.numel():
+                buf = torch.empty(sel.numel(), d, dtype=b.dtype, device=b.device)
+            torch.index_select(b, 0, sel, out=buf)
+            torch.bmm(buf.view(r1 - r0, per_row, d), a[r0:r1].unsqueeze(2), out=out[r0 * per_row : r1 * per_row].view(r1 - r0, per_row, 1))
+        return out
+    step = max(1, _CHUNK_ELEMS // max(1, d))
+    for e0 in range(0, nnz, step):
+        e1 = min(nnz, e0 + step)
+        ra = a.index_select(0, a_idx[e0:e1])
+        rb = b.index_select(0, b_idx[e0:e1])
+        out[e0:e1] = (ra * rb).sum(1)
+    return out
+
+
+def _bag_by_col(code: SparseCode, weights: Tensor, table: Tensor, table_rows: Tensor) -> Float[Tensor, "Sm d"]:
+    """sum over each latent's entries e of weights[e] * table[table_rows[e]]: CSR^T @ table in O(nnz * d)."""
+    perm, offs = code.by_col()
+    return F.embedding_bag(table_rows[perm], table, offs, mode="sum", per_sample_weights=weights[perm])
+
+
+class _GatherPre(torch.autograd.Function):
+    """Selected pre-activations (computed densely outside autograd); backward reaches W_enc and the bias only."""
+
+    @staticmethod
+    def forward(ctx, pre_vals, W_enc, bias_eff, x, code: SparseCode, S: int, B: int):  # type: ignore[override]
+        ctx.save_for_backward(x)
+        ctx.code, ctx.S, ctx.B = code, S, B
+        ctx.m, ctx.d = W_enc.shape[2], W_enc.shape[1]
+        return pre_vals.clone()
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        (x,) = ctx.saved_tensors
+        code, S, B, m, d = ctx.code, ctx.S, ctx.B, ctx.m, ctx.d
+        g_W = g_b = None
+        if ctx.needs_input_grad[1]:
+            if x.dim() == 2:  # shared batch: token row s*B + b reads x[b]
+                table, table_rows = x, code.rows % B
+            else:
+                table, table_rows = x.reshape(S * B, d), code.rows
+            g_WT = _bag_by_col(code, grad, table, table_rows)  # [S*m, d]
+            g_W = g_WT.view(S, m, d).transpose(1, 2)
+        if ctx.needs_input_grad[2]:
+            g_b = torch.zeros(S * m, dtype=grad.dtype, device=grad.device).index_add_(0, code.cols, grad).view(S, m)
+        return None, g_W, g_b, None, None, None, None
+
+
+class _SparseDecode(torch.autograd.Function):
+    """x_hat rows (without b_dec) = sum of values times decoder rows; backward in O(nnz * d)."""
+
+    @staticmethod
+    def forward(ctx, vals, W_dec, code: SparseCode):  # type: ignore[override]
+        S, m, d = W_dec.shape
+        W_flat = W_dec.reshape(S * m, d)
+        ctx.save_for_backward(vals, W_dec)
+        ctx.code = code
+        return F.embedding_bag(code.cols, W_flat, code.offsets, mode="sum", per_sample_weights=vals)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        vals, W_dec = ctx.saved_tensors
+        code = ctx.code
+        S, m, d = W_dec.shape
+        grad = grad.contiguous()
+        g_vals = g_W = None
+        if ctx.needs_input_grad[0]:
+            g_vals = _rowwise_dots(grad, code.rows, W_dec.reshape(S * m, d), code.cols, code.per_row)
+        if ctx.needs_input_grad[1]:
+            g_W = _bag_by_col(code, vals, grad, code.rows).view(S, m, d)
+        return g_vals, g_W, None
+
+
+def gather_pre(pre_vals: Tensor, W_enc: Tensor, bias_eff: Tensor, x: Tensor, code: SparseCode) -> Tensor:
+    """Differentiable view of the selected pre-activations (see module docstring)."""
+    S = W_enc.shape[0]
+    B = x.shape[-2]
+    return _GatherPre.apply(pre_vals, W_enc, bias_eff, x, code, S, B)
+
+
+def sparse_decode(vals: Float[Tensor, " nnz"], W_dec: Float[Tensor, "S m d"], code: SparseCode) -> Float[Tensor, "SB d"]:
+    """Decode a sparse code without the decoder bias."""
+    return _SparseDecode.apply(vals, W_dec, code)

@@ -1,0 +1,120 @@
+"""The whole study, top to bottom: train S seeds -> analyse -> ablate -> pool -> report.
+
+Each stage writes its result into the run folder before the next starts, so a killed run resumes from the
+first stage whose output is missing (training itself resumes from its last checkpoint).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from synthsae.config import RunConfig, validate
+from synthsae.fileio import merge_json_key
+
+STAGES = ("train", "analysis", "ablation", "pooling", "report")
+RUN_OUTPUTS = ("metrics.json", "analysis_latents.safetensors", "report.md", "report.html", "figures", "pooled")
+
+
+@dataclass
+class StudyResult:
+    run_dir: Path
+    metrics: dict
+    seconds: dict[str, float] = field(default_factory=dict)  # per stage; absent = skipped (already done)
+
+
+def _is_finished(out: Path) -> bool:
+    return (out / "report.html").is_file() and (out / "train.json").is_file()
+
+
+def _clear_outputs(out: Path) -> None:
+    """Remove what the analysis stages write (training's own files are cleared by train_run)."""
+    for name in RUN_OUTPUTS:
+        p = out / name
+        if p.is_dir():
+            shutil.rmtree(p)
+        else:
+            p.unlink(missing_ok=True)
+
+
+def check_target(out: Path, resume: bool, force: bool) -> None:
+    """Refuse to touch a finished run without force, or an unfinished one without resume / force."""
+    if force or not out.exists():
+        return
+    if _is_finished(out) and not resume:
+        raise FileExistsError(f"{out}: holds a finished run; pass --force to overwrite it")
+    if not resume and any(out.iterdir()):
+        raise FileExistsError(f"{out}: is not empty (an unfinished run?); pass --resume to finish it or --force to start over")
+
+
+def run_study(cfg: RunConfig, out: str | Path, *, resume: bool = False, force: bool = False,
+              device: str | None = None, progress: bool = True, log=print) -> StudyResult:
+    """Run every stage into `out`; with resume, stages whose output exists are skipped."""
+    from synthsae.io import load_run
+    from synthsae.metrics.ablation import ablation_study
+    from synthsae.metrics.run_analysis import analyze_run, write_analysis
+    from synthsae.pooling import pooling_study
+    from synthsae.report import build_report
+    from synthsae.train import train_run
+
+    validate(cfg)
+    out = Path(out)
+    check_target(out, resume, force)
+    if force:
+        _clear_outputs(out)
+    seconds: dict[str, float] = {}
+    mpath = out / "metrics.json"
+
+    def done(key: str) -> bool:
+        return resume and mpath.is_file() and key in json.loads(mpath.read_text())
+
+    t0 = time.perf_counter()
+    if not (resume and (out / "train.json").is_file()):
+        log(f"[1/5] training {cfg.train.seeds} seeds of {cfg.sae.variant} (d_sae {cfg.sae.d_sae}, k {cfg.sae.k}, "
+            f"{cfg.train.steps} steps) -> {out}")
+        train_run(cfg, out, resume=resume, force=force, progress=progress)
+        seconds["train"] = time.perf_counter() - t0
+
+    dev = device or cfg.train.device
+    latents = None
+    if not done("analysis"):
+        log("[2/5] analysing stability, truth recovery and subspaces")
+        t = time.perf_counter()
+        res, latents = analyze_run(out, device=dev)
+        write_analysis(mpath, res, latents)
+        seconds["analysis"] = time.perf_counter() - t
+
+    run_cfg, sae, truth = load_run(out, device="cpu" if dev == "auto" else dev)
+    if not done("ablation"):
+        log("[3/5] ablating stable / unstable / random groups")
+        t = time.perf_counter()
+        stab = latents["stability"] if latents is not None else _saved_stability(out)
+        merge_json_key(mpath, "ablation", ablation_study(sae, truth, run_cfg, stability=stab, progress=progress))
+        seconds["ablation"] = time.perf_counter() - t
+
+    if not done("pooling"):
+        log("[4/5] pooling seeds (disjoint halves, widths 1x and 2x)")
+        t = time.perf_counter()
+        shutil.rmtree(out / "pooled", ignore_errors=True)
+        merge_json_key(mpath, "pooling", pooling_study((run_cfg, sae, truth), out_dir=out / "pooled", progress=progress))
+        seconds["pooling"] = time.perf_counter() - t
+
+    log("[5/5] writing report.md, report.html and figures/")
+    t = time.perf_counter()
+    build_report(out)
+    seconds["report"] = time.perf_counter() - t
+    metrics = json.loads(mpath.read_text())
+    return StudyResult(out, metrics, seconds)
+
+
+def _saved_stability(out: Path):
+    """Per-latent stability from the analysis' saved tensors (for a resumed run)."""
+    from safetensors.torch import load_file
+
+    from synthsae.metrics.run_analysis import LATENTS_FILE
+
+    path = out / LATENTS_FILE
+    return load_file(str(path))["stability"] if path.is_file() else None

@@ -1,0 +1,423 @@
+"""The multi-seed trainer: all S seeds in one batched step, checkpoints, bit-identical resume on CPU.
+
+Per step: Adam with linear warm-up then linear decay (from `decay_start` of the run to 0), the decoder
+gradient's component parallel to each row removed, gradient clipping to `grad_clip` *per seed* (so seeds stay
+independent), decoder rows renormalised to unit norm. A latent is **dead** when it has not fired in the last
+`dead_window_tokens` training tokens (tokens, not steps; counted per seed). A NaN/Inf loss or gradient stops
+training with `TrainingDiverged`; the last checkpoint on disk is the last good state.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from synthsae.config import RunConfig, TrainConfig, to_toml, validate
+from synthsae.config import save as save_config
+from synthsae.fileio import atomic_path, atomic_write_json
+from synthsae.sae import build_sae
+from synthsae.sae.base import SAE
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss or gradient became NaN/Inf; the message says at which step, for which seeds, and what to do."""
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """'auto' = CUDA when available, else CPU; anything else is passed to torch.device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        from synthsae.config import ConfigError
+
+        raise ConfigError(f"train.device = {name!r}: CUDA is not available on this machine; use cpu or auto")
+    return dev
+
+
+def lr_at(step: int, tcfg: TrainConfig) -> float:
+    """Learning rate at `step`: linear warm-up, constant, then linear decay to 0 from decay_start * steps."""
+    lr = tcfg.lr
+    if tcfg.warmup_steps > 0 and step < tcfg.warmup_steps:
+        lr *= (step + 1) / tcfg.warmup_steps
+    start = int(tcfg.decay_start * tcfg.steps)
+    if step >= start and tcfg.steps > start:
+        lr *= max(0.0, (tcfg.steps - step) / (tcfg.steps - start))
+    return lr
+
+
+@dataclass
+class TrainState:
+    """Everything that changes during training besides the SAE's own tensors."""
+
+    step: int
+    optimizer: torch.optim.Optimizer
+    tokens_since_fired: Tensor  # [S, m] int64: training tokens since each latent last fired
+    history: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def dead(self, window: int) -> Tensor:
+        return self.tokens_since_fired >= window
+
+
+@dataclass
+class TrainStats:
+    """What train_steps reports (per-seed lists have one entry per seed)."""
+
+    steps: int
+    tokens: int
+    seconds: float
+    fvu: list[float]
+    l0: list[float]
+    loss: list[float]
+    dead_fraction: list[float]
+    history: list[dict]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def trainable_params(sae: SAE, freeze_decoder: bool) -> list[torch.nn.Parameter]:
+    return [p for n, p in sae.named_parameters() if not (freeze_decoder and n == "W_dec")]
+
+
+def new_state(sae: SAE, tcfg: TrainConfig, freeze_decoder: bool = False) -> TrainState:
+    opt = torch.optim.Adam(trainable_params(sae, freeze_decoder), lr=tcfg.lr, betas=(0.9, 0.999), eps=1e-8)
+    tsf = torch.zeros(sae.n_seeds, sae.d_sae, dtype=torch.long, device=sae.device)
+    return TrainState(step=0, optimizer=opt, tokens_since_fired=tsf)
+
+
+def clip_per_seed(params: list[torch.nn.Parameter], max_norm: float, S: int) -> Float[Tensor, " S"]:
+    """Scale each seed's gradient (over all parameters) to norm <= max_norm; returns the norms before clipping."""
+    grads = [p.grad for p in params if p.grad is not None]
+    sq = torch.stack([g.reshape(S, -1).pow(2).sum(dim=1) for g in grads]).sum(dim=0)
+    norms = sq.sqrt()
+    if max_norm > 0:
+        scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+        for g in grads:
+            g.mul_(scale.view(S, *([1] * (g.dim() - 1))))
+    return norms
+
+
+def _fmt(vals: list[float], f: str = ".3f") -> str:
+    return " ".join(format(v, f) for v in vals) if len(vals) <= 8 else f"{min(vals):{f}}..{max(vals):{f}}"
+
+
+def train_steps(
+    sae: SAE,
+    batches: Iterator[Tensor],
+    steps: int,
+    tcfg: TrainConfig,
+    *,
+    freeze_decoder: bool = False,
+    progress: bool = True,
+    state: TrainState | None = None,
+    on_step: Callable[[TrainState], bool] | None = None,
+    log_every: int | None = None,
+) -> TrainStats:
+    """Train `sae` in place from state.step up to `steps` (the schedule's length) on batches [B, d] or [S, B, d].
+
+    freeze_decoder=True trains everything but W_dec (pooling's refit of encoder and biases). `on_step` runs
+    after every step and may return False to stop early (checkpointing and tests use it).
+    """
+    from tqdm.auto import tqdm
+
+    state = state or new_state(sae, tcfg, freeze_decoder)
+    S = sae.n_seeds
+    params = trainable_params(sae, freeze_decoder)
+    was_frozen = sae.W_dec.requires_grad
+    if freeze_decoder:
+        sae.W_dec.requires_grad_(False)
+    log_every = log_every or max(1, min(50, steps // 50))
+    bar = tqdm(total=steps, initial=state.step, disable=not progress, file=sys.stderr, dynamic_ncols=True,
+               desc=f"train {sae.variant} x{S}", leave=False)
+    out = None
+    tokens = 0
+    t0 = time.perf_counter()
+    sae.train()
+    try:
+        while state.step < steps:
+            step = state.step
+            x = next(batches)
+            lr = lr_at(step, tcfg)
+            for g in state.optimizer.param_groups:
+                g["lr"] = lr
+            out = sae(x, step, dead=state.dead(tcfg.dead_window_tokens))
+            bad = ~torch.isfinite(out.losses.detach())
+            if bool(bad.any()):
+                raise TrainingDiverged(_diverged_msg(step, "loss", bad, sae))
+            state.optimizer.zero_grad(set_to_none=True)
+            out.loss.backward()
+            if not freeze_decoder:
+                sae.remove_parallel_grad()
+            norms = clip_per_seed(params, tcfg.grad_clip, S)
+            bad = ~torch.isfinite(norms)
+            if bool(bad.any()):
+                raise TrainingDiverged(_diverged_msg(step, "gradient", bad, sae))
+            state.optimizer.step()
+            if not freeze_decoder:
+                sae.normalize_decoder()
+            sae.update_running_stats(out)
+            B = x.shape[-2]
+            tokens += B
+            with torch.no_grad():
+                state.tokens_since_fired.add_(B).masked_fill_(out.fired, 0)
+            state.step += 1
+            if state.step % log_every == 0 or state.step == steps:
+                rec = {
+                    "step": state.step,
+                    "lr": lr,
+                    "loss": out.losses.detach().tolist(),
+                    "fvu": out.fvu.tolist(),
+                    "l0": out.l0.tolist(),
+                    "dead_fraction": state.dead(tcfg.dead_window_tokens).float().mean(dim=1).tolist(),
+                }
+                state.history.append(rec)
+                bar.set_postfix_str(f"fvu {_fmt(rec['fvu'])} | l0 {_fmt(rec['l0'], '.1f')} | dead {_fmt(rec['dead_fraction'], '.2f')}")
+            bar.update(1)
+            if on_step is not None and on_step(state) is False:
+                break
+    finally:
+        bar.close()
+        state.seconds += time.perf_counter() - t0
+        if freeze_decoder:
+            sae.W_dec.requires_grad_(was_frozen)
+        sae.eval()
+    dead = state.dead(tcfg.dead_window_tokens).float().mean(dim=1).tolist()
+    if out is None:
+        nan = [float("nan")] * S
+        return TrainStats(state.step, tokens, state.seconds, nan, nan, nan, dead, state.history)
+    return TrainStats(state.step, tokens, state.seconds, out.fvu.tolist(), out.l0.tolist(), out.losses.detach().tolist(),
+                      dead, state.history)
+
+
+def _diverged_msg(step: int, what: str, bad: Tensor, sae: SAE) -> str:
+    seeds = [sae.init_seeds[i] for i in torch.nonzero(bad).flatten().tolist()]
+    return (f"training diverged at step {step}: the {what} is NaN/Inf for init seed(s) {seeds}; "
+            f"the last checkpoint is the last good state; lower --lr or raise grad_clip's strictness")
+
+
+# ----------------------------------------------------------------------------------------------- data
+
+
+class DataStream:
+    """Seeded batches from the truth: one stream shared by all seeds, or (vary_data) stream data_seed + s per seed.
+
+    The generators' states are part of a checkpoint, so a resumed run sees exactly the same batches.
+    """
+
+    def __init__(self, truth, batch_size: int, data_seed: int, n_seeds: int, vary_data: bool, dtype=torch.float32):
+        from synthsae.truth import make_generator
+
+        self.truth, self.batch_size, self.dtype = truth, batch_size, dtype
+        seeds = [data_seed + s for s in range(n_seeds)] if vary_data else [data_seed]
+        self.gens = [make_generator(s, truth.device) for s in seeds]
+        self.vary = vary_data
+
+    def __iter__(self) -> "DataStream":
+        return self
+
+    def __next__(self) -> Tensor:
+        from synthsae.truth import sample
+
+        xs = [sample(self.truth, self.batch_size, g, details=False).x for g in self.gens]
+        x = torch.stack(xs) if self.vary else xs[0]
+        return x.to(self.dtype)
+
+    def get_state(self) -> list[Tensor]:
+        return [g.get_state() for g in self.gens]
+
+    def set_state(self, states: list[Tensor]) -> None:
+        for g, s in zip(self.gens, states):
+            g.set_state(s)
+
+
+# ----------------------------------------------------------------------------------------------- runs
+
+CHECKPOINT = "checkpoint/state.pt"
+FINISHED = "train.json"
+
+
+def _save_checkpoint(out: Path, sae: SAE, state: TrainState, data: DataStream) -> None:
+    blob = {
+        "step": state.step,
+        "model": {k: v.detach().cpu() for k, v in sae.state_dict().items()},
+        "optimizer": state.optimizer.state_dict(),
+        "tokens_since_fired": state.tokens_since_fired.cpu(),
+        "data_rng": [s.cpu() for s in data.get_state()],
+        "history": state.history,
+        "seconds": state.seconds,
+    }
+    with atomic_path(out / CHECKPOINT) as tmp:
+        torch.save(blob, tmp)
+
+
+def _load_checkpoint(out: Path, sae: SAE, state: TrainState, data: DataStream) -> None:
+    from synthsae.io import RunFileError
+
+    path = out / CHECKPOINT
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        sae.load_state_dict({k: v.to(sae.device) for k, v in blob["model"].items()})
+        state.optimizer.load_state_dict(blob["optimizer"])
+        state.tokens_since_fired.copy_(blob["tokens_since_fired"])
+        data.set_state([s.to(torch.uint8) for s in blob["data_rng"]])
+        state.step = int(blob["step"])
+        state.history = list(blob["history"])
+        state.seconds = float(blob.get("seconds", 0.0))
+    except Exception as exc:  # noqa: BLE001 - any failure here means an unusable checkpoint
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise RunFileError(f"{path}: cannot resume from this checkpoint ({msg}); pass --force to start over") from None
+
+
+def _first_difference(a: str, b: str) -> str:
+    for la, lb in zip(a.splitlines(), b.splitlines()):
+        if la != lb:
+            return f"saved '{la}' vs requested '{lb}'"
+    return "different length"
+
+
+def _clear_run(out: Path) -> None:
+    """Remove what a training run writes (and nothing else in the folder)."""
+    for name in ("seeds", "checkpoint"):
+        shutil.rmtree(out / name, ignore_errors=True)
+    for name in (FINISHED, "config.toml", "truth.safetensors"):
+        (out / name).unlink(missing_ok=True)
+
+
+def seed_metadata(cfg: RunConfig, s: int) -> dict:
+    """What goes under cfg.json's metadata for seed index s: both seeds, the variant and the full config."""
+    t = cfg.train
+    init = t.resolved_init_seeds()[s]
+    return {
+        "variant": cfg.sae.variant,
+        "seed_index": s,
+        "init_seed": init,
+        "data_seed": t.data_seed + s if t.vary_data else t.data_seed,
+        "vary_data": t.vary_data,
+        "preset": cfg.preset,
+        "truth": asdict(cfg.truth),
+        "sae": asdict(cfg.sae),
+        "train": asdict(cfg.train),
+    }
+
+
+@torch.no_grad()
+def evaluate(sae: SAE, truth, n_tokens: int, batch_size: int, seed: int) -> dict:
+    """Firing frequency per latent, pooled FVU and mean L0 per seed on a fresh stream (inference encode)."""
+    from synthsae.truth import make_generator, sample
+
+    gen = make_generator(seed, truth.device)
+    S, m = sae.n_seeds, sae.d_sae
+    fires = torch.zeros(S, m, dtype=torch.float64, device=sae.device)
+    err = torch.zeros(S, dtype=torch.float64, device=sae.device)
+    l0 = torch.zeros(S, dtype=torch.float64, device=sae.device)
+    xs_sum = torch.zeros(truth.d, dtype=torch.float64, device=sae.device)
+    xs_sq = torch.zeros((), dtype=torch.float64, device=sae.device)
+    n = 0
+    while n < n_tokens:
+        b = min(batch_size, n_tokens - n)
+        x = sample(truth, b, gen, details=False).x.to(sae.dtype)
+        acts = sae.encode(x)
+        x_hat = sae.decode(acts)
+        nz = acts > 0
+        fires += nz.sum(dim=1)
+        l0 += nz.sum(dim=(1, 2))
+        err += (x.unsqueeze(0) - x_hat).double().pow(2).sum(dim=(1, 2))
+        xs_sum += x.double().sum(dim=0)
+        xs_sq += x.double().pow(2).sum()
+        n += b
+    var = xs_sq - xs_sum.pow(2).sum() / n
+    freq = fires / n
+    return {"fvu": (err / var).tolist(), "l0": (l0 / n).tolist(), "frequency": freq.float(),
+            "dead_fraction_eval": (fires == 0).double().mean(dim=1).tolist(), "tokens": n}
+
+
+def train_run(cfg: RunConfig, out: Path, *, resume: bool = False, force: bool = False, progress: bool = True,
+              stop_after: int | None = None) -> SAE:
+    """Train cfg.train.seeds SAEs into run folder `out` (layout in DESIGN.md) and return them stacked.
+
+    resume=True continues from out/checkpoint/ (bit-identical on CPU); a finished run is only replaced with
+    force=True. stop_after=N stops (with a checkpoint) once step N is reached, as if the run had been killed.
+    """
+    from synthsae.io import save_seed_folder, save_truth
+    from synthsae.truth import build_truth
+
+    validate(cfg)
+    out = Path(out)
+    ckpt = out / CHECKPOINT
+    if (out / FINISHED).exists() and not force:
+        raise FileExistsError(f"{out}: holds a finished training run; pass --force to overwrite it")
+    if force:
+        _clear_run(out)
+    elif not resume and ((out / "config.toml").exists() or ckpt.exists()):
+        raise FileExistsError(f"{out}: holds an unfinished training run; pass --resume to continue it or --force to start over")
+    resuming = resume and ckpt.exists()
+    if resuming:
+        saved = (out / "config.toml").read_text() if (out / "config.toml").exists() else ""
+        if saved != to_toml(cfg):
+            from synthsae.config import ConfigError
+
+            raise ConfigError(f"{out}: cannot resume with a different config ({_first_difference(saved, to_toml(cfg))}); "
+                              "pass --force to start over")
+    out.mkdir(parents=True, exist_ok=True)
+    t = cfg.train
+    device = pick_device(t.device)
+    dtype = DTYPES[t.dtype]
+    truth = build_truth(cfg.truth, device)
+    if not resuming:
+        save_config(cfg, out / "config.toml")
+        save_truth(out / "truth.safetensors", truth)
+    sae = build_sae(cfg.sae, cfg.truth.d, t.resolved_init_seeds(), device=device, dtype=dtype)
+    data = DataStream(truth, t.batch_size, t.data_seed, t.seeds, t.vary_data, dtype=dtype)
+    state = new_state(sae, t)
+    if resuming:
+        _load_checkpoint(out, sae, state, data)
+
+    def on_step(st: TrainState) -> bool:
+        if st.step % t.checkpoint_every == 0 and st.step < t.steps:
+            _save_checkpoint(out, sae, st, data)
+        if stop_after is not None and st.step >= stop_after:
+            if st.step % t.checkpoint_every != 0:
+                _save_checkpoint(out, sae, st, data)
+            return False
+        return True
+
+    stats = train_steps(sae, data, t.steps, t, progress=progress, state=state, on_step=on_step)
+    if state.step < t.steps:
+        return sae  # stopped early (stop_after): the checkpoint holds the state
+
+    ev = evaluate(sae, truth, cfg.analysis.eval_tokens, t.batch_size, seed=t.data_seed + 2**31)
+    log10_freq = torch.log10(ev["frequency"] + 1e-10)
+    for s in range(sae.n_seeds):
+        save_seed_folder(out / "seeds" / f"seed_{s}", sae, s, seed_metadata(cfg, s), log10_freq[s])
+    summary = {
+        "variant": cfg.sae.variant,
+        "init_seeds": sae.init_seeds,
+        "steps": stats.steps,
+        "tokens_per_seed": stats.steps * t.batch_size,
+        "seconds": state.seconds,
+        "dead_definition": f"no firing in the last {t.dead_window_tokens} training tokens",
+        "train_final": {"fvu": stats.fvu, "l0": stats.l0, "loss": stats.loss, "dead_fraction": stats.dead_fraction},
+        "eval": {"tokens": ev["tokens"], "fvu": ev["fvu"], "l0": ev["l0"], "never_fired_fraction": ev["dead_fraction_eval"]},
+        "history": stats.history,
+    }
+    atomic_write_json(out / FINISHED, summary)
+    shutil.rmtree(out / "checkpoint", ignore_errors=True)
+    return sae
+
+
+def load_train_summary(run_dir: Path) -> dict:
+    """The run's train.json (training and evaluation numbers)."""
+    return json.loads((Path(run_dir) / FINISHED).read_text())
