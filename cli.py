@@ -43,7 +43,7 @@ def user_errors(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
         except (ConfigError, UserError, FileNotFoundError, FileExistsError) as exc:
             msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            err_console.print(f"error: {msg}", markup=False, highlight=False)
+            typer.echo(f"error: {msg}", err=True)  # plain echo: rich would wrap a long line
             raise typer.Exit(code=2) from None
 
     return wrapper
@@ -138,6 +138,68 @@ def torch_uint8():
 
 
 # ----------------------------------------------------------------------------------------------- train (trainer issue)
+
+
+def apply_train_flags(cfg: RunConfig, **flags) -> RunConfig:
+    """Override config fields with the flags that were given (None = not given), then validate."""
+    from synthsae.config import validate_sae, validate_train
+
+    section_of = {"variant": "sae", "d_sae": "sae", "k": "sae", "seeds": "train", "steps": "train", "batch_size": "train",
+                  "lr": "train", "device": "train", "vary_data": "train", "data_seed": "train"}
+    for name, value in flags.items():
+        if value is None or (name == "vary_data" and value is False):
+            continue
+        setattr(getattr(cfg, section_of[name]), name, value)
+    if flags.get("seeds") is not None and cfg.train.init_seeds and len(cfg.train.init_seeds) != cfg.train.seeds:
+        cfg.train.init_seeds = []  # --seeds N replaces the config's explicit seed list by 0..N-1
+    validate_sae(cfg.sae, cfg.truth.d)
+    validate_train(cfg.train)
+    return cfg
+
+
+@app.command("train")
+@user_errors
+def train(
+    out: Path = typer.Option(..., "--out", help="run folder to write (config.toml, truth.safetensors, seeds/seed_<k>/)"),
+    preset_name: Optional[str] = typer.Option(None, "--preset", help="named preset (tiny, default, paper, synthbench16k)"),
+    config_file: Optional[Path] = typer.Option(None, "--config", help="TOML config file"),
+    variant: Optional[str] = typer.Option(None, "--variant", help="SAE variant (topk, batchtopk, matryoshka, relu, jumprelu, gated, or a plug-in)"),
+    seeds: Optional[int] = typer.Option(None, "--seeds", help="number of init seeds S"),
+    d_sae: Optional[int] = typer.Option(None, "--d-sae", help="latents per SAE"),
+    k: Optional[int] = typer.Option(None, "--k", help="active latents per token (TopK family)"),
+    steps: Optional[int] = typer.Option(None, "--steps", help="training steps"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="tokens per step"),
+    lr: Optional[float] = typer.Option(None, "--lr", help="peak learning rate"),
+    data_seed: Optional[int] = typer.Option(None, "--data-seed", help="seed of the data stream"),
+    vary_data: bool = typer.Option(False, "--vary-data", help="give seed s its own data stream (data_seed + s)"),
+    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N"),
+    resume: bool = typer.Option(False, "--resume", help="continue an interrupted run from its checkpoint"),
+    force: bool = typer.Option(False, "--force", help="overwrite a finished (or unfinished) run in --out"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
+) -> None:
+    """Train S seeds of one SAE variant in one batched loop; each seed is saved as a SAELens folder."""
+    from synthsae.train import TrainingDiverged, train_run
+
+    cfg = apply_train_flags(resolve_config(preset_name, config_file), variant=variant, seeds=seeds, d_sae=d_sae, k=k,
+                            steps=steps, batch_size=batch_size, lr=lr, device=device, vary_data=vary_data,
+                            data_seed=data_seed)
+    try:
+        train_run(cfg, out, resume=resume, force=force, progress=not quiet)
+    except TrainingDiverged as exc:
+        err_console.print(f"error: {exc}", markup=False, highlight=False)
+        raise typer.Exit(code=1) from None
+    from synthsae.train import load_train_summary
+
+    summary = load_train_summary(out)
+    ev = summary["eval"]
+    S = len(ev["fvu"])
+    console.print(
+        f"trained {S} seeds of {cfg.sae.variant} (d_sae {cfg.sae.d_sae}) for {summary['steps']} steps in "
+        f"{summary['seconds']:.1f}s; eval FVU {sum(ev['fvu']) / S:.4f} (min {min(ev['fvu']):.4f}, max {max(ev['fvu']):.4f}), "
+        f"L0 {sum(ev['l0']) / S:.2f}, never-fired {sum(ev['never_fired_fraction']) / S:.3f} -> {out}",
+        highlight=False,
+    )
+
 # ----------------------------------------------------------------------------------------------- analyze (metrics issue)
 
 
@@ -289,7 +351,7 @@ def ablate_cmd(
     from rich import box
 
     table = Table(title=f"ablation of {run_dir} (tau {res['tau']}, {res['match']}; mean±std over seeds)",
-                  box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1))
+                  box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1), collapse_padding=True)
     table.add_column("group", no_wrap=True)
     for col in ("n", "mass", "ΔFVU", "ΔKL", "FVU/m", "KL/m"):
         table.add_column(col, justify="right", no_wrap=True)
@@ -338,19 +400,25 @@ def pool_cmd(
         typer.echo(json.dumps(res, indent=2))
         return
     sing = res["single"]
-    table = Table(title=f"pooling of {run_dir} (tau {res['tau']}, {res['match']}; stabilities over live latents)")
+    from rich import box
+
+    table = Table(title=f"pooling of {run_dir} (tau {res['tau']}, {res['match']}; mean±std)",
+                  box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1), collapse_padding=True)
     table.add_column("dictionary", no_wrap=True)
-    for col in ("width", "EV", "L0", "stab. A<->B", "stab. vs held-out"):
+    for col in ("width", "EV", "L0", "stab. A-B", "vs held-out"):
         table.add_column(col, justify="right", no_wrap=True)
     table.add_row("single seeds", str(res["base_width"]), _pm(sing["ev"]), _pm(sing["l0"], ".2f"),
                   _pm(sing.get("stability_between_halves")), _pm(sing.get("stability_vs_heldout")))
     for name, row in res["variants"].items():
         pa = row["pools"]
-        w = "/".join(str(pa[k]["width"]) for k in pa)
+        w = "/".join(str(pa[k]["width"]) for k in ("A", "B") if k in pa) or str(pa["all"]["width"])
         ev = _pm(row["ev_halves"]) if "ev_halves" in row else f"{pa['all']['ev']:.3f}"
         l0 = _pm(row["l0_halves"], ".2f") if "l0_halves" in row else f"{pa['all']['l0']:.2f}"
         table.add_row(name, w, ev, l0, _pm(row.get("stability_pool_vs_pool")), _pm(row.get("stability_vs_heldout")))
     console.print(table)
+    console.print("rows: single seeds, then pools of disjoint seed halves A and B (width A/B); stab. A-B: share of live "
+                  "latents matched in the other half's dictionary (single seeds: every cross-half pair); vs held-out: "
+                  "mean fraction of the other half's single seeds a latent is matched in")
     console.print(f"pooled SAEs in {run_dir / 'pooled'}; wrote {run_dir / 'metrics.json'} (key \"pooling\")")
 
 # ----------------------------------------------------------------------------------------------- run / report / compare

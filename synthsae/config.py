@@ -119,6 +119,7 @@ class AnalysisConfig:
     unstable_cutoff: float = 0.2
     match: str = "maxcos"
     eval_tokens: int = 32768
+    pool_refit_steps: int = 300  # encoder + bias refit of a pooled SAE (decoder frozen)
 
 
 @dataclass
@@ -372,6 +373,7 @@ def validate_analysis(a: AnalysisConfig, prefix: str = "analysis") -> None:
     if a.match not in MATCH_RULES:
         raise _err(f"{prefix}.match", a.match, f"must be one of {', '.join(MATCH_RULES)}")
     _check_int(f"{prefix}.eval_tokens", a.eval_tokens, 1)
+    _check_int(f"{prefix}.pool_refit_steps", a.pool_refit_steps, 0)
 
 
 def validate(cfg: RunConfig) -> RunConfig:

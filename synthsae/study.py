@@ -99,7 +99,8 @@ def run_study(cfg: RunConfig, out: str | Path, *, resume: bool = False, force: b
         log("[4/5] pooling seeds (disjoint halves, widths 1x and 2x)")
         t = time.perf_counter()
         shutil.rmtree(out / "pooled", ignore_errors=True)
-        merge_json_key(mpath, "pooling", pooling_study((run_cfg, sae, truth), out_dir=out / "pooled", progress=progress))
+        merge_json_key(mpath, "pooling", pooling_study((run_cfg, sae, truth), out_dir=out / "pooled",
+                                                                 refit_steps=run_cfg.analysis.pool_refit_steps, progress=progress))
         seconds["pooling"] = time.perf_counter() - t
 
     log("[5/5] writing report.md, report.html and figures/")

@@ -1,0 +1,164 @@
+"""`synthsae run` end to end on a tiny truth: every file, a schema-valid metrics.json, a self-contained report,
+and bad input that exits 2 without touching an existing run."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from html.parser import HTMLParser
+from pathlib import Path
+
+import jsonschema
+import pytest
+from typer.testing import CliRunner
+
+from cli import app
+
+runner = CliRunner()
+SCHEMA = json.loads((Path(__file__).resolve().parents[1] / "synthsae" / "schemas" / "metrics.schema.json").read_text())
+
+
+def _tiny_config(tmp: Path) -> Path:
+    cfg = tmp / "tiny.toml"
+    cfg.write_text(
+        'preset = "tiny"\n[train]\nseeds = 4\nsteps = 150\nbatch_size = 256\ncheckpoint_every = 50\n'
+        "[analysis]\neval_tokens = 4096\npool_refit_steps = 20\n"
+    )
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("study")
+    out = tmp / "run"
+    res = runner.invoke(app, ["run", "--config", str(_tiny_config(tmp)), "--out", str(out), "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    return out
+
+
+def _snapshot(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+class _Collect(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.imgs: list[str] = []
+        self.tags: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        if tag == "img":
+            self.imgs.append(dict(attrs).get("src", ""))
+
+
+def test_run_writes_every_file(tiny_run: Path) -> None:
+    for name in ("config.toml", "truth.safetensors", "train.json", "metrics.json", "analysis_latents.safetensors",
+                 "report.md", "report.html"):
+        assert (tiny_run / name).is_file(), name
+    seeds = sorted((tiny_run / "seeds").iterdir())
+    assert len(seeds) == 4
+    for s in seeds:
+        for name in ("cfg.json", "sae_weights.safetensors", "sparsity.safetensors"):
+            assert (s / name).is_file()
+    figs = list((tiny_run / "figures").glob("*.png"))
+    assert len(figs) >= 5
+    assert any((tiny_run / "pooled").iterdir())
+
+
+def test_metrics_json_validates_against_schema(tiny_run: Path) -> None:
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    jsonschema.validate(metrics, SCHEMA)
+    # and the schema is not vacuous: a metrics.json without pooling fails it
+    del metrics["pooling"]
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(metrics, SCHEMA)
+
+
+def test_report_html_parses_and_embeds_figures(tiny_run: Path) -> None:
+    page = (tiny_run / "report.html").read_text()
+    p = _Collect()
+    p.feed(page)
+    p.close()
+    assert "html" in p.tags and p.tags.count("h2") == 6
+    assert len(p.imgs) >= 5 and all(src.startswith("data:image/png;base64,") for src in p.imgs)
+    md = (tiny_run / "report.md").read_text()
+    for claim in ("Stability distribution", "Truth recovery by component rank", "Functional asymmetry", "Pooling seeds"):
+        assert f"## {claim}" in md
+    assert "Verdict:" in md
+
+
+def test_report_rebuilds_without_retraining(tiny_run: Path) -> None:
+    before = (tiny_run / "seeds" / "seed_0" / "sae_weights.safetensors").stat().st_mtime_ns
+    (tiny_run / "report.html").unlink()
+    res = runner.invoke(app, ["report", str(tiny_run)])
+    assert res.exit_code == 0, res.output
+    assert (tiny_run / "report.html").is_file()
+    assert (tiny_run / "seeds" / "seed_0" / "sae_weights.safetensors").stat().st_mtime_ns == before
+
+
+def test_compare_two_runs(tiny_run: Path, tmp_path: Path) -> None:
+    res = runner.invoke(app, ["compare", str(tiny_run), str(tiny_run), "--out", str(tmp_path / "cmp")])
+    assert res.exit_code == 0, res.output
+    page = (tmp_path / "cmp" / "compare.html").read_text()
+    assert "Key numbers" in page and "data:image/png;base64," in page
+
+
+def test_finished_run_is_not_overwritten(tiny_run: Path, tmp_path: Path) -> None:
+    before = _snapshot(tiny_run)
+    res = runner.invoke(app, ["run", "--config", str(_tiny_config(tmp_path)), "--out", str(tiny_run)])
+    assert res.exit_code == 2 and "--force" in res.output
+    assert _snapshot(tiny_run) == before
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--seeds", "0"], "train.seeds = 0"),
+        (["--variant", "nope"], "sae.variant = 'nope'"),
+        (["--k", "100000"], "sae.k = 100000"),
+        (["--preset", "huge"], "known presets are"),
+        (["--device", "tpu"], "train.device = 'tpu'"),
+        (["--resume", "--force"], "exclusive"),
+    ],
+)
+def test_bad_flags_exit_2_and_leave_run_untouched(tiny_run: Path, args: list[str], needle: str) -> None:
+    before = _snapshot(tiny_run)
+    res = runner.invoke(app, ["run", "--out", str(tiny_run), *args])
+    assert res.exit_code == 2, res.output
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and needle in lines[0], res.output
+    assert _snapshot(tiny_run) == before
+
+
+def test_bad_config_file_exit_2(tiny_run: Path, tmp_path: Path) -> None:
+    before = _snapshot(tiny_run)
+    bad = tmp_path / "bad.toml"
+    bad.write_text('preset = "tiny"\n[sae]\nd_sae = -3\n')
+    res = runner.invoke(app, ["run", "--config", str(bad), "--out", str(tiny_run), "--force"])
+    assert res.exit_code == 2 and "sae.d_sae = -3" in res.output
+    assert _snapshot(tiny_run) == before
+    bad.write_text("[sae\n")
+    res = runner.invoke(app, ["run", "--config", str(bad), "--out", str(tiny_run), "--force"])
+    assert res.exit_code == 2 and "not valid TOML" in res.output
+    assert _snapshot(tiny_run) == before
+
+
+def test_resume_finishes_missing_stages(tiny_run: Path, tmp_path: Path) -> None:
+    """A run whose later stages were lost (as after Ctrl-C) is finished by --resume without retraining."""
+    import shutil
+
+    run = tmp_path / "copy"
+    shutil.copytree(tiny_run, run)
+    metrics = json.loads((run / "metrics.json").read_text())
+    pooled_before = metrics.pop("pooling")
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    (run / "report.html").unlink()
+    weights = (run / "seeds" / "seed_0" / "sae_weights.safetensors").read_bytes()
+    res = runner.invoke(app, ["run", "--config", str(_tiny_config(tmp_path)), "--out", str(run), "--resume", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert (run / "seeds" / "seed_0" / "sae_weights.safetensors").read_bytes() == weights
+    after = json.loads((run / "metrics.json").read_text())
+    assert after["analysis"] == metrics["analysis"]
+    assert after["pooling"]["single"] == pooled_before["single"]
+    assert (run / "report.html").is_file()
