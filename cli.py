@@ -284,20 +284,21 @@ def print_analysis(res: dict) -> None:
     console.print(t)
     if tr and tr.get("blocks"):
         align = {r["block"]: r for r in tr.get("cluster_alignment", {}).get("per_block", [])}
-        bt = Table(title="planted subspaces: measured stability beside the rotation null")
-        for col in ("block", "rank", "geometry", "prob", "latents/seed", "recovery (chance)", "stability", "rotation null",
-                    "diff", "span k=1/2/4", "cluster erank"):
+        bt = Table(title="planted subspaces: stability beside the rotation null (o = orthogonal, s = superposed)")
+        for col in ("blk", "r", "geo", "p", "n/seed", "recov", "stab", "null", "span k1/k4", "erank"):
             bt.add_column(col, justify="right")
         for b in tr["blocks"]:
             n = b["n_assigned_per_seed"]
             al = align.get(b["block"], {})
             sr = b["span_reproducibility"]
-            bt.add_row(str(b["block"]), str(b["rank"]), "orth" if b["orthogonal"] else "super", f"{b['prob']:.3f}",
-                       f"{sum(n) / len(n):.1f}", f"{_f(b['recovery']['value'], 2)} ({_f(b['recovery']['baseline'], 2)})",
-                       _f(b["stability"], 2), _f(b["rotation_null"], 2), _f(b["stability_minus_rotation_null"], 2),
-                       "/".join(_f(sr[k], 2) for k in (0, 1, 3) if k < len(sr)),
+            bt.add_row(str(b["block"]), str(b["rank"]), "o" if b["orthogonal"] else "s", f"{b['prob']:.3f}",
+                       f"{sum(n) / len(n):.1f}", _f(b["recovery"]["value"], 2), _f(b["stability"], 2),
+                       _f(b["rotation_null"], 2), "/".join(_f(sr[k], 2) for k in (0, len(sr) - 1)),
                        _f(al.get("largest_cluster_effective_rank"), 1))
         console.print(bt)
+        console.print(f"recov = subspace recovery (chance r/d = {tr['blocks'][0]['recovery']['baseline']:.3f} at r = "
+                      f"{tr['blocks'][0]['rank']}); null = rotation null; erank = effective rank of the block's "
+                      "largest unstable cluster")
 
 # ----------------------------------------------------------------------------------------------- ablate / pool (pooling issue)
 

@@ -75,11 +75,11 @@ class SAEConfig:
     variant: str = "topk"
     d_sae: int = 256
     k: int = 8  # TopK-family: active latents per token (BatchTopK: on average)
-    l1_coeff: float = 1.0  # relu / gated sparsity penalty (after warm-up)
+    l1_coeff: float = 0.3  # relu / gated L1 penalty (after warm-up), in units of the batch's RMS norm
     l1_warmup_steps: int = 500
-    jumprelu_init_threshold: float = 0.05
+    jumprelu_init_threshold: float = 0.3
     jumprelu_bandwidth: float = 0.05
-    l0_coeff: float = 1.0  # jumprelu sparsity penalty
+    l0_coeff: float = 0.03  # jumprelu L0 penalty (FVU units per active latent; warmed up like l1)
     aux_k: int = 32  # TopK auxiliary loss: dead latents used to model the residual
     aux_coeff: float = 1.0 / 32
     matryoshka_prefixes: list[int] = field(default_factory=list)  # empty = powers-of-two prefixes up to d_sae
@@ -96,12 +96,12 @@ class TrainConfig:
     vary_data: bool = False  # True = each seed gets its own data stream
     steps: int = 3000
     batch_size: int = 1024
-    lr: float = 1e-3
+    lr: float = 3e-3
     warmup_steps: int = 100
     decay_start: float = 0.8  # fraction of steps after which the learning rate decays linearly to 0
     grad_clip: float = 1.0
     checkpoint_every: int = 500
-    dead_window_tokens: int = 1_000_000  # a latent is dead if it has not fired in this many tokens
+    dead_window_tokens: int = 100_000  # a latent is dead if it has not fired in this many training tokens (AuxK revives it)
     device: str = "auto"  # "auto" = cuda when available, else cpu
     dtype: str = "float32"
 

@@ -209,7 +209,11 @@ def pooled_sae(sae_cfg, states: list[dict[str, Tensor]], d_in: int, device="cpu"
         cfg = dataclasses.replace(cfg, matryoshka_prefixes=[])
     init = list(init_seeds) if init_seeds is not None else list(range(len(states)))
     sae = build_sae(cfg, d_in, init, device, dtype)
-    sae.load_seed_tensors(states)
+    own = sae.state_dict()  # the module's own names (as select_seeds uses them), not the SAELens file names
+    missing = [k for k in own if k not in states[0]]
+    if missing:
+        raise KeyError(f"pooled state lacks {', '.join(missing)}")
+    sae.load_state_dict({k: torch.stack([st[k] for st in states]).to(v.device, v.dtype).reshape(v.shape) for k, v in own.items()})
     return sae, cfg
 
 

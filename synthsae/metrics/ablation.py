@@ -38,11 +38,18 @@ GROUPS = ("stable", "unstable", "random_size_stable", "random_freq_stable", "ran
 def head_kl(W_head: Float[Tensor, "d C"]) -> CostFn:
     """KL(softmax(x W_head) || softmax(x_hat W_head)) per token: the synthetic stand-in for next-token KL."""
 
+    memo: dict = {}
+
     def cost(x: Tensor, x_hat: Tensor) -> Tensor:
+        # KL = sum p log p - p . z_q + logsumexp(z_q) with z_q = x_hat W: the clean side (p log p and p W^T) is
+        # computed once per x and reused across the many ablated reconstructions of the same batch
         W = W_head.to(x_hat.dtype)
-        logp = torch.log_softmax(x.to(x_hat.dtype) @ W, dim=-1)
-        logq = torch.log_softmax(x_hat @ W, dim=-1)
-        return (logp.exp() * (logp - logq)).sum(-1)
+        if memo.get("x") is not x:
+            logp = torch.log_softmax(x.to(x_hat.dtype) @ W, dim=-1)
+            p = logp.exp()
+            memo.update(x=x, neg_ent=(p * logp).sum(-1), pw=p @ W.T)
+        zq = x_hat @ W
+        return memo["neg_ent"] - (memo["pw"] * x_hat).sum(-1) + torch.logsumexp(zq, dim=-1)
 
     cost.__name__ = "head_kl"
     return cost
@@ -89,8 +96,7 @@ def ablate(
     Returns {"fvu": [G, S], "pred": [G, S] (if pred_cost)}: the FVU of the ablated reconstruction and the
     mean per-token prediction cost against the clean x. An all-False mask is the plain reconstruction.
     """
-    G = masks.shape[0]
-    S = masks.shape[1]
+    G, S, m = masks.shape
     keep = (~masks).to(x.dtype)  # [G, S, m]
     sse = torch.zeros(G, S, dtype=torch.float64, device=x.device)
     pred = torch.zeros(G, S, dtype=torch.float64, device=x.device)

@@ -45,12 +45,17 @@ def as_seed_batch(x: Tensor, S: int) -> Tensor:
     return x
 
 
+def centred_sq(x: Tensor) -> Tensor:
+    """sum ||x - mean(x)||^2 over a batch: a scalar for [B, d], one per seed for [S, B, d] (no autograd needed)."""
+    with torch.no_grad():
+        dims = (-2, -1)
+        return torch.linalg.vector_norm(x - x.mean(dim=-2, keepdim=True), dim=dims).pow(2).clamp_min(1e-12)
+
+
 def batch_fvu(x: Tensor, x_hat: Float[Tensor, "S B d"]) -> Float[Tensor, " S"]:
     """Per-seed fraction of variance unexplained on this batch (pooled, mean-centred)."""
-    xs = as_seed_batch(x, x_hat.shape[0])
-    err = (xs - x_hat).pow(2).sum(dim=(1, 2))
-    var = (xs - xs.mean(dim=1, keepdim=True)).pow(2).sum(dim=(1, 2)).clamp_min(1e-12)
-    return err / var
+    err = torch.linalg.vector_norm(as_seed_batch(x, x_hat.shape[0]) - x_hat, dim=(1, 2)).pow(2)
+    return err / centred_sq(x)
 
 
 def batch_scale(x: Tensor, S: int) -> Float[Tensor, " S"]:
@@ -123,12 +128,21 @@ class SAE(nn.Module):
             return self.b_enc
         return self.b_enc - torch.bmm(self.b_dec.unsqueeze(1), self.W_enc).squeeze(1)
 
-    def pre_acts(self, x: Tensor, bias: Tensor | None = None) -> Float[Tensor, "S B m"]:
-        """Encoder pre-activations (x - b_dec) @ W_enc + b_enc for every seed."""
+    def pre_acts(self, x: Tensor, bias: Tensor | None = None, out: Tensor | None = None) -> Float[Tensor, "S B m"]:
+        """Encoder pre-activations (x - b_dec) @ W_enc + b_enc for every seed (into `out` when given, no grad)."""
         bias = self.bias_eff() if bias is None else bias
-        if x.dim() == 2:
-            return torch.matmul(x, self.W_enc) + bias.unsqueeze(1)
-        return torch.baddbmm(bias.unsqueeze(1), as_seed_batch(x, self.n_seeds), self.W_enc)
+        xs = as_seed_batch(x, self.n_seeds)
+        if out is not None:
+            return torch.baddbmm(bias.unsqueeze(1), xs, self.W_enc, out=out)
+        return torch.baddbmm(bias.unsqueeze(1), xs, self.W_enc)
+
+    def scratch(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+        """A reused work buffer (not state): fresh large temporaries cost page faults every step."""
+        bufs = self.__dict__.setdefault("_scratch", {})
+        t = bufs.get(name)
+        if t is None or t.shape != shape or t.dtype != dtype or t.device != self.device:
+            t = bufs[name] = torch.empty(shape, dtype=dtype, device=self.device)
+        return t
 
     def activation(self, pre: Float[Tensor, "S B m"]) -> Float[Tensor, "S B m"]:
         """Inference non-linearity (ReLU unless the variant says otherwise)."""
@@ -178,7 +192,7 @@ class SAE(nn.Module):
         if g is None:
             return
         w = self.W_dec
-        g.sub_((g * w).sum(dim=2, keepdim=True) * w)
+        g.addcmul_(torch.linalg.vecdot(g, w, dim=2).unsqueeze(2), w, value=-1.0)
 
     def update_running_stats(self, out: SAEOutput) -> None:
         """Hook called by the trainer after each step (BatchTopK's threshold estimate lives here)."""

@@ -91,6 +91,19 @@ def _rowwise_dots(a: Tensor, a_idx: Tensor | None, b: Tensor, b_idx: Tensor, per
     return out
 
 
+_PSW_BACKWARD = getattr(torch.ops.aten, "_embedding_bag_per_sample_weights_backward", None)
+
+
+def _entry_dots(grad: Tensor, W_flat: Tensor, code: SparseCode) -> Float[Tensor, " nnz"]:
+    """dL/dv[e] = <grad[row_e], W_flat[col_e]>: ATen's embedding-bag kernel (no gathered [nnz, d] copy), else chunks."""
+    if _PSW_BACKWARD is not None and grad.device.type == "cpu" and grad.dtype in (torch.float32, torch.float64):
+        try:
+            return _PSW_BACKWARD(grad, W_flat, code.cols, code.offsets, code.rows, 0, -1)
+        except RuntimeError:  # pragma: no cover - signature changed in some torch version
+            pass
+    return _rowwise_dots(grad, code.rows, W_flat, code.cols, code.per_row)
+
+
 def _bag_by_col(code: SparseCode, weights: Tensor, table: Tensor, table_rows: Tensor) -> Float[Tensor, "Sm d"]:
     """sum over each latent's entries e of weights[e] * table[table_rows[e]]: CSR^T @ table in O(nnz * d)."""
     perm, offs = code.by_col()
@@ -118,7 +131,7 @@ class _GatherPre(torch.autograd.Function):
             else:
                 table, table_rows = x.reshape(S * B, d), code.rows
             g_WT = _bag_by_col(code, grad, table, table_rows)  # [S*m, d]
-            g_W = g_WT.view(S, m, d).transpose(1, 2)
+            g_W = g_WT.view(S, m, d).transpose(1, 2).contiguous()  # one copy here keeps every later pass contiguous
         if ctx.needs_input_grad[2]:
             g_b = torch.zeros(S * m, dtype=grad.dtype, device=grad.device).index_add_(0, code.cols, grad).view(S, m)
         return None, g_W, g_b, None, None, None, None
@@ -143,7 +156,7 @@ class _SparseDecode(torch.autograd.Function):
         grad = grad.contiguous()
         g_vals = g_W = None
         if ctx.needs_input_grad[0]:
-            g_vals = _rowwise_dots(grad, code.rows, W_dec.reshape(S * m, d), code.cols, code.per_row)
+            g_vals = _entry_dots(grad, W_dec.reshape(S * m, d), code)
         if ctx.needs_input_grad[1]:
             g_W = _bag_by_col(code, vals, grad, code.rows).view(S, m, d)
         return g_vals, g_W, None

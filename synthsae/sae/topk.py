@@ -53,7 +53,7 @@ class TopKSAE(SAE):
         B = x.shape[-2]
         bias = self.bias_eff()
         with torch.no_grad():
-            pre = self.pre_acts(x, bias.detach())
+            pre = self.pre_acts(x, bias.detach(), out=self.scratch("pre", (S, B, m), self.dtype))
             code, pre_sel = self.select(pre)
         vals = torch.relu(gather_pre(pre_sel, self.W_enc, bias, x, code))
         x_hat = self.decode_code(code, vals, S, B)
@@ -190,7 +190,7 @@ class MatryoshkaSAE(BatchTopKSAE):
         B = x.shape[-2]
         bias = self.bias_eff()
         with torch.no_grad():
-            pre = self.pre_acts(x, bias.detach())
+            pre = self.pre_acts(x, bias.detach(), out=self.scratch("pre", (S, B, m), self.dtype))
             code, pre_sel = self.select(pre)
             bounds = torch.tensor(self.prefixes(), device=x.device)
             band = torch.bucketize(code.cols % m, bounds, right=True)  # latent j < prefixes[i] -> band <= i
