@@ -40,6 +40,9 @@ class TruthConfig:
     # where blocks sit in the Zipf frequency order: "spread" (evenly, both frequent and rare),
     # "frequent" (the top ranks) or "rare" (the bottom ranks)
     subspace_frequency: str = "spread"
+    # True: a rank-r block fires r times as often as an atom in the same Zipf slot (capped at max_prob), so each
+    # of its r directions sees as much data as that atom; False: it fires like the atom (its directions starve)
+    subspace_prob_per_dim: bool = True
     frame_ranks: list[int] = field(default_factory=list)  # r of each frame (a circle is r = 2)
     frame_sizes: list[int] = field(default_factory=list)  # n > r fixed directions of each frame
     target_l0: float = 8.0  # expected number of active components per sample

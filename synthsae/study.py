@@ -14,6 +14,7 @@ from pathlib import Path
 
 from synthsae.config import RunConfig, validate
 from synthsae.fileio import merge_json_key
+from synthsae.threads import configure_threads
 
 STAGES = ("train", "analysis", "ablation", "pooling", "report")
 RUN_OUTPUTS = ("metrics.json", "analysis_latents.safetensors", "report.md", "report.html", "figures", "pooled")
@@ -63,6 +64,7 @@ def run_study(cfg: RunConfig, out: str | Path, *, resume: bool = False, force: b
     validate(cfg)
     out = Path(out)
     check_target(out, resume, force)
+    configure_threads(cfg.train.batch_size, cfg.truth.d, cfg.sae.d_sae, device or cfg.train.device)
     if force:
         _clear_outputs(out)
     seconds: dict[str, float] = {}

@@ -26,6 +26,7 @@ from synthsae.config import save as save_config
 from synthsae.fileio import atomic_path, atomic_write_json
 from synthsae.sae import build_sae
 from synthsae.sae.base import SAE
+from synthsae.threads import configure_threads
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -378,6 +379,7 @@ def train_run(cfg: RunConfig, out: Path, *, resume: bool = False, force: bool = 
     out.mkdir(parents=True, exist_ok=True)
     t = cfg.train
     device = pick_device(t.device)
+    configure_threads(t.batch_size, cfg.truth.d, cfg.sae.d_sae, device)
     dtype = DTYPES[t.dtype]
     truth = build_truth(cfg.truth, device)
     if not resuming:

@@ -193,6 +193,9 @@ def build_truth(cfg: TruthConfig, device: torch.device | str = "cpu") -> Truth:
 
     order = _frequency_ranks(cfg, gen)
     weights = (order.double() + 1.0) ** (-cfg.zipf_exponent)
+    if cfg.subspace_prob_per_dim:  # a rank-r block fires r times as often as an atom in its Zipf slot, so each of
+        ranks_t = torch.tensor(cfg.subspace_ranks, dtype=torch.float64)  # its directions gets an atom's share of data
+        weights[cfg.n_atoms : cfg.n_atoms + cfg.n_blocks] *= ranks_t
     probs = _zipf_probs(weights, cfg.target_l0, cfg.max_prob)
 
     c = cfg.n_components
