@@ -336,7 +336,8 @@ def ablate_cmd(
 ) -> None:
     """Functional asymmetry: zero stable / unstable / random latent groups and decode; merged into metrics.json
     under "ablation" (changes in FVU and readout-head KL, per seed and mean ± std over seeds)."""
-    from synthsae.metrics.ablation import ablate_run, merge_metrics
+    from synthsae.fileio import merge_json_key
+    from synthsae.metrics.ablation import ablate_run
     from synthsae.metrics.stability import RULES
 
     _pooling_run_dir(run_dir, device, tau)
@@ -345,7 +346,7 @@ def ablate_cmd(
     if not (run_dir / "truth.safetensors").is_file():
         raise UserError(f"{str(run_dir)!r}: no truth.safetensors (ablate scores synthetic runs; real runs splice via real/)")
     res = ablate_run(run_dir, device, progress=not as_json, tau=tau, match=match, n_draws=draws)
-    merge_metrics(run_dir / "metrics.json", "ablation", res)
+    merge_json_key(run_dir / "metrics.json", "ablation", res)
     if as_json:
         typer.echo(json.dumps(res, indent=2))
         return
@@ -384,7 +385,7 @@ def pool_cmd(
 ) -> None:
     """Pooled SAEs: merge latents that seeds agree on, refit the encoder, judge EV / L0 / stability against
     single seeds. Pools go to RUN_DIR/pooled/<variant>_<pool>/ (SAELens layout); numbers to metrics.json "pooling"."""
-    from synthsae.metrics.ablation import merge_metrics
+    from synthsae.fileio import merge_json_key
     from synthsae.pooling import RULES, pooling_study
 
     _pooling_run_dir(run_dir, device, tau)
@@ -396,7 +397,7 @@ def pool_cmd(
         raise UserError("--halves needs a run with at least 2 seeds (use --no-halves)")
     res = pooling_study(run_dir, tau=tau, widths=[width] if width else None, rules=rules, halves=halves,
                         refit_steps=steps, device=device, progress=not as_json)
-    merge_metrics(run_dir / "metrics.json", "pooling", res)
+    merge_json_key(run_dir / "metrics.json", "pooling", res)
     if as_json:
         typer.echo(json.dumps(res, indent=2))
         return

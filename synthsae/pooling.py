@@ -285,10 +285,23 @@ def _seed_halves(S: int) -> tuple[list[int], list[int]]:
     return list(range(h)), list(range(h, 2 * h))
 
 
-def _default_batches(truth, batch_size: int, seed: int):
-    from synthsae.truth import stream
+REFIT_BUFFER_TOKENS = 131_072
 
-    return stream(truth, batch_size, seed)
+
+def _default_batches(truth, batch_size: int, seed: int, n_tokens: int = REFIT_BUFFER_TOKENS):
+    """Endless [batch_size, d] batches from one buffer of `n_tokens` truth samples, reshuffled every epoch.
+
+    Sampled once per study and shared by every refit, so all pools see the same data (and sampling does not
+    dominate the short refits)."""
+    from synthsae.truth import make_generator, sample
+
+    gen = make_generator(seed, truth.device)
+    buf = sample(truth, max(n_tokens, batch_size), gen, details=False).x
+    perm_gen = torch.Generator().manual_seed(seed)
+    while True:
+        perm = torch.randperm(buf.shape[0], generator=perm_gen).to(buf.device)
+        for i in range(0, buf.shape[0] - batch_size + 1, batch_size):
+            yield buf[perm[i : i + batch_size]]
 
 
 def pooling_study(
@@ -424,33 +437,35 @@ def pooling_study(
     variants = [(r, w) for r in rules if r != "union" for w in widths] + ([("union", None)] if "union" in rules else [])
     out["variants"] = {}
     saved: dict[str, str] = {}
-    bar = tqdm(variants, desc="pooling", disable=not progress, leave=False)
-    for vi, (rule, width) in enumerate(bar):
-        vname = f"{rule}_w{width}" if width is not None else rule
-        states, keeps = {}, {}
+    # every (variant, pool) state first, then one refit per width: pools of equal width are seeds of one SAE
+    states, keeps = {}, {}
+    for rule, width in variants:
         for name, seeds in pools.items():
             keep = rank_clusters(clusters[name], rule, width)
-            keeps[name] = keep
-            states[name] = pooled_state(sae, clusters[name], keep, seeds)
-        # refit pools of equal width together (one batched SAE per width)
-        by_w: dict[int, list[str]] = {}
-        for name, st in states.items():
-            by_w.setdefault(st["W_dec"].shape[0], []).append(name)
-        fitted: dict[str, tuple] = {}
-        for w, names in by_w.items():
-            psae, pcfg = pooled_sae(cfg.sae, [states[n] for n in names], d, dev, sae.W_dec.dtype,
-                                    init_seeds=list(range(len(names))))
-            refit(psae, batches(cfg.train.data_seed + refit_seed_offset + vi), refit_steps, cfg.train)
-            ev = evaluate(psae, x)
-            for i, n in enumerate(names):
-                fitted[n] = (psae, pcfg, i, ev)
+            keeps[(rule, width, name)] = keep
+            states[(rule, width, name)] = pooled_state(sae, clusters[name], keep, seeds)
+    by_w: dict[int, list] = {}
+    for key, st in states.items():
+        by_w.setdefault(st["W_dec"].shape[0], []).append(key)
+    data = batches(cfg.train.data_seed + refit_seed_offset)
+    fitted: dict = {}
+    for w, keys in tqdm(by_w.items(), desc="pooling refits", disable=not progress, leave=False):
+        psae, pcfg = pooled_sae(cfg.sae, [states[k] for k in keys], d, dev, sae.W_dec.dtype,
+                                init_seeds=list(range(len(keys))))
+        refit(psae, data, refit_steps, cfg.train)
+        ev = evaluate(psae, x)
+        for i, k in enumerate(keys):
+            fitted[k] = (psae, pcfg, i, ev)
+    for rule, width in variants:
+        vname = f"{rule}_w{width}" if width is not None else rule
+        fitted_v = {n: fitted[(rule, width, n)] for n in pools}
         row: dict = {"rule": rule, "width": width, "pools": {}}
-        pdec = {n: fitted[n][0].W_dec[fitted[n][2]].detach().float().cpu() for n in pools}
-        penc = {n: fitted[n][0].W_enc[fitted[n][2]].detach().float().cpu() for n in pools}
-        plive = {n: (fitted[n][3]["freq"][fitted[n][2]] > live_threshold).cpu() for n in pools}
+        pdec = {n: fitted_v[n][0].W_dec[fitted_v[n][2]].detach().float().cpu() for n in pools}
+        penc = {n: fitted_v[n][0].W_enc[fitted_v[n][2]].detach().float().cpu() for n in pools}
+        plive = {n: (fitted_v[n][3]["freq"][fitted_v[n][2]] > live_threshold).cpu() for n in pools}
         for n, seeds in pools.items():
-            psae, pcfg, i, ev = fitted[n]
-            cl, keep = clusters[n], keeps[n]
+            psae, pcfg, i, ev = fitted_v[n]
+            cl, keep = clusters[n], keeps[(rule, width, n)]
             info = {
                 "seeds": seeds,
                 "width": int(keep.numel()),

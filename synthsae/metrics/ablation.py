@@ -241,26 +241,6 @@ def summarize(
 # ----------------------------------------------------------------------------------------------- entry point
 
 
-def merge_metrics(path, key: str, value: dict) -> None:
-    """Read-modify-write metrics.json: set `key` to `value`, keep every other key, write atomically."""
-    import json
-    from pathlib import Path
-
-    from synthsae.fileio import atomic_write_json
-
-    path = Path(path)
-    old: dict = {}
-    if path.is_file():
-        try:
-            old = json.loads(path.read_text())
-        except json.JSONDecodeError:
-            old = {}
-        if not isinstance(old, dict):
-            old = {}
-    old[key] = value
-    atomic_write_json(path, old)
-
-
 def eval_sample(truth, n: int, seed: int) -> Tensor:
     """A held-out eval sample of n activations from the truth, on its device (stream seed `seed`)."""
     from synthsae.truth import make_generator, sample
