@@ -152,7 +152,7 @@ def _preset_tiny() -> RunConfig:
         preset="tiny",
         truth=truth,
         sae=SAEConfig(d_sae=96, k=4, l1_warmup_steps=50),
-        train=TrainConfig(seeds=2, steps=300, batch_size=256, warmup_steps=20, checkpoint_every=100),
+        train=TrainConfig(seeds=3, steps=1500, batch_size=512, warmup_steps=50, checkpoint_every=500),
     )
 
 

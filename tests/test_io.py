@@ -120,6 +120,7 @@ def test_wrong_tensor_shape_in_file(tmp_path):
 def tiny_run(tmp_path_factory) -> Path:
     torch.set_num_threads(1)
     cfg = preset("tiny")
+    cfg.train.seeds = 2
     cfg.train.steps = 40
     cfg.train.checkpoint_every = 20
     cfg.analysis.eval_tokens = 512

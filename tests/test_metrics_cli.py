@@ -66,17 +66,33 @@ def test_analyze_cli_on_a_tiny_run(tiny_run: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason=(
-    "measured 2026-11-25: tiny's 300 steps leave FVU 0.36, best atom cosine 0.65, 0 atoms at >= 0.9 and 0-1 latents "
-    "per block (recovery 0.0-0.1); on `default` (3000 steps) only the most frequent block is recovered. Claim not met "
-    "at this training budget: see issue 4 note"))
-def test_tiny_science_atoms_stable_blocks_recovered(tiny_run: Path) -> None:
-    """Issue 4's claims at toy scale: atom latents beat rank>=4 block latents on stability; blocks are recovered."""
+def test_tiny_science_atoms_stable_orthogonal_blocks_recovered(tiny_run: Path) -> None:
+    """Issue 4's claims at toy scale: atoms recovered and stable, more stable than latents inside rank >= 4 blocks;
+    an orthogonal block is recovered as a subspace, its latents at about their rotation null, span-reproducible."""
     from synthsae.metrics.run_analysis import analyze_run
 
     res, _ = analyze_run(tiny_run, device="cpu")
     tr = res["truth"]
     assert tr["atoms"]["frac_recovered_0.9"]["value"] > 0.5
-    assert tr["atoms"]["atom_latent_stability"] > tr["block_latent_stability_rank_ge_4"]
-    for b in tr["blocks"]:
+    assert tr["atoms"]["atom_latent_stability"] > 0.9
+    assert tr["atoms"]["atom_latent_stability"] > tr["block_latent_stability_rank_ge_4"] + 0.1
+    orth = [b for b in tr["blocks"] if b["orthogonal"]]
+    assert orth
+    for b in orth:
         assert b["recovery"]["value"] > 0.8 > 3 * b["recovery"]["baseline"], b
+        assert abs(b["stability"] - b["rotation_null"]) < 0.15, b
+        assert b["span_reproducibility"][-1] > b["span_reproducibility"][0], b
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=False, reason=(
+    "measured 2026-11-25 on tiny (3 seeds, 1500 steps): the superposed rank-4 block is recovered at 0.71 "
+    "(chance 0.125), the superposed rank-3 block at 0.98; on `default` frequent superposed blocks reach 0.89-0.93 "
+    "and rare ones 0.06-0.26. Superposition with atoms costs subspace recovery: see issue 4 note"))
+def test_tiny_science_superposed_blocks_recovered(tiny_run: Path) -> None:
+    from synthsae.metrics.run_analysis import analyze_run
+
+    res, _ = analyze_run(tiny_run, device="cpu")
+    for b in res["truth"]["blocks"]:
+        if not b["orthogonal"]:
+            assert b["recovery"]["value"] > 0.8 > 3 * b["recovery"]["baseline"], b
