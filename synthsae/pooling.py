@@ -355,7 +355,7 @@ def pooling_study(
         truth = truth.to(device) if truth is not None else None
     dev = sae.W_dec.device
     if eval_seed is None:
-        from synthsae.metrics.ablation import EVAL_DATA_SEED_OFFSET
+        from synthsae.metrics.run_analysis import EVAL_DATA_SEED_OFFSET
 
         eval_seed = cfg.train.data_seed + EVAL_DATA_SEED_OFFSET
     tau = cfg.analysis.tau if tau is None else tau

@@ -16,15 +16,7 @@ from synthsae.io import (RunFileError, load_run, load_sae_folders, load_sparsity
 from synthsae.sae import build_sae
 from synthsae.train import train_run
 
-SHIPPED = ["topk", "batchtopk", "matryoshka", "relu", "jumprelu", "gated"]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from conftest import SHIPPED
 
 
 def perturbed_sae(variant: str, S: int = 3, d: int = 12, m: int = 32):

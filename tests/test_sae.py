@@ -14,16 +14,7 @@ from synthsae.sae.base import SAE, as_seed_batch, batch_fvu
 from synthsae.train import train_steps
 from synthsae.truth import build_truth, make_generator, sample
 
-SHIPPED = ["topk", "batchtopk", "matryoshka", "relu", "jumprelu", "gated"]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small problems: one thread avoids OpenMP contention on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from conftest import SHIPPED
 
 
 def small_sae(variant: str, S: int = 3, d: int = 16, m: int = 48, k: int = 4, dtype=torch.float32, seeds=None) -> SAE:

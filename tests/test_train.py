@@ -16,15 +16,7 @@ from synthsae.sae.base import SAE, SAEOutput, batch_scale
 from synthsae.train import TrainingDiverged, lr_at, pick_device, train_run, train_steps
 from synthsae.truth import build_truth, make_generator, sample
 
-SHIPPED = ["topk", "batchtopk", "matryoshka", "relu", "jumprelu", "gated"]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from conftest import SHIPPED
 
 
 @register_variant("toy_abs")

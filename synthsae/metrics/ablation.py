@@ -248,7 +248,7 @@ def eval_sample(truth, n: int, seed: int) -> Tensor:
     return sample(truth, n, make_generator(seed, truth.device), details=False).x
 
 
-EVAL_DATA_SEED_OFFSET = 1_000_003  # the eval stream is data_seed + this (as in metrics.run_analysis)
+from synthsae.metrics.run_analysis import EVAL_DATA_SEED_OFFSET  # noqa: E402  (one eval stream for every stage)
 
 
 def ablation_study(

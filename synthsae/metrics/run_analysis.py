@@ -19,10 +19,10 @@ LATENTS_FILE = "analysis_latents.safetensors"
 
 
 def resolve_device(device: str | None) -> torch.device:
-    """'auto' / None = CUDA when available, else CPU."""
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    """None / 'auto' = CUDA when available, else CPU (train.pick_device, which also rejects absent CUDA)."""
+    from synthsae.train import pick_device
+
+    return pick_device(device or "auto")
 
 
 def is_run_dir(path: Path) -> bool:

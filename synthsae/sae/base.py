@@ -232,6 +232,16 @@ class SAE(nn.Module):
             raise KeyError(f"missing tensor(s) {', '.join(missing)}")
         self.load_state_dict({k: torch.stack([t[k] for t in per_seed]).to(own[k].dtype) for k in own})
 
+    def _load_core_and_threshold(self, per_seed: list[dict[str, Tensor]], set_threshold) -> None:
+        """load_seed_tensors for variants that save a `threshold` but hold it in another form (log, scalar)."""
+        for k in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold"):
+            if k not in per_seed[0]:
+                raise KeyError(f"missing tensor {k}")
+        with torch.no_grad():
+            for k in ("W_enc", "b_enc", "W_dec", "b_dec"):
+                getattr(self, k).copy_(torch.stack([t[k] for t in per_seed]))
+            set_threshold(torch.stack([t["threshold"] for t in per_seed]))
+
     def extra_repr(self) -> str:
         return f"variant={self.variant}, S={self.n_seeds}, d_in={self.d_in}, d_sae={self.d_sae}"
 

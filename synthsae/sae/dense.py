@@ -96,13 +96,7 @@ class JumpReLUSAE(SAE):
         return t
 
     def load_seed_tensors(self, per_seed: list[dict[str, Tensor]]) -> None:
-        for k in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold"):
-            if k not in per_seed[0]:
-                raise KeyError(f"missing tensor {k}")
-        with torch.no_grad():
-            for k in ("W_enc", "b_enc", "W_dec", "b_dec"):
-                getattr(self, k).copy_(torch.stack([t[k] for t in per_seed]))
-            self.log_threshold.copy_(torch.stack([t["threshold"] for t in per_seed]).clamp_min(1e-12).log())
+        self._load_core_and_threshold(per_seed, lambda th: self.log_threshold.copy_(th.clamp_min(1e-12).log()))
 
     def forward(self, x: Tensor, step: int = 0, dead: Bool[Tensor, "S m"] | None = None) -> SAEOutput:
         pre = self.pre_acts(x)

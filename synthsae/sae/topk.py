@@ -130,13 +130,8 @@ class BatchTopKSAE(TopKSAE):
         return t
 
     def load_seed_tensors(self, per_seed: list[dict[str, Tensor]]) -> None:
-        for k in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold"):
-            if k not in per_seed[0]:
-                raise KeyError(f"missing tensor {k}")
-        with torch.no_grad():
-            for k in ("W_enc", "b_enc", "W_dec", "b_dec"):
-                getattr(self, k).copy_(torch.stack([t[k] for t in per_seed]))
-            self.topk_threshold.copy_(torch.stack([t["threshold"].reshape(-1)[0] for t in per_seed]))
+        # saved as SAELens jumprelu: every threshold equals the global one
+        self._load_core_and_threshold(per_seed, lambda th: self.topk_threshold.copy_(th.reshape(len(per_seed), -1)[:, 0]))
 
     def select(self, pre: Float[Tensor, "S B m"]) -> tuple[SparseCode, Tensor]:
         S, B, m = pre.shape
