@@ -181,7 +181,7 @@ def recovery_section(an: dict, fig_dir: Path) -> Section:
     return sec
 
 
-def clusters_section(an: dict, fig_dir: Path) -> Section:
+def clusters_section(an: dict, lat: dict, fig_dir: Path) -> Section:
     title = "Unstable latents tile reproducible subspaces"
     claim = ("Unstable latents are not noise: clustered across seeds by span reproducibility they form low-rank "
              "subspaces that reproduce across seeds and, on synthetic data, line up with the planted blocks and ranks.")
@@ -223,6 +223,8 @@ def clusters_section(an: dict, fig_dir: Path) -> Section:
     if rows:
         sec.tables.append(Table(["cluster", "latents", "seeds", "eff. rank", "95% rank", "cross-seed overlap (chance)",
                                  "best block", "block rank", "overlap"], rows, "Largest multi-seed clusters of unstable latents"))
+    if {"block_label", "atom_label", "cluster", "stability"} <= set(lat):
+        sec.tables.append(_instability_sources(lat, s_cut=an["settings"]["unstable_cutoff"]))
     if al:
         blocks = _get(an, "truth", "blocks", default=[])
         by_block = {b["block"]: b for b in al["per_block"]}
@@ -233,6 +235,29 @@ def clusters_section(an: dict, fig_dir: Path) -> Section:
             fig_dir / "clusters_vs_blocks.png", labels, {"planted rank": (planted, None), "largest cluster's 95% rank": (found, None)},
             "rank", "Unstable-latent clusters against planted blocks (o = orthogonal, s = superposed)"))
     return sec
+
+
+def _instability_sources(lat: dict, s_cut: float) -> Table:
+    """Unstable live latents split by what they sit on: a planted block (basis ambiguity), an atom, or neither
+    (rare atoms competing for latents end up as mixtures), with how many join a multi-seed cluster."""
+    st, bl, al, cl = lat["stability"], lat["block_label"], lat["atom_label"], lat["cluster"]
+    live = lat["frequency"] > 0 if "frequency" in lat else np.ones_like(st, dtype=bool)
+    un = live & (st <= s_cut)
+    seed = np.broadcast_to(np.arange(st.shape[0])[:, None], st.shape)
+    multi = np.zeros_like(un)
+    for c in np.unique(cl[un]):
+        members = un & (cl == c)
+        if len(np.unique(seed[members])) >= 2:
+            multi |= members
+    freq = lat.get("frequency")
+    rows = []
+    for name, sel in (("inside a planted block", un & (bl >= 0)), ("on an atom (cos >= 0.9)", un & (bl < 0) & (al >= 0)),
+                      ("neither (mixtures)", un & (bl < 0) & (al < 0))):
+        n = int(sel.sum())
+        rows.append([name, str(n), f"{n / max(int(un.sum()), 1):.0%}", f"{(multi & sel).sum() / max(n, 1):.0%}",
+                     fmt(float(np.median(freq[sel])) if n and freq is not None else None, 5)])
+    return Table(["unstable live latents", "count", "share", "in multi-seed clusters", "median frequency"], rows,
+                 "Two sources of instability kept apart: basis ambiguity inside blocks vs the rest")
 
 
 def ablation_section(ab: dict | None, fig_dir: Path) -> Section:
@@ -333,7 +358,7 @@ def build_sections(metrics: dict, lat: dict, fig_dir: Path) -> list[Section]:
         stability_section(an, lat, fig_dir),
         frequency_section(an, lat, fig_dir),
         recovery_section(an, fig_dir),
-        clusters_section(an, fig_dir),
+        clusters_section(an, lat, fig_dir),
         ablation_section(metrics.get("ablation"), fig_dir),
         pooling_section(metrics.get("pooling"), fig_dir),
     ]
