@@ -426,16 +426,6 @@ def pool_cmd(
 # ----------------------------------------------------------------------------------------------- run / report / compare
 
 
-def apply_overrides(cfg: RunConfig, **flags) -> RunConfig:
-    """Command-line flags over a config: `section.field=value` for every flag that was given (not None)."""
-    where = {"variant": "sae", "d_sae": "sae", "k": "sae", "seeds": "train", "steps": "train", "device": "train",
-             "batch_size": "train", "lr": "train", "vary_data": "train", "data_seed": "train"}
-    for name, value in flags.items():
-        if value is not None:
-            setattr(getattr(cfg, where[name]), name, value)
-    return validate(cfg)
-
-
 @app.command("run")
 @user_errors
 def run(
@@ -456,8 +446,8 @@ def run(
 
     if resume and force:
         raise UserError("--resume and --force are exclusive: resume keeps the run, force starts it over")
-    cfg = apply_overrides(resolve_config(preset_name, config_file), variant=variant, seeds=seeds, d_sae=d_sae, k=k,
-                          steps=steps, device=device)
+    cfg = apply_train_flags(resolve_config(preset_name, config_file), variant=variant, seeds=seeds, d_sae=d_sae, k=k,
+                            steps=steps, device=device)
     if cfg.train.seeds < 2:
         raise UserError(f"--seeds = {cfg.train.seeds}: the study compares seeds, so it needs at least 2")
     out = out or Path("runs") / f"{cfg.preset}-{cfg.sae.variant}"
