@@ -51,6 +51,11 @@ def load_latents(run_dir: Path) -> dict[str, np.ndarray]:
     return load_file(str(path))
 
 
+def _verdict(checks: list[bool]) -> str:
+    """held when every check of a section's rule passes, partly held when some do, did not hold when none."""
+    return "held" if all(checks) else ("partly held" if any(checks) else "did not hold")
+
+
 def _not_measured(title: str, claim: str, what: str) -> Section:
     return Section(title, claim, "not measured", f"{what} is missing from this run's metrics.json")
 
@@ -70,7 +75,7 @@ def stability_section(an: dict, lat: dict, fig_dir: Path) -> Section:
     mean, chance = _val(st["mean_alive"]), _base(st["mean_alive"])
     rule = "held if >= 20% of live latents are stable, >= 5% unstable and the mean is >= chance + 0.1"
     ok = [fs >= 0.2, fu >= 0.05, mean is not None and chance is not None and mean >= chance + 0.1]
-    verdict = "held" if all(ok) else ("partly held" if any(ok) else "did not hold")
+    verdict = _verdict(ok)
     why = (f"{fs:.0%} of live latents stable, {fu:.0%} unstable at tau = {s['tau']} ({s['match']}); mean stability "
            f"{fmt(mean)} vs random-dictionary chance {fmt(chance)}")
     sec = Section(title, claim, verdict, why, paragraphs=[f"Rule: {rule}. S = {s['seeds']} seeds, d_sae = {s['d_sae']}."])
@@ -104,7 +109,7 @@ def frequency_section(an: dict, lat: dict, fig_dir: Path) -> Section:
         med_s = float(np.median(f[ss])) if ss.any() else None
     rule = "held if Spearman(log frequency, stability) >= 0.2 and unstable latents' median frequency is below stable ones'"
     ok = [rho is not None and rho >= 0.2, med_u is not None and med_s is not None and med_u < med_s]
-    verdict = "held" if all(ok) else ("partly held" if any(ok) else "did not hold")
+    verdict = _verdict(ok)
     why = (f"Spearman {fmt(rho)} (chance 0); median frequency unstable {fmt(med_u, 4)} vs stable {fmt(med_s, 4)}; "
            f"{fq['n_dead']} dead latents ({fq['frac_dead']:.1%})")
     sec = Section(title, claim, verdict, why, paragraphs=[f"Rule: {rule}. Frequencies: {s.get('frequency_source')}."])
@@ -136,7 +141,7 @@ def recovery_section(an: dict, fig_dir: Path) -> Section:
             "their latents' stability at least 0.3 below the atom latents'")
     ok = [mcc is not None and mcc >= 0.9, a_stab is not None and a_stab >= 0.8, rec4 is not None and rec4 >= 0.9,
           st4 is not None and a_stab is not None and st4 <= a_stab - 0.3]
-    verdict = "held" if all(ok) else ("partly held" if any(ok) else "did not hold")
+    verdict = _verdict(ok)
     why = (f"atoms: MCC {fmt(mcc)} (chance {fmt(_base(atoms['mcc']) if atoms else None)}), latent stability {fmt(a_stab)}; "
            f"rank >= 4 blocks: recovery {fmt(rec4)}, latent stability {fmt(st4)}")
     sec = Section(title, claim, verdict, why, paragraphs=[f"Rule: {rule}."])
@@ -206,7 +211,7 @@ def clusters_section(an: dict, lat: dict, fig_dir: Path) -> Section:
             "unstable latents' span reproducibility rises from k = 1 to k = 4 by >= 0.1"
             + ("; with a truth also >= 80% of clustered latents in clusters overlapping a planted block >= 0.8 and >= 75% of "
                "blocks' largest cluster within 1 of the planted rank (95%-energy rank)" if al else ""))
-    verdict = "held" if all(ok) else ("partly held" if any(ok) else "did not hold")
+    verdict = _verdict(ok)
     why = (f"{uc['n_unstable_alive']} unstable live latents, {frac_in:.0%} in {uc['n_clusters_multi_seed']} multi-seed clusters; "
            f"cross-seed overlap {fmt(float(np.mean(ov)) if ov else None)} (chance {fmt(float(np.mean(ovb)) if ovb else None)})"
            + (f"; aligned with planted blocks {al['frac_clustered_latents_aligned_0.8']:.0%}, ranks right {rank_ok:.0%}" if al else ""))
@@ -276,7 +281,7 @@ def ablation_section(ab: dict | None, fig_dir: Path) -> Section:
         ok.append((m("stable", "share_pred") or 0) > (m("unstable", "share_pred") or 0))
     rule = "held if stable latents' share of the reconstruction cost and their cost per latent both exceed the unstable ones'" + (
         ", and likewise their share of the prediction cost" if pred else "")
-    verdict = "held" if all(ok) else ("partly held" if any(ok) else "did not hold")
+    verdict = _verdict(ok)
     why = (f"share of FVU cost: stable {pm(m('stable', 'share_fvu'), _get(g, 'stable', 'share_fvu', 'std'))}, unstable "
            f"{pm(m('unstable', 'share_fvu'), _get(g, 'unstable', 'share_fvu', 'std'))}"
            + (f"; of prediction cost: stable {fmt(m('stable', 'share_pred'))}, unstable {fmt(m('unstable', 'share_pred'))}" if pred else ""))

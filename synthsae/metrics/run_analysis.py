@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from synthsae.config import AnalysisConfig, validate_analysis
-from synthsae.fileio import atomic_save_safetensors, atomic_write_json
+from synthsae.fileio import atomic_save_safetensors, merge_json_key
 from synthsae.metrics.analyze import analyze_with_latents, measure_frequency
 
 EVAL_DATA_SEED_OFFSET = 1_000_003  # frequencies are measured on a stream the SAEs never trained on
@@ -86,16 +85,7 @@ def _sparsity(folders: list[Path]) -> tuple[Tensor | None, str | None]:
 def write_analysis(path: str | Path, res: dict, per_latent: dict[str, Tensor] | None = None) -> Path:
     """Merge `res` into metrics.json under "analysis" (other keys kept), atomically; per-latent tensors beside it."""
     path = Path(path)
-    old = {}
-    if path.is_file():
-        try:
-            old = json.loads(path.read_text())
-        except json.JSONDecodeError:
-            old = {}
-        if not isinstance(old, dict):
-            old = {}
-    old[METRICS_KEY] = res
-    atomic_write_json(path, old)
+    merge_json_key(path, METRICS_KEY, res)
     if per_latent:
         atomic_save_safetensors({k: v.contiguous() for k, v in per_latent.items()}, path.parent / LATENTS_FILE,
                                 metadata={"schema": res.get("schema", "")})

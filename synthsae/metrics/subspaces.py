@@ -9,7 +9,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from torch import Tensor
 
-from synthsae.metrics.matching import DEFAULT_CHUNK, maxcos, hungarian, topk_cos, unit_rows
+from synthsae.metrics.matching import DEFAULT_CHUNK, topk_cos, unit_rows
 
 
 def orthonormal_basis(x: Float[Tensor, "d p"], rank: int | None = None, tol: float = 1e-6) -> Float[Tensor, "d q"]:
