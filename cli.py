@@ -112,6 +112,8 @@ def truth_sample(
     force: bool = typer.Option(False, "--force", help="overwrite an existing file"),
 ) -> None:
     """Write n samples (x, which components fired, their magnitudes) plus the truth tensors to a file."""
+    import torch
+
     from synthsae.fileio import atomic_save_safetensors
     from synthsae.truth import build_truth, make_generator, sample
 
@@ -122,19 +124,13 @@ def truth_sample(
     cfg = resolve_config(preset_name, config_file)
     truth = build_truth(cfg.truth)
     s = sample(truth, n, make_generator(seed))
-    tensors = {"x": s.x, "active": s.active.to(torch_uint8()), "magnitude": s.magnitude, "block_coords": s.block_coords,
+    tensors = {"x": s.x, "active": s.active.to(torch.uint8), "magnitude": s.magnitude, "block_coords": s.block_coords,
                "frame_choice": s.frame_choice}
     tensors.update({f"truth.{k}": v for k, v in truth.tensors().items()})
     from synthsae.config import to_toml
 
     atomic_save_safetensors(tensors, out, metadata={"config": to_toml(cfg), "data_seed": str(seed)})
     console.print(f"wrote {n} samples of d = {truth.d} to {out}")
-
-
-def torch_uint8():
-    import torch
-
-    return torch.uint8
 
 
 # ----------------------------------------------------------------------------------------------- train (trainer issue)
