@@ -171,18 +171,21 @@ def recovery_section(an: dict, fig_dir: Path) -> Section:
                                 [[g, str(v["n_blocks"]), fmt(v["mean_stability"]), fmt(v["mean_rotation_null"]),
                                   fmt(v["mean_stability_rank_ge_4"]), fmt(v["mean_rotation_null_rank_ge_4"]), fmt(v["mean_recovery"])]
                                  for g, v in geo.items()], "Orthogonal blocks (clean theory case) vs blocks in superposition"))
-    # identifiability (latent stability) beside subspace recovery, per component rank
-    ranks = sorted({b["rank"] for b in blocks})
-    labels = (["1 (atoms)"] if atoms else []) + [str(r) for r in ranks]
-    stab_v = ([a_stab] if atoms else []) + [_mean(b["stability"] for b in blocks if b["rank"] == r) for r in ranks]
-    null_v = ([None] if atoms else []) + [_mean(b["rotation_null"] for b in blocks if b["rank"] == r) for r in ranks]
-    rec_v = ([_val(fr) if atoms and k else None] if atoms else []) + [
-        _mean(_val(b["recovery"]) for b in blocks if b["rank"] == r) for r in ranks]
+    # identifiability (latent stability) beside subspace recovery, per component rank and block geometry
+    groups = sorted({(b["rank"], b["orthogonal"]) for b in blocks})
+    labels = (["1 (atoms)"] if atoms else []) + [f"{r} {'orth' if o else 'sup'}" for r, o in groups]
+
+    def per_group(key):
+        return [_mean(_val(b[key]) for b in blocks if (b["rank"], b["orthogonal"]) == g) for g in groups]
+
+    stab_v = ([a_stab] if atoms else []) + per_group("stability")
+    null_v = ([None] if atoms else []) + per_group("rotation_null")
+    rec_v = ([_val(fr) if k else None] if atoms else []) + per_group("recovery")
     if labels:
         sec.figures.append(figures.grouped_bars(
             fig_dir / "recovery_by_rank.png", labels,
             {"latent stability": (stab_v, None), "rotation null": (null_v, None), "recovery (atoms: frac >= 0.9)": (rec_v, None)},
-            "value", "Identifiability of latents beside recovery of what they tile, by component rank"))
+            "value", "Identifiability of latents beside recovery of what they tile, by rank (orth = orthogonal, sup = superposed)"))
     return sec
 
 
