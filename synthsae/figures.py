@@ -80,7 +80,7 @@ def grouped_bars(
         ax.axhline(y, ls="--", lw=1, color="k")
         ax.text(len(groups) - 0.5, y, f"{name} ", fontsize=8, ha="right", va="bottom")
     ax.set_xticks(xs)
-    ax.set_xticklabels(groups, rotation=30 if len(groups) > 6 else 0, ha="right" if len(groups) > 6 else "center", fontsize=8)
+    ax.set_xticklabels(groups, rotation=30 if len(groups) > 4 else 0, ha="right" if len(groups) > 4 else "center", fontsize=8)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
     if len(series) > 1:
