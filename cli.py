@@ -150,6 +150,9 @@ def apply_train_flags(cfg: RunConfig, **flags) -> RunConfig:
         cfg.train.init_seeds = []  # --seeds N replaces the config's explicit seed list by 0..N-1
     validate_sae(cfg.sae, cfg.truth.d)
     validate_train(cfg.train)
+    from synthsae.train import pick_device
+
+    pick_device(cfg.train.device)  # CUDA asked for but absent: fail now, before any folder is touched
     return cfg
 
 

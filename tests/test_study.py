@@ -162,3 +162,11 @@ def test_resume_finishes_missing_stages(tiny_run: Path, tmp_path: Path) -> None:
     assert after["analysis"] == metrics["analysis"]
     assert after["pooling"]["single"] == pooled_before["single"]
     assert (run / "report.html").is_file()
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_absent_cuda_with_force_leaves_run_untouched(tiny_run: Path) -> None:
+    before = _snapshot(tiny_run)
+    res = runner.invoke(app, ["run", "--out", str(tiny_run), "--device", "cuda", "--force"])
+    assert res.exit_code == 2 and "CUDA is not available" in res.output
+    assert _snapshot(tiny_run) == before
