@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from synthsae.config import SAEConfig, preset
+from synthsae.config import preset
 from synthsae.metrics.ablation import (
     GROUPS,
     ablate,
@@ -24,18 +24,9 @@ from synthsae.metrics.ablation import (
 )
 from synthsae.truth import build_truth
 
+from conftest import make_sae  # noqa: E402
+
 FAST = settings(max_examples=12, deadline=None)
-
-
-def make_sae(S: int, d: int, m: int, variant: str = "relu", k: int = 4, seed: int = 0):
-    from synthsae.sae import build_sae
-
-    sae = build_sae(SAEConfig(variant=variant, d_sae=m, k=min(k, m)), d, list(range(seed, seed + S)), "cpu", torch.float32)
-    with torch.no_grad():  # a non-trivial decoder bias and encoder, so both show up in the costs
-        g = torch.Generator().manual_seed(seed + 99)
-        sae.b_dec.copy_(0.3 * torch.randn(sae.b_dec.shape, generator=g))
-        sae.b_enc.copy_(0.05 * torch.randn(sae.b_enc.shape, generator=g))
-    return sae
 
 
 def sample_x(n: int, d: int, seed: int) -> torch.Tensor:

@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from synthsae.config import SAEConfig, preset
+from synthsae.config import preset
 from synthsae.metrics.matching import unit_rows
 from synthsae.pooling import (
     cluster_latents,
@@ -20,18 +20,9 @@ from synthsae.pooling import (
     rank_clusters,
 )
 
+from conftest import make_sae  # noqa: E402
+
 FAST = settings(max_examples=15, deadline=None)
-
-
-def make_sae(S: int, d: int, m: int, variant: str = "topk", k: int = 4, seed: int = 0):
-    from synthsae.sae import build_sae
-
-    sae = build_sae(SAEConfig(variant=variant, d_sae=m, k=min(k, m)), d, list(range(seed, seed + S)), "cpu", torch.float32)
-    with torch.no_grad():
-        g = torch.Generator().manual_seed(seed + 7)
-        sae.b_dec.copy_(0.3 * torch.randn(sae.b_dec.shape, generator=g))
-        sae.b_enc.copy_(0.05 * torch.randn(sae.b_enc.shape, generator=g))
-    return sae
 
 
 def identical_seeds(sae1, S: int):
@@ -78,7 +69,7 @@ def test_pooling_identical_seeds_returns_the_sae_up_to_permutation(S, m, seed, v
 
 
 def test_dead_latents_do_not_enter_a_pool():
-    sae = make_sae(3, 8, 10)
+    sae = make_sae(3, 8, 10, "topk")
     freq = torch.full((3, 10), 0.1)
     freq[:, :4] = 0.0
     cl = gather_and_cluster(sae.W_dec, [0, 1, 2], freq, 0.7)
@@ -87,7 +78,7 @@ def test_dead_latents_do_not_enter_a_pool():
 
 def test_rank_rules_order_by_coverage():
     S, m, d = 4, 12, 16
-    base = make_sae(1, d, m, seed=1)
+    base = make_sae(1, d, m, "topk", seed=1)
     sae = base.select_seeds([0] * S)
     with torch.no_grad():  # latents 0..3 are seed-specific in seeds 1..3 (random directions): coverage 1
         g = torch.Generator().manual_seed(3)
