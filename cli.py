@@ -16,6 +16,8 @@ from rich.console import Console
 from rich.table import Table
 
 from synthsae.config import ConfigError, RunConfig, preset, validate
+from synthsae.metrics_file import MetricsError
+from synthsae.serialize import to_json
 
 app = typer.Typer(
     help="Seed dependence in sparse autoencoders: train SAEs under many seeds, measure which latents come back.",
@@ -41,7 +43,7 @@ def user_errors(fn: Callable) -> Callable:
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (ConfigError, UserError, FileNotFoundError, FileExistsError) as exc:
+        except (ConfigError, UserError, FileNotFoundError, FileExistsError, MetricsError) as exc:
             msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             typer.echo(f"error: {msg}", err=True)  # plain echo: rich would wrap a long line
             raise typer.Exit(code=2) from None
@@ -237,7 +239,7 @@ def analyze_cmd(
         target = out or paths[0].parent / "metrics.json"
     write_analysis(target, res, per)
     if as_json:
-        typer.echo(json.dumps(res, indent=2))
+        typer.echo(json.dumps(to_json(res), indent=2))
         return
     print_analysis(res)
     console.print(f"wrote {target} (key \"analysis\")")
@@ -247,57 +249,49 @@ def _f(x, nd: int = 3) -> str:
     return "-" if x is None else f"{x:.{nd}f}"
 
 
-def _vb(d: dict | None) -> str:
-    return "-" if not d else f"{_f(d['value'])} (chance {_f(d['baseline'])})"
+def _vb(c) -> str:
+    return "-" if c is None else f"{_f(c.value)} (null {_f(c.baseline)})"
 
 
-def print_analysis(res: dict) -> None:
-    """Rich summary tables of an analysis dict."""
-    s = res["settings"]
-    st = res["stability"]
-    t = Table(title=f"{s['seeds']} seeds x {s['d_sae']} latents, d = {s['d_in']}; match {s['match']}, tau {s['tau']}")
+def print_analysis(res) -> None:
+    """Rich summary tables of an AnalysisResult."""
+    s, st, sp, uc = res.settings, res.stability, res.span_reproducibility, res.unstable_clusters
+    t = Table(title=f"{s.seeds} seeds x {s.d_sae} latents, d = {s.d_in}; match {s.match}, tau {s.tau}; over {st.over} latents")
     t.add_column("metric")
-    t.add_column("value", justify="right")
-    t.add_row("mean stability", _vb(st["mean"]))
-    t.add_row("mean soft stability", _vb(st["soft_mean"]))
-    t.add_row(f"stable (>= {s['stable_cutoff']}) / unstable (<= {s['unstable_cutoff']})",
-              f"{_f(st['frac_stable'])} / {_f(st['frac_unstable'])}")
-    t.add_row("stability sweep (tau: mean)", "  ".join(f"{r['tau']:g}: {_f(r['mean_stability'], 2)}" for r in st["sweep"]))
-    sp = res["span_reproducibility"]
-    t.add_row("span reproducibility k=1..4, all", "  ".join(_f(v["value"], 2) for v in sp["all"])
-              + f"  (chance {'  '.join(_f(v['baseline'], 2) for v in sp['all'])})")
-    t.add_row("span reproducibility k=1..4, unstable", "  ".join(_f(v, 2) for v in sp["unstable"]))
-    uc = res["unstable_clusters"]
-    t.add_row("unstable clusters (>= 2 seeds)", f"{uc['n_clusters_multi_seed']} holding {_f(uc['frac_unstable_in_multi_seed_clusters'], 2)} of {uc['n_unstable_alive']} unstable live latents")
-    if "frequency" in res:
-        fr = res["frequency"]
-        t.add_row("Spearman(log freq, stability)", _vb(fr["spearman_log_freq_stability"]))
-        t.add_row("dead latents", f"{fr['n_dead']} ({_f(fr['frac_dead'], 3)})")
-    tr = res.get("truth")
-    if tr and "atoms" in tr:
-        a = tr["atoms"]
-        t.add_row("atoms: MCC", _vb(a["mcc"]))
-        t.add_row("atoms: recovered at cos >= 0.9", _vb(a["frac_recovered_0.9"]))
-        t.add_row("atom latents: stability", _f(a["atom_latent_stability"]))
-        t.add_row("latents in rank >= 4 blocks: stability", _f(tr.get("block_latent_stability_rank_ge_4")))
+    t.add_column("value (null: rotated seeds)", justify="right")
+    t.add_row("mean stability", _vb(st.mean))
+    t.add_row("mean soft stability", _vb(st.soft_mean))
+    t.add_row(f"stable (>= {s.stable_cutoff})", _vb(st.frac_stable))
+    t.add_row(f"unstable (<= {s.unstable_cutoff})", _vb(st.frac_unstable))
+    t.add_row("stability sweep (tau: mean)", "  ".join(f"{r.tau:g}: {_f(r.mean_stability, 2)}" for r in st.sweep))
+    t.add_row(f"span reproducibility k=1..{len(sp.k)}, unstable", "  ".join(_f(v.value, 2) for v in sp.unstable)
+              + f"  (null {'  '.join(_f(v.baseline, 2) for v in sp.unstable)})")
+    t.add_row("unstable latents in multi-seed clusters",
+              f"{_vb(uc.frac_in_multi_seed)}; {uc.n_clusters_multi_seed} clusters, {uc.n_unstable} unstable latents")
+    if res.frequency is not None:
+        t.add_row("Spearman(log freq, stability)", _vb(res.frequency.spearman))
+        t.add_row("dead latents", f"{res.frequency.n_dead} ({_f(res.frequency.frac_dead, 3)})")
+    tr = res.truth
+    if tr is not None and tr.atoms is not None:
+        t.add_row("atoms: MCC (null: random dictionary)", _vb(tr.atoms.mcc))
+        t.add_row("atoms: recovered at cos >= 0.9", _vb(tr.atoms.frac_recovered))
+        t.add_row("atom latents: stability", _f(tr.atoms.atom_latent_stability))
+        t.add_row("latents in rank >= 4 blocks: stability", _f(tr.block_latent_stability_rank_ge_4))
     console.print(t)
-    if tr and tr.get("blocks"):
-        align = {r["block"]: r for r in tr.get("cluster_alignment", {}).get("per_block", [])}
+    if tr is not None and tr.blocks:
+        align = {r.block: r for r in tr.cluster_alignment.per_block} if tr.cluster_alignment else {}
         bt = Table(title="planted subspaces: stability beside the rotation null (o = orthogonal, s = superposed)")
-        for col in ("blk", "r", "geo", "p", "n/seed", "recov", "stab", "null", "span k1/k4", "erank"):
+        for col in ("blk", "r", "geo", "p", "n/seed", "recov", "stab", "null", "span k1/k4", "cluster rank"):
             bt.add_column(col, justify="right")
-        for b in tr["blocks"]:
-            n = b["n_assigned_per_seed"]
-            al = align.get(b["block"], {})
-            sr = b["span_reproducibility"]
-            bt.add_row(str(b["block"]), str(b["rank"]), "o" if b["orthogonal"] else "s", f"{b['prob']:.3f}",
-                       f"{sum(n) / len(n):.1f}", _f(b["recovery"]["value"], 2), _f(b["stability"], 2),
-                       _f(b["rotation_null"], 2), "/".join(_f(sr[k], 2) for k in (0, len(sr) - 1)),
-                       _f(al.get("largest_cluster_effective_rank"), 1))
+        for b in tr.blocks:
+            n, sr, al = b.n_assigned_per_seed, b.span_reproducibility, align.get(b.block)
+            bt.add_row(str(b.block), str(b.rank), "o" if b.orthogonal else "s", f"{b.prob:.3f}", f"{sum(n) / len(n):.1f}",
+                       _f(b.recovery.value, 2), _f(b.stability, 2), _f(b.rotation_null, 2),
+                       "/".join(_f(sr[k], 2) for k in (0, len(sr) - 1)),
+                       "-" if al is None or al.largest_cluster_energy_rank_95 is None else str(al.largest_cluster_energy_rank_95))
         console.print(bt)
-        console.print(f"recov = subspace recovery (chance r/d = {tr['blocks'][0]['recovery']['baseline']:.3f} at r = "
-                      f"{tr['blocks'][0]['rank']}); null = rotation null; erank = effective rank of the block's "
-                      "largest unstable cluster")
+        console.print(f"recov = subspace recovery (chance r/d = {tr.blocks[0].recovery.baseline:.3f} at r = {tr.blocks[0].rank}); "
+                      "null = rotation null; cluster rank = 95%-energy rank of the block's largest unstable cluster")
 
 # ----------------------------------------------------------------------------------------------- ablate / pool (pooling issue)
 
@@ -316,11 +310,11 @@ def _pooling_run_dir(run_dir: Path, device: str, tau: Optional[float]) -> None:
         raise UserError(f"--tau = {tau}: must be in [-1, 1]")
 
 
-def _pm(stat: dict, f: str = ".3f") -> str:
-    """'mean ± std' of a {"mean", "std"} spread ('-' when undefined)."""
-    if not stat or stat.get("mean") is None:
+def _pm(stat, f: str = ".3f") -> str:
+    """'mean ± std' of a Spread ('-' when undefined)."""
+    if stat is None or stat.mean is None:
         return "-"
-    return f"{stat['mean']:{f}}±{stat['std']:{f}}"
+    return f"{stat.mean:{f}}±{stat.std:{f}}"
 
 
 @app.command("ablate")
@@ -335,8 +329,8 @@ def ablate_cmd(
 ) -> None:
     """Functional asymmetry: zero stable / unstable / random latent groups and decode; merged into metrics.json
     under "ablation" (changes in FVU and readout-head KL, per seed and mean ± std over seeds)."""
-    from synthsae.fileio import merge_json_key
     from synthsae.metrics.ablation import ablate_run
+    from synthsae.metrics_file import write_stage
     from synthsae.metrics.stability import RULES
 
     _pooling_run_dir(run_dir, device, tau)
@@ -345,28 +339,28 @@ def ablate_cmd(
     if not (run_dir / "truth.safetensors").is_file():
         raise UserError(f"{str(run_dir)!r}: no truth.safetensors (ablate scores synthetic runs; real runs splice via real/)")
     res = ablate_run(run_dir, device, progress=not as_json, tau=tau, match=match, n_draws=draws)
-    merge_json_key(run_dir / "metrics.json", "ablation", res)
+    write_stage(run_dir / "metrics.json", "ablation", res)
     if as_json:
-        typer.echo(json.dumps(res, indent=2))
+        typer.echo(json.dumps(to_json(res), indent=2))
         return
     from rich import box
 
-    table = Table(title=f"ablation of {run_dir} (tau {res['tau']}, {res['match']}; mean±std over seeds)",
+    table = Table(title=f"ablation of {run_dir} (tau {res.tau}, {res.match}; mean±std over seeds)",
                   box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1), collapse_padding=True)
     table.add_column("group", no_wrap=True)
     for col in ("n", "mass", "ΔFVU", "ΔKL", "FVU/m", "KL/m"):
         table.add_column(col, justify="right", no_wrap=True)
-    for name, row in res["groups"].items():
+    for name, row in res.groups.items():
         short = name.replace("random_size_", "rnd-size ").replace("random_freq_", "rnd-freq ").replace("unstable", "unst.")
-        size = "-" if row["size"]["mean"] is None else f"{row['size']['mean']:.0f}"
-        table.add_row(short, size, _pm(row["mass_share"], ".2f"), _pm(row["share_fvu"], ".2f"),
-                      _pm(row.get("share_pred", {}), ".2f"), _pm(row["share_fvu_per_mass_share"], ".2f"),
-                      _pm(row.get("share_pred_per_mass_share", {}), ".2f"))
+        size = "-" if row.size.mean is None else f"{row.size.mean:.0f}"
+        fv, pr = row.costs["fvu"], row.costs.get("pred")
+        table.add_row(short, size, _pm(row.mass_share, ".2f"), _pm(fv.share, ".2f"), _pm(pr.share if pr else None, ".2f"),
+                      _pm(fv.share_per_mass_share, ".2f"), _pm(pr.share_per_mass_share if pr else None, ".2f"))
     console.print(table)
     console.print("mass: share of activation mass; ΔFVU, ΔKL: share of what zeroing every latent costs; "
                   "FVU/m, KL/m: that share over the mass share (1 = in proportion to mass); n: latents per seed")
-    console.print(f"full reconstruction: FVU {_pm(res['baseline']['fvu'], '.4f')}, KL {_pm(res['baseline'].get('pred', {}), '.4f')}; "
-                  f"every latent zeroed: FVU {_pm(res['all_ablated']['fvu'], '.4f')}")
+    console.print(f"full reconstruction: FVU {_pm(res.baseline['fvu'], '.4f')}, KL {_pm(res.baseline.get('pred'), '.4f')}; "
+                  f"every latent zeroed: FVU {_pm(res.all_ablated['fvu'], '.4f')}")
     console.print(f"wrote {run_dir / 'metrics.json'} (key \"ablation\")")
 
 
@@ -384,7 +378,7 @@ def pool_cmd(
 ) -> None:
     """Pooled SAEs: merge latents that seeds agree on, refit the encoder, judge EV / L0 / stability against
     single seeds. Pools go to RUN_DIR/pooled/<variant>_<pool>/ (SAELens layout); numbers to metrics.json "pooling"."""
-    from synthsae.fileio import merge_json_key
+    from synthsae.metrics_file import write_stage
     from synthsae.pooling import RULES, pooling_study
 
     _pooling_run_dir(run_dir, device, tau)
@@ -396,30 +390,36 @@ def pool_cmd(
         raise UserError("--halves needs a run with at least 2 seeds (use --no-halves)")
     res = pooling_study(run_dir, tau=tau, widths=[width] if width else None, rules=rules, halves=halves,
                         refit_steps=steps, device=device, progress=not as_json)
-    merge_json_key(run_dir / "metrics.json", "pooling", res)
+    write_stage(run_dir / "metrics.json", "pooling", res)
     if as_json:
-        typer.echo(json.dumps(res, indent=2))
+        typer.echo(json.dumps(to_json(res), indent=2))
         return
-    sing = res["single"]
+    sing = res.single
     from rich import box
 
-    table = Table(title=f"pooling of {run_dir} (tau {res['tau']}, {res['match']}; mean±std)",
+    table = Table(title=f"pooling of {run_dir} (tau {res.tau}, {res.match}; mean±std)",
                   box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1), collapse_padding=True)
     table.add_column("dictionary", no_wrap=True)
-    for col in ("width", "EV", "L0", "stab. A-B", "vs held-out"):
+    for col in ("width", "EV", "L0", "stab. A-B", "null", "vs held-out"):
         table.add_column(col, justify="right", no_wrap=True)
-    table.add_row("single seeds", str(res["base_width"]), _pm(sing["ev"]), _pm(sing["l0"], ".2f"),
-                  _pm(sing.get("stability_between_halves")), _pm(sing.get("stability_vs_heldout")))
-    for name, row in res["variants"].items():
-        pa = row["pools"]
-        w = "/".join(str(pa[k]["width"]) for k in ("A", "B") if k in pa) or str(pa["all"]["width"])
-        ev = _pm(row["ev_halves"]) if "ev_halves" in row else f"{pa['all']['ev']:.3f}"
-        l0 = _pm(row["l0_halves"], ".2f") if "l0_halves" in row else f"{pa['all']['l0']:.2f}"
-        table.add_row(name, w, ev, l0, _pm(row.get("stability_pool_vs_pool")), _pm(row.get("stability_vs_heldout")))
+    table.add_row("single seeds", str(res.base_width), _pm(sing.ev), _pm(sing.l0, ".2f"),
+                  _pm(sing.stability_between_halves), _pm(sing.stability_null), _pm(sing.stability_vs_heldout))
+    if res.bagging is not None:
+        bg = res.bagging
+        table.add_row("bagging", str(bg.width), _pm(bg.ev_halves), _pm(bg.l0_halves, ".1f"),
+                      _pm(bg.stability_between_halves), _pm(bg.stability_null), "-")
+    for name, row in res.variants.items():
+        pa = row.pools
+        w = "/".join(str(pa[k].width) for k in ("A", "B") if k in pa) or str(pa["all"].width)
+        ev = _pm(row.ev_halves) if row.ev_halves else f"{pa['all'].ev:.3f}"
+        l0 = _pm(row.l0_halves, ".2f") if row.l0_halves else f"{pa['all'].l0:.2f}"
+        table.add_row(f"{name}{' (primary)' if row.role == 'primary' else ''}", w, ev, l0, _pm(row.stability_pool_vs_pool),
+                      _pm(row.stability_null), _pm(row.stability_vs_heldout))
     console.print(table)
-    console.print("rows: single seeds, then pools of disjoint seed halves A and B (width A/B); stab. A-B: share of live "
-                  "latents matched in the other half's dictionary (single seeds: every cross-half pair); vs held-out: "
-                  "mean fraction of the other half's single seeds a latent is matched in")
+    console.print("rows: single seeds, bagging (each half's dictionaries concatenated), then pools of disjoint seed halves "
+                  "A and B (width A/B); stab. A-B: share of live latents matched in the other half's dictionary; null: the "
+                  "same against a randomly rotated partner; vs held-out: mean fraction of the other half's single seeds a "
+                  "latent is matched in")
     console.print(f"pooled SAEs in {run_dir / 'pooled'}; wrote {run_dir / 'metrics.json'} (key \"pooling\")")
 
 # ----------------------------------------------------------------------------------------------- run / report / compare
@@ -468,8 +468,8 @@ def print_verdicts(run_dir: Path) -> None:
     for col in ("claim", "verdict", "numbers"):
         table.add_column(col)
     colour = {"held": "green", "partly held": "yellow", "did not hold": "red", "not measured": "dim"}
-    for title, verdict, why in verdicts(run_dir):
-        table.add_row(title, f"[{colour[verdict]}]{verdict}[/]", why)
+    for v in verdicts(run_dir):
+        table.add_row(v.title, f"[{colour[v.verdict]}]{v.verdict}[/]", v.why)
     console.print(table)
 
 

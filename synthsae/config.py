@@ -123,6 +123,7 @@ class AnalysisConfig:
     match: str = "maxcos"
     eval_tokens: int = 32768
     pool_refit_steps: int = 300  # encoder + bias refit of a pooled SAE (decoder frozen)
+    pool_primary: str = "coverage"  # the pooling rule whose pool (at the base width) decides the pooling verdict
 
 
 @dataclass
@@ -365,6 +366,9 @@ def validate_train(t: TrainConfig, prefix: str = "train") -> None:
         raise _err(f"{prefix}.dtype", t.dtype, f"must be one of {', '.join(KNOWN_DTYPES)}")
 
 
+POOL_RULES = ("coverage", "coverage_freq", "union")
+
+
 def validate_analysis(a: AnalysisConfig, prefix: str = "analysis") -> None:
     _check_float(f"{prefix}.tau", a.tau, -1.0, 1.0)
     for i, v in enumerate(a.tau_sweep):
@@ -377,6 +381,8 @@ def validate_analysis(a: AnalysisConfig, prefix: str = "analysis") -> None:
         raise _err(f"{prefix}.match", a.match, f"must be one of {', '.join(MATCH_RULES)}")
     _check_int(f"{prefix}.eval_tokens", a.eval_tokens, 1)
     _check_int(f"{prefix}.pool_refit_steps", a.pool_refit_steps, 0)
+    if a.pool_primary not in POOL_RULES:
+        raise _err(f"{prefix}.pool_primary", a.pool_primary, f"must be one of {', '.join(POOL_RULES)}")
 
 
 def validate(cfg: RunConfig) -> RunConfig:

@@ -30,6 +30,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from synthsae.results import Bagging, PoolClusters, PoolInfo, PoolingResult, PoolVariant, SingleSeeds, Spread
+
 RULES = ("coverage", "coverage_freq", "union")
 LIVE_THRESHOLD = 1e-5
 KNOWN_PER_LATENT = ("b_enc", "threshold", "log_threshold", "b_gate", "b_mag", "r_mag")  # [S, m] extras
@@ -274,7 +276,7 @@ def evaluate(sae, x: Tensor, batch_size: int = 4096) -> dict[str, Tensor]:
     return {"ev": 1.0 - f, "l0": freq.sum(-1), "freq": freq}
 
 
-def _spread(values) -> dict:
+def _spread(values) -> Spread:
     from synthsae.metrics.ablation import spread
 
     return spread(values)
@@ -304,6 +306,201 @@ def _default_batches(truth, batch_size: int, seed: int, n_tokens: int = REFIT_BU
             yield buf[perm[i : i + batch_size]]
 
 
+@dataclass
+class PoolPlan:
+    """Which seeds go into which pool and which (rule, width) pooled SAEs are built; the primary is named first."""
+
+    pools: dict[str, list[int]]  # "all" and, with halves, "A" / "B"
+    variants: list[tuple[str, int | None]]  # (rule, width); width None = union
+    primary: str  # variant name of the primary pooled SAE
+
+    @property
+    def halves(self) -> bool:
+        return "A" in self.pools
+
+
+def variant_name(rule: str, width: int | None) -> str:
+    return f"{rule}_w{width}" if width is not None else rule
+
+
+def make_plan(S: int, m: int, primary_rule: str, widths: list[int] | None, rules, halves: bool) -> PoolPlan:
+    """The pools and variants of a study; the primary (primary_rule at the base width m) is always built."""
+    for r in list(rules) + [primary_rule]:
+        if r not in RULES:
+            raise ValueError(f"pooling rule {r!r}: must be one of {', '.join(RULES)}")
+    widths = list(widths) if widths else [m, 2 * m]
+    primary = (primary_rule, None if primary_rule == "union" else m)
+    variants = [primary] + [(r, w) for r in rules if r != "union" for w in widths if (r, w) != primary]
+    if "union" in rules and primary_rule != "union":
+        variants.append(("union", None))
+    pools = {"all": list(range(S))}
+    if halves and S >= 2:
+        A, B = _seed_halves(S)
+        pools.update({"A": A, "B": B})
+    return PoolPlan(pools, variants, variant_name(*primary))
+
+
+@dataclass
+class Fitted:
+    """One refitted pooled SAE: seed `index` of the batched `sae`, its kept clusters and its eval numbers."""
+
+    sae: object
+    index: int
+    keep: Tensor
+    ev: float
+    l0: float
+    freq: Tensor  # [width] firing frequency on the eval sample
+
+
+# ----------------------------------------------------------------------------------------------- stages
+
+
+def cluster_stage(dec, freq, plan: PoolPlan, tau: float, live_threshold: float = LIVE_THRESHOLD) -> dict[str, Clusters]:
+    """Stage 1: cluster the live latents of every pool's seeds across seeds."""
+    return {name: gather_and_cluster(dec, seeds, freq, tau, live_threshold) for name, seeds in plan.pools.items()}
+
+
+def build_stage(sae, clusters: dict[str, Clusters], plan: PoolPlan) -> dict[tuple, tuple[Tensor, dict[str, Tensor]]]:
+    """Stage 2: for every (rule, width, pool), the kept clusters and the pooled SAE's tensors (before refit)."""
+    out = {}
+    for rule, width in plan.variants:
+        for name, seeds in plan.pools.items():
+            keep = rank_clusters(clusters[name], rule, width)
+            out[(rule, width, name)] = (keep, pooled_state(sae, clusters[name], keep, seeds))
+    return out
+
+
+def refit_stage(sae_cfg, train_cfg, built: dict, x: Tensor, data, refit_steps: int, progress: bool = False) -> dict[tuple, Fitted]:
+    """Stage 3: refit every pooled SAE (decoder frozen), pools of equal width batched as seeds of one SAE."""
+    from tqdm.auto import tqdm
+
+    by_w: dict[int, list] = {}
+    for key, (_, st) in built.items():
+        by_w.setdefault(st["W_dec"].shape[0], []).append(key)
+    fitted = {}
+    for _, keys in tqdm(by_w.items(), desc="pooling refits", disable=not progress, leave=False):
+        psae, _ = pooled_sae(sae_cfg, [built[k][1] for k in keys], x.shape[1], x.device, x.dtype,
+                             init_seeds=list(range(len(keys))))
+        refit(psae, data, refit_steps, train_cfg)
+        ev = evaluate(psae, x)
+        for i, k in enumerate(keys):
+            fitted[k] = Fitted(psae, i, built[k][0], float(ev["ev"][i]), float(ev["l0"][i]), ev["freq"][i].cpu())
+    return fitted
+
+
+def _rotate(dec: Tensor, enc: Tensor | None, gen: torch.Generator) -> tuple[Tensor, Tensor | None]:
+    """A dictionary turned by a Haar-random rotation of the whole space (decoder rows and encoder columns [d, m])."""
+    from synthsae.metrics.analyze import haar_rotation
+
+    q = haar_rotation(dec.shape[1], gen)
+    return dec @ q, (q.T @ enc if enc is not None else None)
+
+
+def _between(dA, eA, liveA, dB, eB, liveB, tau, match, gen) -> tuple[list, list]:
+    """Live-latent match rates A->B and B->A, and the same against a randomly rotated partner (the null)."""
+    strict = match == "strict"
+    real, null = [], []
+    for (dp, ep, lp), (dq, eq) in (((dA, eA, liveA), (dB, eB)), ((dB, eB, liveB), (dA, eA))):
+        if not lp.any():
+            real.append(None)
+            null.append(None)
+            continue
+        sc = match_scores(dp, dq, match, ep if strict else None, eq if strict else None)
+        real.append(float((sc[lp] >= tau).float().mean()))
+        rq, re = _rotate(dq, eq if strict else None, gen)
+        sc0 = match_scores(dp, rq, match, ep if strict else None, re)
+        null.append(float((sc0[lp] >= tau).float().mean()))
+    return real, null
+
+
+@torch.no_grad()
+def _bag_eval(sae, x: Tensor, seeds: list[int], batch_size: int = 4096) -> float:
+    """EV of the bag: the seeds' reconstructions averaged (= their dictionaries concatenated, decoders / n)."""
+    sse = 0.0
+    for xb in x.split(batch_size):
+        xh = sae.decode(sae.encode(xb))[seeds].mean(0)
+        sse += float(((xb - xh) ** 2).sum())
+    return 1.0 - sse / float(((x - x.mean(0)) ** 2).sum())
+
+
+def judge_stage(sae, x: Tensor, single: dict, plan: PoolPlan, fitted: dict[tuple, Fitted], tau: float, match: str,
+                live_threshold: float, null_seed: int = 4243) -> tuple[SingleSeeds, Bagging | None, dict[str, PoolVariant]]:
+    """Stage 4: single seeds, bagging and every pooled SAE judged the same way (EV, L0, stability between halves
+    with its rotated null, stability against the other half's single seeds)."""
+    gen = torch.Generator().manual_seed(null_seed)
+    dec, enc = sae.W_dec.detach().float().cpu(), sae.W_enc.detach().float().cpu()
+    live = (single["freq"] > live_threshold).cpu()
+    strict = match == "strict"
+    sing = SingleSeeds(ev=_spread(single["ev"].tolist()), l0=_spread(single["l0"].tolist()),
+                       n_live=_spread(live.sum(-1).float().tolist()))
+    bag = None
+    if plan.halves:
+        A, B = plan.pools["A"], plan.pools["B"]
+        pair, pair0 = [], []
+        for a in A:
+            for b in B:
+                r, n = _between(dec[a], enc[a], live[a], dec[b], enc[b], live[b], tau, match, gen)
+                pair += r
+                pair0 += n
+        held = []
+        for own, other in ((A, B), (B, A)):
+            for a in own:
+                st = heldout_stability(dec[a], [dec[b] for b in other], tau, match, enc[a] if strict else None,
+                                       [enc[b] for b in other] if strict else None)
+                held.append(float(st[live[a]].mean()) if live[a].any() else None)
+        sing.stability_between_halves, sing.stability_null = _spread(pair), _spread(pair0)
+        sing.stability_vs_heldout = _spread(held)
+
+        def cat(seeds):
+            return (torch.cat([dec[s] for s in seeds]), torch.cat([enc[s] for s in seeds], dim=1),
+                    torch.cat([live[s] for s in seeds]))
+
+        r, n = _between(*cat(A), *cat(B), tau, match, gen)
+        bag = Bagging(width=len(A) * dec.shape[1], ev_halves=_spread([_bag_eval(sae, x, A), _bag_eval(sae, x, B)]),
+                      l0_halves=_spread([float(single["l0"][A].sum()), float(single["l0"][B].sum())]),
+                      stability_between_halves=_spread(r), stability_null=_spread(n))
+
+    variants = {}
+    for rule, width in plan.variants:
+        name = variant_name(rule, width)
+        f = {p: fitted[(rule, width, p)] for p in plan.pools}
+        pdec = {p: v.sae.W_dec[v.index].detach().float().cpu() for p, v in f.items()}
+        penc = {p: v.sae.W_enc[v.index].detach().float().cpu() for p, v in f.items()}
+        plive = {p: v.freq > live_threshold for p, v in f.items()}
+        row = PoolVariant(name=name, rule=rule, width=width, role="primary" if name == plan.primary else "secondary",
+                          pools={p: PoolInfo(seeds=plan.pools[p], width=int(v.keep.numel()), ev=v.ev, l0=v.l0,
+                                             n_live=int(plive[p].sum())) for p, v in f.items()})
+        if plan.halves:
+            r, n = _between(pdec["A"], penc["A"], plive["A"], pdec["B"], penc["B"], plive["B"], tau, match, gen)
+            held = []
+            for p, other in (("A", plan.pools["B"]), ("B", plan.pools["A"])):
+                st = heldout_stability(pdec[p], [dec[b] for b in other], tau, match, penc[p] if strict else None,
+                                       [enc[b] for b in other] if strict else None)
+                held.append(float(st[plive[p]].mean()) if plive[p].any() else None)
+            row.stability_pool_vs_pool, row.stability_null = _spread(r), _spread(n)
+            row.stability_vs_heldout = _spread(held)
+            row.ev_halves = _spread([f["A"].ev, f["B"].ev])
+            row.l0_halves = _spread([f["A"].l0, f["B"].l0])
+        variants[name] = row
+    return sing, bag, variants
+
+
+def save_stage(out_dir: Path, sae, clusters: dict[str, Clusters], plan: PoolPlan, fitted: dict[tuple, Fitted],
+               variants: dict[str, PoolVariant], meta: dict) -> None:
+    """Stage 5: every pooled SAE as an ordinary SAELens-layout folder out_dir/<variant>_<pool>/."""
+    for rule, width in plan.variants:
+        name = variant_name(rule, width)
+        for p, seeds in plan.pools.items():
+            f = fitted[(rule, width, p)]
+            folder = Path(out_dir) / f"{name}_{p}"
+            pooled = [sae.init_seeds[s] for s in seeds] if hasattr(sae, "init_seeds") else seeds
+            save_pooled(folder, f.sae, f.index, {**meta, "rule": rule, "width": int(f.keep.numel()), "pooled_seeds": pooled},
+                        f.freq)
+            info = variants[name].pools[p]
+            info.folder = str(folder)
+            info.kept_coverage_hist = torch.bincount(clusters[p].coverage[f.keep], minlength=len(seeds) + 1)[1:].tolist()
+
+
 def pooling_study(
     run,
     *,
@@ -311,6 +508,7 @@ def pooling_study(
     match: str | None = None,
     widths: list[int] | None = None,
     rules: tuple[str, ...] | list[str] = RULES,
+    primary_rule: str | None = None,
     halves: bool = True,
     refit_steps: int = 300,
     live_threshold: float = LIVE_THRESHOLD,
@@ -322,26 +520,21 @@ def pooling_study(
     out_dir: str | Path | None = None,
     device: str | torch.device | None = None,
     progress: bool = True,
-) -> dict:
-    """Pool the seeds of a run and judge the pools; a JSON-able dict (metrics.json key "pooling").
+) -> PoolingResult:
+    """Pool the seeds of a run and judge the pools against single seeds and bagging (a PoolingResult).
 
-    `run` is a run directory or a (RunConfig, SAE, Truth | None) triple. For every rule in `rules` and width in
-    `widths` (default: 1x and 2x d_sae; "union" has its own width) it builds a pool of all seeds and, with
-    `halves`, one pool per disjoint half of the seeds, refits each (`refit_steps` steps, decoder frozen), and
-    reports EV / L0 against single seeds and stability pool-vs-pool and pool-vs-held-out-seeds against the same
-    numbers for single seeds. Pooled SAEs are saved under `out_dir` (default RUN_DIR/pooled) when given a run
-    directory or an out_dir. `batches(seed)` -> iterator of [B, d] replaces the truth's stream for the refit
-    (the real side); `x` replaces the eval sample.
+    `run` is a run directory or a (RunConfig, SAE, Truth | None) triple. Stages: cluster -> build -> refit ->
+    judge -> save. The primary pooled SAE (config analysis.pool_primary, or `primary_rule`, at the base width) is
+    named before anything is measured; every other (rule, width) is secondary. Pools are built from all seeds
+    and, with `halves`, from each disjoint half, so their stability between halves can be compared with single
+    seeds'. `batches(seed)` -> iterator of [B, d] replaces the truth's stream for the refit (the real side); `x`
+    replaces the eval sample. Pooled SAEs go under `out_dir` (default RUN_DIR/pooled for a run directory).
     """
-    from tqdm.auto import tqdm
-
     from synthsae.metrics.ablation import eval_sample
-    from synthsae.metrics.stability import random_dictionary_baseline
 
     t0 = time.perf_counter()
     if isinstance(run, (str, Path)):
         from synthsae.io import load_run
-
         from synthsae.metrics.run_analysis import resolve_device
 
         run_dir = Path(run)
@@ -360,12 +553,9 @@ def pooling_study(
         eval_seed = cfg.train.data_seed + EVAL_DATA_SEED_OFFSET
     tau = cfg.analysis.tau if tau is None else tau
     match = cfg.analysis.match if match is None else match
-    m, d = sae.W_dec.shape[1], sae.W_dec.shape[2]
-    S = sae.n_seeds
-    widths = list(widths) if widths else [m, 2 * m]
-    for r in rules:
-        if r not in RULES:
-            raise ValueError(f"pooling rule {r!r}: must be one of {', '.join(RULES)}")
+    primary_rule = primary_rule or getattr(cfg.analysis, "pool_primary", "coverage")
+    S, m = sae.n_seeds, sae.W_dec.shape[1]
+    plan = make_plan(S, m, primary_rule, widths, rules, halves)
     if x is None:
         if truth is None:
             raise ValueError("pooling_study needs an eval sample x or a truth")
@@ -377,133 +567,24 @@ def pooling_study(
         batches = lambda seed: _default_batches(truth, cfg.train.batch_size, seed)  # noqa: E731
 
     single = evaluate(sae, x)
-    freq = single["freq"]
-    live = freq > live_threshold
-    dec, enc = sae.W_dec.detach().float().cpu(), sae.W_enc.detach().float().cpu()
-    strict = match == "strict"
-
-    do_halves = halves and S >= 2
-    A, B = _seed_halves(S) if do_halves else ([], [])
-    pools = {"all": list(range(S))}
-    if do_halves:
-        pools.update({"A": A, "B": B})
-
-    out: dict = {
-        "tau": tau,
-        "match": match,
-        "live_threshold": live_threshold,
-        "live_rule": f"firing frequency > {live_threshold:g} on the eval sample (eval_seed {eval_seed})",
-        "refit_steps": refit_steps,
-        "eval_tokens": int(x.shape[0]),
-        "base_width": m,
-        "widths": widths,
-        "rules": list(rules),
-        "halves": {"A": A, "B": B} if do_halves else None,
-        "units": {
-            "ev": "explained variance 1 - FVU on the eval sample",
-            "l0": "mean active latents per token",
-            "stability_*": f"fraction of live latents matched ({match}, score >= tau) in the other dictionary",
-            "vs_heldout": "per live latent, fraction of the other half's single seeds it is matched in",
-        },
-    }
-    # single-seed baselines
-    sing: dict = {"ev": _spread(single["ev"].tolist()), "l0": _spread(single["l0"].tolist()),
-                  "n_live": _spread(live.sum(-1).float().tolist())}
-    if do_halves:
-        pair_vals = []
-        for a in A:
-            for b in B:
-                for p, q in ((a, b), (b, a)):
-                    sc = match_scores(dec[p], dec[q], match, enc[p] if strict else None, enc[q] if strict else None)
-                    pair_vals.append(float((sc[live[p].cpu()] >= tau).float().mean()))
-        held = []
-        for own, other in ((A, B), (B, A)):
-            for a in own:
-                st = heldout_stability(dec[a], [dec[b] for b in other], tau, match,
-                                       enc[a] if strict else None, [enc[b] for b in other] if strict else None)
-                held.append(float(st[live[a].cpu()].mean()))
-        sing["stability_between_halves"] = {**_spread(pair_vals), "pairs": "every (a in A, b in B), both directions"}
-        sing["stability_vs_heldout"] = _spread(held)
-    sing["random_baseline"] = random_dictionary_baseline(m, d, tau, match)["mean_stability"]
-    out["single"] = sing
-
-    # every (rule, width) variant
-    clusters = {name: gather_and_cluster(dec, seeds, freq, tau, live_threshold) for name, seeds in pools.items()}
-    out["clusters"] = {
-        name: {"n_gathered": int(cl.labels.numel()), "n_clusters": cl.n_clusters,
-               "coverage_hist": torch.bincount(cl.coverage, minlength=len(pools[name]) + 1)[1:].tolist()}
-        for name, cl in clusters.items()
-    }
-    variants = [(r, w) for r in rules if r != "union" for w in widths] + ([("union", None)] if "union" in rules else [])
-    out["variants"] = {}
-    saved: dict[str, str] = {}
-    # every (variant, pool) state first, then one refit per width: pools of equal width are seeds of one SAE
-    states, keeps = {}, {}
-    for rule, width in variants:
-        for name, seeds in pools.items():
-            keep = rank_clusters(clusters[name], rule, width)
-            keeps[(rule, width, name)] = keep
-            states[(rule, width, name)] = pooled_state(sae, clusters[name], keep, seeds)
-    by_w: dict[int, list] = {}
-    for key, st in states.items():
-        by_w.setdefault(st["W_dec"].shape[0], []).append(key)
-    data = batches(cfg.train.data_seed + refit_seed_offset)
-    fitted: dict = {}
-    for w, keys in tqdm(by_w.items(), desc="pooling refits", disable=not progress, leave=False):
-        psae, pcfg = pooled_sae(cfg.sae, [states[k] for k in keys], d, dev, sae.W_dec.dtype,
-                                init_seeds=list(range(len(keys))))
-        refit(psae, data, refit_steps, cfg.train)
-        ev = evaluate(psae, x)
-        for i, k in enumerate(keys):
-            fitted[k] = (psae, pcfg, i, ev)
-    for rule, width in variants:
-        vname = f"{rule}_w{width}" if width is not None else rule
-        fitted_v = {n: fitted[(rule, width, n)] for n in pools}
-        row: dict = {"rule": rule, "width": width, "pools": {}}
-        pdec = {n: fitted_v[n][0].W_dec[fitted_v[n][2]].detach().float().cpu() for n in pools}
-        penc = {n: fitted_v[n][0].W_enc[fitted_v[n][2]].detach().float().cpu() for n in pools}
-        plive = {n: (fitted_v[n][3]["freq"][fitted_v[n][2]] > live_threshold).cpu() for n in pools}
-        for n, seeds in pools.items():
-            psae, pcfg, i, ev = fitted_v[n]
-            cl, keep = clusters[n], keeps[(rule, width, n)]
-            info = {
-                "seeds": seeds,
-                "width": int(keep.numel()),
-                "ev": float(ev["ev"][i]),
-                "l0": float(ev["l0"][i]),
-                "n_live": int(plive[n].sum()),
-                "kept_coverage_hist": torch.bincount(cl.coverage[keep], minlength=len(seeds) + 1)[1:].tolist(),
-                "kept_mean_coverage": float(cl.coverage[keep].float().mean()) if keep.numel() else None,
-            }
-            if out_dir is not None:
-                folder = Path(out_dir) / f"{vname}_{n}"
-                save_pooled(folder, psae, i, {"rule": rule, "tau": tau, "width": int(keep.numel()),
-                                               "pooled_seeds": [sae.init_seeds[s] for s in seeds] if hasattr(sae, "init_seeds") else seeds,
-                                               "refit_steps": refit_steps, "live_threshold": live_threshold},
-                            ev["freq"][i])
-                info["folder"] = str(folder)
-                saved[f"{vname}_{n}"] = str(folder)
-            row["pools"][n] = info
-        if do_halves:
-            pp = []
-            for p, q in (("A", "B"), ("B", "A")):
-                sc = match_scores(pdec[p], pdec[q], match, penc[p] if strict else None, penc[q] if strict else None)
-                pp.append(float((sc[plive[p]] >= tau).float().mean()) if plive[p].any() else None)
-            held = []
-            for p, other in (("A", B), ("B", A)):
-                st = heldout_stability(pdec[p], [dec[b] for b in other], tau, match,
-                                       penc[p] if strict else None, [enc[b] for b in other] if strict else None)
-                held.append(float(st[plive[p]].mean()) if plive[p].any() else None)
-            row["stability_pool_vs_pool"] = _spread(pp)
-            row["stability_vs_heldout"] = _spread(held)
-            row["ev_halves"] = _spread([row["pools"]["A"]["ev"], row["pools"]["B"]["ev"]])
-            row["l0_halves"] = _spread([row["pools"]["A"]["l0"], row["pools"]["B"]["l0"]])
-            wA = row["pools"]["A"]["width"]
-            row["random_baseline"] = random_dictionary_baseline(wA, d, tau, match)["mean_stability"]
-        out["variants"][vname] = row
-    out["folders"] = saved
-    out["seconds"] = time.perf_counter() - t0
-    return out
+    clusters = cluster_stage(sae.W_dec, single["freq"], plan, tau, live_threshold)
+    built = build_stage(sae, clusters, plan)
+    fitted = refit_stage(cfg.sae, cfg.train, built, x, batches(cfg.train.data_seed + refit_seed_offset), refit_steps,
+                         progress)
+    sing, bag, variants = judge_stage(sae, x, single, plan, fitted, tau, match, live_threshold)
+    if out_dir is not None:
+        save_stage(Path(out_dir), sae, clusters, plan, fitted, variants,
+                   {"tau": tau, "refit_steps": refit_steps, "live_threshold": live_threshold})
+    return PoolingResult(
+        tau=tau, match=match, live_threshold=live_threshold,
+        live_rule=f"firing frequency > {live_threshold:g} on the eval sample (eval_seed {eval_seed})",
+        refit_steps=refit_steps, eval_tokens=int(x.shape[0]), base_width=m, primary=plan.primary,
+        halves={k: plan.pools[k] for k in ("A", "B")} if plan.halves else None,
+        single=sing, bagging=bag,
+        clusters=[PoolClusters(pool=n, n_gathered=int(c.labels.numel()), n_clusters=c.n_clusters,
+                               coverage_hist=torch.bincount(c.coverage, minlength=len(plan.pools[n]) + 1)[1:].tolist())
+                  for n, c in clusters.items()],
+        variants=variants, seconds=time.perf_counter() - t0)
 
 
 def save_pooled(folder: str | Path, sae, s: int, metadata: dict, freq: Tensor | None = None) -> None:

@@ -6,14 +6,13 @@ first stage whose output is missing (training itself resumes from its last check
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from synthsae.config import RunConfig, validate
-from synthsae.fileio import merge_json_key
+from synthsae.metrics_file import Metrics, read_metrics, stage_done, write_stage
 from synthsae.threads import configure_threads
 
 STAGES = ("train", "analysis", "ablation", "pooling", "report")
@@ -23,7 +22,7 @@ RUN_OUTPUTS = ("metrics.json", "analysis_latents.safetensors", "report.md", "rep
 @dataclass
 class StudyResult:
     run_dir: Path
-    metrics: dict
+    metrics: Metrics
     seconds: dict[str, float] = field(default_factory=dict)  # per stage; absent = skipped (already done)
 
 
@@ -71,7 +70,7 @@ def run_study(cfg: RunConfig, out: str | Path, *, resume: bool = False, force: b
     mpath = out / "metrics.json"
 
     def done(key: str) -> bool:
-        return resume and mpath.is_file() and key in json.loads(mpath.read_text())
+        return resume and stage_done(mpath, key)
 
     t0 = time.perf_counter()
     if not (resume and (out / "train.json").is_file()):
@@ -94,23 +93,22 @@ def run_study(cfg: RunConfig, out: str | Path, *, resume: bool = False, force: b
         log("[3/5] ablating stable / unstable / random groups")
         t = time.perf_counter()
         stab = latents["stability"] if latents is not None else _saved_stability(out)
-        merge_json_key(mpath, "ablation", ablation_study(sae, truth, run_cfg, stability=stab, progress=progress))
+        write_stage(mpath, "ablation", ablation_study(sae, truth, run_cfg, stability=stab, progress=progress))
         seconds["ablation"] = time.perf_counter() - t
 
     if not done("pooling"):
         log("[4/5] pooling seeds (disjoint halves, widths 1x and 2x)")
         t = time.perf_counter()
         shutil.rmtree(out / "pooled", ignore_errors=True)
-        merge_json_key(mpath, "pooling", pooling_study((run_cfg, sae, truth), out_dir=out / "pooled",
-                                                                 refit_steps=run_cfg.analysis.pool_refit_steps, progress=progress))
+        write_stage(mpath, "pooling", pooling_study((run_cfg, sae, truth), out_dir=out / "pooled",
+                                                    refit_steps=run_cfg.analysis.pool_refit_steps, progress=progress))
         seconds["pooling"] = time.perf_counter() - t
 
     log("[5/5] writing report.md, report.html and figures/")
     t = time.perf_counter()
     build_report(out)
     seconds["report"] = time.perf_counter() - t
-    metrics = json.loads(mpath.read_text())
-    return StudyResult(out, metrics, seconds)
+    return StudyResult(out, read_metrics(mpath), seconds)
 
 
 def _saved_stability(out: Path):

@@ -22,6 +22,7 @@ from synthsae.metrics.ablation import (
     latent_stats,
     random_group,
 )
+from synthsae.serialize import to_json
 from synthsae.truth import build_truth
 
 from conftest import make_sae  # noqa: E402
@@ -133,44 +134,47 @@ def tiny_study():
 
 def test_study_is_json_and_consistent(tiny_study):
     sae, truth, res, _ = tiny_study
-    json.dumps(res, allow_nan=False)
-    assert set(res["groups"]) == set(GROUPS)
-    st_ = res["groups"]["stable"]
-    assert 0 < st_["size"]["mean"] <= 16  # the shared latents that fire on the eval sample
-    base, full = res["baseline"], res["all_ablated"]
-    for name, row in res["groups"].items():
+    json.dumps(to_json(res), allow_nan=False)
+    assert set(res.groups) == set(GROUPS)
+    assert res.groups["random_freq_stable"].controls == "stable" and res.groups["random_freq_stable"].matched_by == "frequency"
+    st_ = res.groups["stable"]
+    assert 0 < st_.size.mean <= 16  # the shared latents that fire on the eval sample
+    base, full = res.baseline, res.all_ablated
+    for name, row in res.groups.items():
         for metric in ("fvu", "pred"):
+            c = row.costs[metric]
+            assert len(c.share_per_mass_share_draws) == (1 if row.controls is None else 2)
             for s in range(3):
-                size = row["size"]["per_seed"][s]
-                delta = row[f"delta_{metric}"]["per_seed"][s]
-                if size == 0 or name.startswith("random"):  # random rows are means over draws of ratios
+                size = row.size.per_seed[s]
+                delta = c.delta.per_seed[s]
+                if size == 0 or row.controls is not None:  # random rows are means over draws of ratios
                     continue
-                total = full[metric]["per_seed"][s] - base[metric]["per_seed"][s]
-                assert row[f"share_{metric}"]["per_seed"][s] == pytest.approx(delta / total, rel=1e-4, abs=1e-7)
-                assert row[f"delta_{metric}_per_latent"]["per_seed"][s] * size == pytest.approx(delta, rel=1e-4, abs=1e-7)
-                ms = row["mass_share"]["per_seed"][s]
+                total = full[metric].per_seed[s] - base[metric].per_seed[s]
+                assert c.share.per_seed[s] == pytest.approx(delta / total, rel=1e-4, abs=1e-7)
+                assert c.per_latent.per_seed[s] * size == pytest.approx(delta, rel=1e-4, abs=1e-7)
+                ms = row.mass_share.per_seed[s]
                 assert 0.0 <= ms <= 1.0 + 1e-6
                 if ms > 0:
-                    ratio = row[f"share_{metric}_per_mass_share"]["per_seed"][s]
-                    assert ratio * ms == pytest.approx(row[f"share_{metric}"]["per_seed"][s], rel=1e-4, abs=1e-7)
-        m = row["delta_fvu"]
-        if m["mean"] is not None:
-            ok = [v for v in m["per_seed"] if v is not None]
-            assert m["mean"] == pytest.approx(sum(ok) / len(ok))
+                    assert c.share_per_mass_share.per_seed[s] * ms == pytest.approx(c.share.per_seed[s], rel=1e-4, abs=1e-7)
+                    assert c.share_per_mass_share_draws[0][s] == pytest.approx(c.share_per_mass_share.per_seed[s])
+        m = row.costs["fvu"].delta
+        if m.mean is not None:
+            ok = [v for v in m.per_seed if v is not None]
+            assert m.mean == pytest.approx(sum(ok) / len(ok))
 
 
 def test_per_mass_matches_group_mass(tiny_study):
     sae, truth, res, _ = tiny_study
     from synthsae.metrics.ablation import eval_sample
 
-    x = eval_sample(truth, 2048, res["eval_seed"])
+    x = eval_sample(truth, 2048, res.eval_seed)
     _, mass = latent_stats(sae, x)
-    row = res["groups"]["stable"]
+    row = res.groups["stable"]
     total = mass.sum(-1)
     for s in range(3):
-        gmass = row["mass_share"]["per_seed"][s] * float(total[s])
+        gmass = row.mass_share.per_seed[s] * float(total[s])
         if gmass > 0:
-            assert row["delta_fvu_per_mass"]["per_seed"][s] * gmass == pytest.approx(row["delta_fvu"]["per_seed"][s], rel=1e-3)
+            assert row.costs["fvu"].per_mass.per_seed[s] * gmass == pytest.approx(row.costs["fvu"].delta.per_seed[s], rel=1e-3)
 
 
 def test_pluggable_prediction_cost():
@@ -183,9 +187,9 @@ def test_pluggable_prediction_cost():
     stab = torch.zeros(2, 12)
     stab[:, :6] = 1.0
     res = ablation_study(sae, x=x, stability=stab, pred_cost=sq, pred_cost_name="sq", n_draws=1, progress=False)
-    assert res["prediction_cost"] == "sq"
+    assert res.prediction_cost == "sq"
     # with this cost, pred = FVU * total variance / n
     var = float(((x - x.mean(0)) ** 2).sum()) / x.shape[0]
     for s in range(2):
-        assert res["baseline"]["pred"]["per_seed"][s] == pytest.approx(res["baseline"]["fvu"]["per_seed"][s] * var, rel=1e-4)
-    assert not math.isnan(res["groups"]["stable"]["delta_pred"]["mean"])
+        assert res.baseline["pred"].per_seed[s] == pytest.approx(res.baseline["fvu"].per_seed[s] * var, rel=1e-4)
+    assert not math.isnan(res.groups["stable"].costs["pred"].delta.mean)

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from synthsae.config import AnalysisConfig, preset
 from synthsae.metrics.analyze import analyze, analyze_with_latents
-from synthsae.metrics.frequency import FrequencyCounter, firing_frequency, frequency_vs_stability, spearman
+from synthsae.metrics.frequency import FrequencyCounter, firing_frequency, frequency_from_log10, frequency_vs_stability, spearman
 from synthsae.metrics.matching import hungarian, hungarian_dense, hungarian_sparse, maxcos, maxcos_both, strict_match, topk_cos, unit_rows
 from synthsae.metrics.recovery import atom_recovery, block_members, subspace_recovery
 from synthsae.metrics.stability import pair_scores, soft_stability, stability, threshold_sweep
@@ -29,6 +29,8 @@ from synthsae.metrics.subspaces import (
     span_reproducibility,
     subspace_overlap,
 )
+from synthsae.results import AnalysisResult
+from synthsae.serialize import from_json, to_json
 from synthsae.truth import build_truth
 
 FAST = settings(max_examples=15, deadline=None)
@@ -293,6 +295,9 @@ def test_frequency_counter_and_spearman():
     assert spearman(torch.arange(10.0), torch.arange(10.0) ** 3) == pytest.approx(1.0)
     fs = frequency_vs_stability(firing_frequency(codes), torch.rand(2, 4))
     assert fs["n_dead"] == 4
+    # stored log10 frequencies: the SAELens floor log10(0 + 1e-10) reads back as dead, anything above as alive
+    back = frequency_from_log10(torch.log10(torch.tensor([0.0, 1e-9, 0.5]) + 1e-10))
+    assert back[0] == 0 and back[1] > 0 and back[2] == pytest.approx(0.5, rel=1e-5)
 
 
 # ----------------------------------------------------------------------------------------------- analyze
@@ -318,15 +323,17 @@ def test_analyze_is_json_and_carries_baselines():
     truth, dec = _truth_like_dictionaries()
     freq = torch.rand(dec.shape[0], dec.shape[1])
     res, per = analyze_with_latents(dec, dec.transpose(1, 2), freq, truth, AnalysisConfig())
-    json.dumps(res, allow_nan=False)
-    assert res["settings"]["tau"] == 0.7 and res["settings"]["seeds"] == 3
-    assert set(res["stability"]["mean"]) == {"value", "baseline"}
-    assert res["truth"]["atoms"]["mcc"]["value"] > 0.95 > res["truth"]["atoms"]["mcc"]["baseline"]
-    assert res["truth"]["atoms"]["atom_latent_stability"] == 1.0
-    for bl in res["truth"]["blocks"]:
-        assert bl["recovery"]["value"] > 0.99
-        assert 0.0 <= bl["rotation_null"] <= 1.0
-    assert per["stability"].shape == dec.shape[:2]
+    raw = to_json(res)
+    json.dumps(raw, allow_nan=False)
+    assert from_json(AnalysisResult, raw) == from_json(AnalysisResult, json.loads(json.dumps(raw)))
+    assert res.settings.tau == 0.7 and res.settings.seeds == 3
+    assert set(raw["stability"]["mean"]) == {"value", "baseline"}
+    assert res.truth.atoms.mcc.value > 0.95 > res.truth.atoms.mcc.baseline
+    assert res.truth.atoms.atom_latent_stability == 1.0
+    for bl in res.truth.blocks:
+        assert bl.recovery.value > 0.99
+        assert 0.0 <= bl.rotation_null <= 1.0
+    assert per["stability"].shape == dec.shape[:2] == per["null_stability"].shape
     assert per["span_reproducibility"].shape == (*dec.shape[:2], 4)
     res2 = analyze(dec, None, None, None, AnalysisConfig(match="hungarian", tau=0.5))
-    assert "truth" not in res2 and "frequency" not in res2
+    assert res2.truth is None and res2.frequency is None and res2.stability.over == "all"

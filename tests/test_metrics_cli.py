@@ -18,10 +18,14 @@ def test_write_analysis_merges_under_its_key(tmp_path: Path) -> None:
     import torch
 
     p = tmp_path / "metrics.json"
+    from synthsae.metrics.analyze import analyze
+    from synthsae.serialize import to_json
+
+    res = analyze(torch.randn(2, 8, 4), cfg=None)
     p.write_text(json.dumps({"pooling": {"x": 1}, "analysis": {"old": True}}))
-    write_analysis(p, {"schema": "s", "value": 2}, {"stability": torch.ones(2, 3)})
+    write_analysis(p, res, {"stability": torch.ones(2, 3)})
     got = json.loads(p.read_text())
-    assert got["pooling"] == {"x": 1} and got["analysis"] == {"schema": "s", "value": 2}
+    assert got["pooling"] == {"x": 1} and got["analysis"] == to_json(res)
     assert (tmp_path / LATENTS_FILE).is_file()
 
 
@@ -72,16 +76,16 @@ def test_tiny_science_atoms_stable_orthogonal_blocks_recovered(tiny_run: Path) -
     from synthsae.metrics.run_analysis import analyze_run
 
     res, _ = analyze_run(tiny_run, device="cpu")
-    tr = res["truth"]
-    assert tr["atoms"]["frac_recovered_0.9"]["value"] > 0.5
-    assert tr["atoms"]["atom_latent_stability"] > 0.9
-    assert tr["atoms"]["atom_latent_stability"] > tr["block_latent_stability_rank_ge_4"] + 0.1
-    orth = [b for b in tr["blocks"] if b["orthogonal"]]
+    tr = res.truth
+    assert tr.atoms.frac_recovered.value > 0.5
+    assert tr.atoms.atom_latent_stability > 0.9
+    assert tr.atoms.atom_latent_stability > tr.block_latent_stability_rank_ge_4 + 0.1
+    orth = [b for b in tr.blocks if b.orthogonal]
     assert orth
     for b in orth:
-        assert b["recovery"]["value"] > 0.8 > 3 * b["recovery"]["baseline"], b
-        assert abs(b["stability"] - b["rotation_null"]) < 0.15, b
-        assert b["span_reproducibility"][-1] > b["span_reproducibility"][0], b
+        assert b.recovery.value > 0.8 > 3 * b.recovery.baseline, b
+        assert abs(b.stability - b.rotation_null) < 0.15, b
+        assert b.span_reproducibility[-1] > b.span_reproducibility[0], b
 
 
 @pytest.mark.slow
@@ -93,6 +97,6 @@ def test_tiny_science_superposed_blocks_recovered(tiny_run: Path) -> None:
     from synthsae.metrics.run_analysis import analyze_run
 
     res, _ = analyze_run(tiny_run, device="cpu")
-    for b in res["truth"]["blocks"]:
-        if not b["orthogonal"]:
-            assert b["recovery"]["value"] > 0.8 > 3 * b["recovery"]["baseline"], b
+    for b in res.truth.blocks:
+        if not b.orthogonal:
+            assert b.recovery.value > 0.8 > 3 * b.recovery.baseline, b

@@ -140,16 +140,23 @@ def test_pooling_study_on_tiny_run(tmp_path):
     sae = build_sae(cfg.sae, truth.d, [0, 1, 2, 3], "cpu", torch.float32)
     train_steps(sae, stream(truth, 256, 0), 150, cfg.train, freeze_decoder=False)
     res = pooling_study((cfg, sae, truth), refit_steps=20, eval_tokens=2048, out_dir=tmp_path, progress=False)
-    json.dumps(res, allow_nan=False)
+    from synthsae.serialize import to_json
+
+    json.dumps(to_json(res), allow_nan=False)
     m = cfg.sae.d_sae
-    assert set(res["variants"]) == {f"coverage_w{m}", f"coverage_w{2 * m}", f"coverage_freq_w{m}", f"coverage_freq_w{2 * m}", "union"}
-    row = res["variants"][f"coverage_w{m}"]
-    assert set(row["pools"]) == {"all", "A", "B"}
-    for p in row["pools"].values():
-        assert 0 < p["width"] <= m
-        back = load_sae_folders([p["folder"]])
-        assert back.W_dec.shape[1] == p["width"]
-    assert res["variants"][f"coverage_w{2 * m}"]["pools"]["A"]["width"] <= 2 * m
-    for key in ("stability_pool_vs_pool", "stability_vs_heldout", "ev_halves", "l0_halves"):
-        assert row[key]["mean"] is not None
-    assert res["single"]["stability_between_halves"]["mean"] is not None
+    assert set(res.variants) == {f"coverage_w{m}", f"coverage_w{2 * m}", f"coverage_freq_w{m}", f"coverage_freq_w{2 * m}", "union"}
+    assert res.primary == f"coverage_w{m}" and list(res.variants)[0] == res.primary
+    assert [v.role for v in res.variants.values()].count("primary") == 1
+    row = res.variants[f"coverage_w{m}"]
+    assert set(row.pools) == {"all", "A", "B"}
+    for p in row.pools.values():
+        assert 0 < p.width <= m
+        back = load_sae_folders([p.folder])
+        assert back.W_dec.shape[1] == p.width
+    assert res.variants[f"coverage_w{2 * m}"].pools["A"].width <= 2 * m
+    for key in ("stability_pool_vs_pool", "stability_null", "stability_vs_heldout", "ev_halves", "l0_halves"):
+        assert getattr(row, key).mean is not None
+    assert res.single.stability_between_halves.mean is not None
+    assert res.bagging.width == 2 * m and res.bagging.stability_between_halves.mean is not None
+    # a bag holds every latent of its seeds: its averaged reconstruction is at least as good as the worst seed's
+    assert res.bagging.ev_halves.mean >= min(res.single.ev.per_seed) - 1e-6

@@ -67,12 +67,21 @@ def test_run_writes_every_file(tiny_run: Path) -> None:
 
 
 def test_metrics_json_validates_against_schema(tiny_run: Path) -> None:
+    from synthsae.serialize import metrics_schema
+
+    assert SCHEMA == json.loads(json.dumps(metrics_schema())), "shipped schema is stale: regenerate it from synthsae.results"
     metrics = json.loads((tiny_run / "metrics.json").read_text())
+    assert set(metrics) >= {"analysis", "ablation", "pooling"}
     jsonschema.validate(metrics, SCHEMA)
-    # and the schema is not vacuous: a metrics.json without pooling fails it
-    del metrics["pooling"]
+    # and the schema is not vacuous: a field missing or of the wrong type fails it
+    broken = json.loads(json.dumps(metrics))
+    del broken["pooling"]["single"]
     with pytest.raises(jsonschema.ValidationError):
-        jsonschema.validate(metrics, SCHEMA)
+        jsonschema.validate(broken, SCHEMA)
+    broken = json.loads(json.dumps(metrics))
+    broken["analysis"]["stability"]["n_latents"] = "many"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, SCHEMA)
 
 
 def test_report_html_parses_and_embeds_figures(tiny_run: Path) -> None:

@@ -191,17 +191,25 @@ def _clean(v: float) -> float | None:
     return None if v is None or not math.isfinite(v) else float(v)
 
 
-def spread(values: Iterable[float | None]) -> dict:
-    """{"mean", "std", "per_seed"} over the finite per-seed values (std with ddof = 0; None where undefined)."""
+def spread(values: Iterable[float | None]) -> Spread:
+    """Mean / std (ddof = 0) over the finite per-seed values, and the values themselves (None where undefined)."""
     per = [_clean(v) for v in values]
     ok = [v for v in per if v is not None]
     mean = sum(ok) / len(ok) if ok else None
     std = math.sqrt(sum((v - mean) ** 2 for v in ok) / len(ok)) if ok else None
-    return {"mean": mean, "std": std, "per_seed": per}
+    return Spread(mean, std, per)
 
 
 def _div(a: Tensor, b: Tensor) -> Tensor:
     return torch.where(b != 0, a / torch.where(b != 0, b, torch.ones_like(b)), torch.full_like(a, math.nan))
+
+
+def _control_of(name: str) -> tuple[str | None, str | None]:
+    """('stable', 'frequency') for 'random_freq_stable'; (None, None) for a group that is not a control."""
+    if not name.startswith("random_"):
+        return None, None
+    _, how, target = name.split("_", 2)
+    return target, {"size": "size", "freq": "frequency"}[how]
 
 
 def summarize(
@@ -210,31 +218,34 @@ def summarize(
     base: dict[str, Tensor],
     full: dict[str, Tensor],
     mass: Float[Tensor, "S m"],
-) -> dict:
-    """JSON-able per-group numbers. costs[name][metric] is [D, S] (per draw), base/full [S] (no / every latent ablated).
+) -> dict[str, GroupResult]:
+    """Typed per-group numbers. costs[name][metric] is [D, S] (per draw), base/full [S] (no / every latent ablated).
 
     Empty groups give None for every normalised number of that seed.
     """
     total_mass = mass.sum(-1)  # [S]
-    out: dict = {}
+    out: dict[str, GroupResult] = {}
     for name, masks in groups.items():
         size = masks.sum(-1).float()  # [D, S]
         gmass = (masks.float() * mass[None]).sum(-1)  # [D, S]
-        row: dict = {}
         nonempty = size > 0
-        row["size"] = spread(size.mean(0).tolist())
         ms = _div(gmass, total_mass[None].expand_as(gmass))
-        row["mass_share"] = spread(torch.where(nonempty, ms, math.nan).nanmean(0).tolist())
+        per_metric = {}
         for metric in costs[name]:
             delta = costs[name][metric] - base[metric][None]  # [D, S]
             delta = torch.where(nonempty, delta, math.nan)
             share = _div(delta, (full[metric] - base[metric])[None].expand_as(delta))
-            row[f"delta_{metric}"] = spread(delta.nanmean(0).tolist())
-            row[f"share_{metric}"] = spread(share.nanmean(0).tolist())
-            row[f"delta_{metric}_per_latent"] = spread(_div(delta, size).nanmean(0).tolist())
-            row[f"delta_{metric}_per_mass"] = spread(_div(delta, gmass).nanmean(0).tolist())
-            row[f"share_{metric}_per_mass_share"] = spread(_div(share, ms).nanmean(0).tolist())
-        out[name] = row
+            spm = _div(share, ms)
+            per_metric[metric] = GroupCost(
+                delta=spread(delta.nanmean(0).tolist()), share=spread(share.nanmean(0).tolist()),
+                per_latent=spread(_div(delta, size).nanmean(0).tolist()),
+                per_mass=spread(_div(delta, gmass).nanmean(0).tolist()),
+                share_per_mass_share=spread(spm.nanmean(0).tolist()),
+                share_per_mass_share_draws=[[_clean(v) for v in row] for row in spm.tolist()])
+        target, how = _control_of(name)
+        out[name] = GroupResult(name=name, controls=target, matched_by=how, size=spread(size.mean(0).tolist()),
+                                mass_share=spread(torch.where(nonempty, ms, math.nan).nanmean(0).tolist()),
+                                costs=per_metric)
     return out
 
 
@@ -248,7 +259,8 @@ def eval_sample(truth, n: int, seed: int) -> Tensor:
     return sample(truth, n, make_generator(seed, truth.device), details=False).x
 
 
-from synthsae.metrics.run_analysis import EVAL_DATA_SEED_OFFSET  # noqa: E402  (one eval stream for every stage)
+from synthsae.metrics.run_analysis import EVAL_DATA_SEED_OFFSET  # noqa: E402
+from synthsae.results import AblationResult, GroupCost, GroupResult, Spread  # noqa: E402  (one eval stream for every stage)
 
 
 def ablation_study(
@@ -271,8 +283,8 @@ def ablation_study(
     group_seed: int = 0,
     batch_size: int = 4096,
     progress: bool = True,
-) -> dict:
-    """Functional asymmetry of stable vs unstable latents across all S seeds of `sae`; a JSON-able dict.
+) -> AblationResult:
+    """Functional asymmetry of stable vs unstable latents across all S seeds of `sae` (an AblationResult).
 
     `cfg` (a RunConfig) supplies tau, match, cut-offs, eval_tokens and the eval seed (data_seed + 1_000_003);
     keyword arguments override it, DESIGN.md defaults fill in without it. `x` is the eval sample (default: fresh
@@ -317,31 +329,18 @@ def ablation_study(
     full = {k: v[1] for k, v in agg.items()}
     costs = {n: {k: v[bounds[n][0] : bounds[n][1]] for k, v in agg.items()} for n in names}
     live = freq > live_threshold
-    return {
-        "eval_tokens": int(x.shape[0]),
-        "eval_seed": eval_seed,
-        "tau": tau,
-        "match": match,
-        "stable_cutoff": stable_cutoff,
-        "unstable_cutoff": unstable_cutoff,
-        "live_threshold": live_threshold,
-        "n_draws": n_draws,
-        "prediction_cost": pred_cost_name if pred_cost is not None else None,
-        "units": {
-            "fvu": "fraction of variance unexplained (pooled, mean-centred)",
-            "pred": f"mean per-token {pred_cost_name or 'prediction cost'} against the clean input (nats)",
-            "delta_*": "cost with the group zeroed minus cost of the full reconstruction",
-            "share_*": "delta as a fraction of the delta of zeroing every latent (reconstruction = b_dec)",
-            "*_per_latent": "delta / group size",
-            "*_per_mass": "delta / group's mean activation mass per token (sum of a_i * ||d_i||)",
-            "mass_share": "group's activation mass / all latents' activation mass",
-            "share_*_per_mass_share": "share of the cost / share of the mass (1 = carries cost in proportion to mass)",
-        },
-        "n_live": spread(live.sum(-1).float().tolist()),
-        "baseline": {k: spread(v.tolist()) for k, v in base.items()},
-        "all_ablated": {k: spread(v.tolist()) for k, v in full.items()},
-        "groups": summarize(groups, costs, base, full, mass),
-    }
+    pred_unit = f"mean per-token {pred_cost_name or 'prediction cost'} against the clean input (nats)"
+    return AblationResult(
+        eval_tokens=int(x.shape[0]), eval_seed=eval_seed, tau=tau, match=match, stable_cutoff=stable_cutoff,
+        unstable_cutoff=unstable_cutoff, live_threshold=live_threshold, n_draws=n_draws,
+        prediction_cost=pred_cost_name if pred_cost is not None else None,
+        units={"fvu": "fraction of variance unexplained (pooled, mean-centred)",
+               **({"pred": pred_unit} if pred_cost is not None else {})},
+        n_live=spread(live.sum(-1).float().tolist()),
+        baseline={k: spread(v.tolist()) for k, v in base.items()},
+        all_ablated={k: spread(v.tolist()) for k, v in full.items()},
+        groups=summarize(groups, costs, base, full, mass),
+    )
 
 
 def latent_stability(sae, tau: float = 0.7, match: str = "maxcos") -> Float[Tensor, "S m"]:
@@ -353,7 +352,7 @@ def latent_stability(sae, tau: float = 0.7, match: str = "maxcos") -> Float[Tens
     return stability(scores, tau)
 
 
-def ablate_run(run_dir, device: str | None = None, progress: bool = True, **overrides) -> dict:
+def ablate_run(run_dir, device: str | None = None, progress: bool = True, **overrides) -> AblationResult:
     """ablation_study on every seed of a synthetic run directory (config, seeds and truth read from disk)."""
     from pathlib import Path
 
@@ -365,6 +364,5 @@ def ablate_run(run_dir, device: str | None = None, progress: bool = True, **over
     if truth is None:
         raise ValueError(f"{run_dir}: no truth.safetensors; on real activations pass x and a pred_cost to ablation_study")
     res = ablation_study(sae, truth.to(dev), cfg, progress=progress, **overrides)
-    res["run_dir"] = str(run_dir)
-    res["variant"] = cfg.sae.variant
+    res.run_dir, res.variant = str(run_dir), cfg.sae.variant
     return res

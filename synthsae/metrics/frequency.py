@@ -38,23 +38,38 @@ def spearman(x: Tensor, y: Tensor) -> float:
     return float(spearmanr(x, y).statistic)
 
 
+LOG10_FLOOR = -10.0  # sparsity.safetensors stores log10(freq + 1e-10) (SAELens); at the floor = never fired
+
+
+def frequency_from_log10(log10_freq: Tensor, floor: float = LOG10_FLOOR) -> Tensor:
+    """Firing frequency from a stored log10 frequency; values at the floor (within 1e-3) read back as dead (0)."""
+    x = log10_freq.double()
+    return torch.where(x <= floor + 1e-3, torch.zeros_like(x), torch.pow(10.0, x)).float()
+
+
+def decile_table(log10_freq: Float[Tensor, " n"], stab: Float[Tensor, " n"], n_bins: int = 10) -> list:
+    """Mean stability per equal-count bin of log10 frequency (the latents given: pass live ones only)."""
+    from synthsae.results import DecileRow
+
+    rows = []
+    if log10_freq.numel() == 0:
+        return rows
+    v, s = log10_freq.double(), stab.double()
+    edges = torch.quantile(v, torch.linspace(0, 1, n_bins + 1, dtype=torch.float64))
+    for i in range(n_bins):
+        sel = (v >= edges[i]) & ((v <= edges[i + 1]) if i == n_bins - 1 else (v < edges[i + 1]))
+        if sel.any():
+            rows.append(DecileRow(float(edges[i]), float(edges[i + 1]), int(sel.sum()), float(s[sel].mean())))
+    return rows
+
+
 def frequency_vs_stability(freq: Float[Tensor, "S m"], stab: Float[Tensor, "S m"], n_bins: int = 10) -> dict:
-    """Spearman(log10 frequency, stability) over live latents, dead count, mean stability per frequency decile."""
+    """Spearman(log10 frequency, stability) over live latents (frequency > 0), dead count, deciles."""
     alive = freq > 0
     lf = torch.log10(freq.clamp_min(1e-12))
-    bins = []
-    if alive.any():
-        v, s = lf[alive], stab[alive]
-        edges = torch.quantile(v.double(), torch.linspace(0, 1, n_bins + 1, dtype=torch.float64))
-        for i in range(n_bins):
-            sel = (v >= edges[i]) & ((v <= edges[i + 1]) if i == n_bins - 1 else (v < edges[i + 1]))
-            if sel.any():
-                bins.append({"log10_freq_lo": float(edges[i]), "log10_freq_hi": float(edges[i + 1]),
-                             "n": int(sel.sum()), "mean_stability": float(s[sel].mean())})
     return {
         "spearman_log_freq_stability": spearman(lf[alive], stab[alive]) if alive.sum() >= 3 else float("nan"),
         "n_dead": int((~alive).sum()),
         "frac_dead": float((~alive).float().mean()),
-        "median_log10_freq": float(lf[alive].median()) if alive.any() else float("nan"),
-        "by_decile": bins,
+        "by_decile": decile_table(lf[alive], stab[alive], n_bins),
     }

@@ -9,8 +9,9 @@ import torch
 from torch import Tensor
 
 from synthsae.config import AnalysisConfig, validate_analysis
-from synthsae.fileio import atomic_save_safetensors, merge_json_key
+from synthsae.fileio import atomic_save_safetensors
 from synthsae.metrics.analyze import analyze_with_latents, measure_frequency
+from synthsae.results import AnalysisResult
 
 EVAL_DATA_SEED_OFFSET = 1_000_003  # frequencies are measured on a stream the SAEs never trained on
 METRICS_KEY = "analysis"
@@ -31,7 +32,7 @@ def is_run_dir(path: Path) -> bool:
 
 def analyze_run(
     run_dir: str | Path, cfg: AnalysisConfig | None = None, device: str | None = None
-) -> tuple[dict, dict[str, Tensor]]:
+) -> tuple[AnalysisResult, dict[str, Tensor]]:
     """Analyse every seed of a run (config's [analysis] section unless cfg is given); frequencies are measured on
     analysis.eval_tokens fresh samples from the truth, else read from sparsity.safetensors."""
     from synthsae.io import load_run, seed_folders
@@ -51,14 +52,13 @@ def analyze_run(
     else:
         freq, source = _sparsity(seed_folders(run_dir))
     res, per = analyze_with_latents(sae.W_dec.detach(), sae.W_enc.detach(), freq, truth, cfg, dev, source)
-    res["settings"]["run_dir"] = str(run_dir)
-    res["settings"]["variant"] = run_cfg.sae.variant
+    res.settings.run_dir, res.settings.variant = str(run_dir), run_cfg.sae.variant
     return res, per
 
 
 def analyze_folders(
     folders: list[str | Path], cfg: AnalysisConfig | None = None, device: str | None = None
-) -> tuple[dict, dict[str, Tensor]]:
+) -> tuple[AnalysisResult, dict[str, Tensor]]:
     """Analyse several single-SAE folders (SAELens layout), one per seed, without a truth."""
     from synthsae.io import load_sae_folders
 
@@ -69,26 +69,29 @@ def analyze_folders(
     sae = load_sae_folders(folders).to(dev)
     freq, source = _sparsity(folders)
     res, per = analyze_with_latents(sae.W_dec.detach(), sae.W_enc.detach(), freq, None, cfg, dev, source)
-    res["settings"]["folders"] = [str(f) for f in folders]
+    res.settings.folders = [str(f) for f in folders]
     return res, per
 
 
 def _sparsity(folders: list[Path]) -> tuple[Tensor | None, str | None]:
-    """Firing frequencies from sparsity.safetensors (log10) when every folder has one."""
+    """Firing frequencies from sparsity.safetensors (log10; the 1e-10 floor reads back as dead) when every folder has one."""
     if not folders or not all((f / "sparsity.safetensors").is_file() for f in folders):
         return None, None
     from synthsae.io import load_sparsity
+    from synthsae.metrics.frequency import frequency_from_log10
 
-    return torch.pow(10.0, load_sparsity(folders).float()).cpu(), "sparsity.safetensors (training)"
+    return frequency_from_log10(load_sparsity(folders).cpu()), "sparsity.safetensors (training; at the log10 floor = dead)"
 
 
-def write_analysis(path: str | Path, res: dict, per_latent: dict[str, Tensor] | None = None) -> Path:
+def write_analysis(path: str | Path, res: AnalysisResult, per_latent: dict[str, Tensor] | None = None) -> Path:
     """Merge `res` into metrics.json under "analysis" (other keys kept), atomically; per-latent tensors beside it."""
+    from synthsae.metrics_file import write_stage
+
     path = Path(path)
-    merge_json_key(path, METRICS_KEY, res)
+    write_stage(path, METRICS_KEY, res)
     if per_latent:
         atomic_save_safetensors({k: v.contiguous() for k, v in per_latent.items()}, path.parent / LATENTS_FILE,
-                                metadata={"schema": res.get("schema", "")})
+                                metadata={"schema": res.schema})
     return path
 
 

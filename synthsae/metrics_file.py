@@ -1,0 +1,65 @@
+"""A run's metrics.json: one key per stage, each the JSON of that stage's typed result.
+
+`write_stage` merges one stage in (other stages' numbers kept, atomic write); `read_metrics` gives the typed
+results back, with a one-line error naming the file and the field when it is corrupt or of another format.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from synthsae.fileio import merge_json_key
+from synthsae.results import AblationResult, AnalysisResult, PoolingResult
+from synthsae.serialize import from_json, to_json
+
+STAGES = {"analysis": AnalysisResult, "ablation": AblationResult, "pooling": PoolingResult}
+
+
+class MetricsError(ValueError):
+    """metrics.json unreadable or not in the format of this version."""
+
+
+@dataclass
+class Metrics:
+    """The typed results stored in one metrics.json (None: stage not run yet)."""
+
+    analysis: AnalysisResult | None = None
+    ablation: AblationResult | None = None
+    pooling: PoolingResult | None = None
+
+
+def write_stage(path: str | Path, key: str, result) -> None:
+    """Merge one stage's result into metrics.json under `key` (atomic; the other keys are kept)."""
+    if key not in STAGES or not isinstance(result, STAGES[key]):
+        raise TypeError(f"metrics.json key {key!r} takes a {STAGES.get(key, object).__name__}, got {type(result).__name__}")
+    merge_json_key(path, key, to_json(result))
+
+
+def read_metrics(path: str | Path) -> Metrics:
+    """The typed results of a metrics.json; MetricsError (one line) when it is corrupt or from another version."""
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise MetricsError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}); rerun `synthsae analyze` to rebuild it") from None
+    if not isinstance(raw, dict):
+        raise MetricsError(f"{path}: expected a JSON object with keys {', '.join(STAGES)}")
+    out = Metrics()
+    for key, cls in STAGES.items():
+        if raw.get(key) is None:
+            continue
+        try:
+            setattr(out, key, from_json(cls, raw[key], key))
+        except (ValueError, TypeError) as e:
+            raise MetricsError(f"{path}: {e} (written by another synthsae version? rerun that stage, e.g. "
+                               f"`synthsae {'analyze' if key == 'analysis' else 'ablate' if key == 'ablation' else 'pool'}`)") from None
+    return out
+
+
+def stage_done(path: str | Path, key: str) -> bool:
+    """Whether metrics.json holds a result for `key` (MetricsError when the file is corrupt: never overwritten silently)."""
+    if not Path(path).is_file():
+        return False
+    return getattr(read_metrics(path), key) is not None

@@ -1,0 +1,419 @@
+"""Typed results of the study's stages (analysis, ablation, pooling): what metrics.json holds, field by field.
+
+Every stage returns one of these dataclasses; `synthsae.serialize` writes them to JSON (and generates the JSON
+schema from the same classes), `synthsae.verdicts` turns them into verdicts, `report.py` lays them out. Each
+field carries its meaning (and unit) in `metadata["doc"]`; a number that has a chance level travels as a
+`Chance` whose baseline comes from a null that went through the same procedure (named where it is used).
+"""
+
+from __future__ import annotations
+
+from dataclasses import MISSING, dataclass, field
+from typing import Optional
+
+
+def doc(text: str, default=MISSING, factory=None):
+    """A dataclass field with its documentation (shown in the JSON schema); no default = required."""
+    if factory is not None:
+        return field(default_factory=factory, metadata={"doc": text})
+    return field(default=default, metadata={"doc": text})
+
+
+# ----------------------------------------------------------------------------------------------- building blocks
+
+
+@dataclass
+class Chance:
+    """A measured number beside its chance level (the same number under a null named by the enclosing result)."""
+
+    value: Optional[float] = doc("the measured number (null in JSON when undefined)", None)
+    baseline: Optional[float] = doc("the same number under the null (null when the null is undefined)", None)
+
+
+@dataclass
+class Spread:
+    """One number per seed (or per pool) and its mean / std (ddof 0) over the finite ones."""
+
+    mean: Optional[float] = doc("mean over the finite per-seed values", None)
+    std: Optional[float] = doc("standard deviation (ddof 0) over the finite per-seed values", None)
+    per_seed: list[Optional[float]] = doc("the values, one per seed (null where undefined, e.g. an empty group)", factory=list)
+
+
+# ----------------------------------------------------------------------------------------------- analysis
+
+
+@dataclass(kw_only=True)
+class AnalysisSettings:
+    """Every knob the analysis used, so a reader can redo it."""
+
+    tau: float = doc("match threshold: a latent is matched in another seed at score >= tau")
+    match: str = doc("match rule: maxcos, hungarian or strict (decoder and encoder agree)")
+    stable_cutoff: float = doc("a latent is stable at stability >= this")
+    unstable_cutoff: float = doc("a latent is unstable at stability <= this")
+    tau_sweep: list[float] = doc("thresholds of the sweep", factory=list)
+    seeds: int = doc("number of seeds S", 0)
+    d_sae: int = doc("latents per seed m", 0)
+    d_in: int = doc("input dimension d", 0)
+    device: str = doc("device of the cross-seed work", "cpu")
+    k_max: int = doc("largest neighbourhood of span reproducibility", 4)
+    cluster_rho: float = doc("span projection norm that links two unstable latents in the clustering", 0.9)
+    n_rotations: int = doc("random rotations per block in the rotation null", 64)
+    null_seed: int = doc("generator seed of the rotated-seeds null", 0)
+    atom_recovered_cos: float = doc("an atom is recovered when a latent has cos >= this with it", 0.9)
+    block_assign_proj2: float = doc("a latent belongs to block b when ||U_b^T d_i||^2 >= this", 0.5)
+    frequency_source: Optional[str] = doc("where firing frequencies came from (null: not measured)", None)
+    variant: Optional[str] = doc("SAE variant of the run", None)
+    run_dir: Optional[str] = doc("run directory analysed", None)
+    folders: Optional[list[str]] = doc("SAE folders analysed (one per seed), when not a run directory", None)
+
+
+@dataclass
+class SweepRow:
+    """Stability at one matching threshold."""
+
+    tau: float = doc("match threshold")
+    mean_stability: Optional[float] = doc("mean stability over the latents named by the enclosing `over`", None)
+    frac_stable: Optional[float] = doc("fraction at stability >= stable_cutoff", None)
+    frac_unstable: Optional[float] = doc("fraction at stability <= unstable_cutoff", None)
+
+
+@dataclass(kw_only=True)
+class StabilityResult:
+    """Per-latent cross-seed stability, summarised. Baselines: the rotated-seeds null (every seed's dictionary
+    rotated by its own Haar-random rotation of the whole space, then the same matching): it keeps each seed's
+    geometry (norms, clumps, frequencies) and destroys only the agreement between seeds."""
+
+    over: str = doc("which latents the numbers are over: 'live' (fired on held-out data) or 'all' (no frequencies)")
+    n_latents: int = doc("number of latents (summed over seeds) the numbers are over")
+    mean: Chance = doc("mean stability (fraction of the other S-1 seeds with a match)")
+    soft_mean: Chance = doc("mean over latents of the mean best match score over the other seeds")
+    frac_stable: Chance = doc("fraction of latents with stability >= stable_cutoff")
+    frac_unstable: Chance = doc("fraction of latents with stability <= unstable_cutoff")
+    per_seed_mean: list[Optional[float]] = doc("mean stability per seed (same latents)", factory=list)
+    sweep: list[SweepRow] = doc("mean stability and fractions at every tau of the sweep (same latents)", factory=list)
+    random_dictionary_mean: Optional[float] = doc("mean stability of Gaussian random dictionaries of the same shape (for reference only: about 0)", None)
+
+
+@dataclass
+class DecileRow:
+    """Mean stability in one decile of log10 firing frequency (live latents)."""
+
+    log10_freq_lo: float = doc("lower edge, log10 firing frequency")
+    log10_freq_hi: float = doc("upper edge, log10 firing frequency")
+    n: int = doc("latents in the decile")
+    mean_stability: float = doc("their mean stability")
+
+
+@dataclass(kw_only=True)
+class FrequencyResult:
+    """Firing frequency against stability. Baseline of the Spearman: the same correlation between the same
+    frequencies and the rotated-seeds null's stability (what geometry alone gives)."""
+
+    source: str = doc("where the frequencies came from")
+    dead_rule: str = doc("what counts as dead")
+    n_dead: int = doc("dead latents, summed over seeds")
+    frac_dead: float = doc("dead fraction of all latents")
+    n_live: int = doc("live latents, summed over seeds")
+    spearman: Chance = doc("Spearman(log10 frequency, stability) over live latents")
+    median_freq_stable: Optional[float] = doc("median firing frequency of stable live latents", None)
+    median_freq_unstable: Optional[float] = doc("median firing frequency of unstable live latents", None)
+    median_log10_freq: Optional[float] = doc("median log10 frequency of live latents", None)
+    by_decile: list[DecileRow] = doc("mean stability per decile of log10 frequency (live latents)", factory=list)
+
+
+@dataclass(kw_only=True)
+class SpanResult:
+    """Span reproducibility: the norm of a latent's projection on the span of its k nearest latents in another
+    seed, averaged over the other seeds, k = 1..k_max. Baselines: the rotated-seeds null, same latents' roles."""
+
+    over: str = doc("which latents: 'live' or 'all'")
+    k: list[int] = doc("neighbourhood sizes", factory=list)
+    all: list[Chance] = doc("mean over the latents, per k", factory=list)
+    stable: list[Optional[float]] = doc("mean over stable latents, per k", factory=list)
+    unstable: list[Chance] = doc("mean over unstable latents, per k (baseline: the null's unstable latents)", factory=list)
+    random_dictionary: list[Optional[float]] = doc("mean for Gaussian random dictionaries of the same shape, per k", factory=list)
+
+
+@dataclass(kw_only=True)
+class ClusterRow:
+    """One multi-seed cluster of unstable latents."""
+
+    size: int = doc("latents in the cluster")
+    n_seeds: int = doc("distinct seeds among them")
+    effective_rank: float = doc("Roy-Vetterli effective rank of the members' unit decoder rows")
+    energy_rank_95: int = doc("fewest singular directions holding 95% of the members' squared norm")
+    cross_seed_overlap: float = doc("mean subspace overlap between the per-seed spans of the members")
+    cross_seed_overlap_baseline: float = doc("max(p,q)/d: two random subspaces (descriptive only: the clustering selects overlap)")
+    best_block: Optional[int] = doc("planted block with the largest overlap (synthetic runs)", None)
+    best_block_rank: Optional[int] = doc("its rank", None)
+    best_block_overlap: Optional[float] = doc("subspace overlap of the cluster's span with that block", None)
+
+
+@dataclass(kw_only=True)
+class ClusterResult:
+    """Unstable live latents of all seeds clustered by span reproducibility. Baselines: the same clustering of
+    the unstable latents of the rotated-seeds null."""
+
+    n_unstable: int = doc("unstable live latents, summed over seeds")
+    n_clusters_multi_seed: int = doc("clusters spanning >= 2 seeds")
+    frac_in_multi_seed: Chance = doc("fraction of unstable live latents inside a multi-seed cluster")
+    mean_cross_seed_overlap: Chance = doc("mean cross-seed overlap of the multi-seed clusters")
+    null_n_unstable: int = doc("unstable latents in the null", 0)
+    clusters: list[ClusterRow] = doc("every multi-seed cluster, largest first", factory=list)
+
+
+@dataclass(kw_only=True)
+class AtomResult:
+    """Recovery of planted rank-1 atoms. Baselines: a Gaussian random dictionary of the same shape."""
+
+    n_atoms: int = doc("planted atoms")
+    mcc: Chance = doc("mean Hungarian-matched |cos| between atoms and latents (unmatched count 0), mean over seeds")
+    mcc_per_seed: list[float] = doc("MCC per seed", factory=list)
+    mean_best_cos: Chance = doc("mean over atoms of the best cosine of any latent")
+    frac_recovered: Chance = doc("fraction of atoms with a latent at cos >= atom_recovered_cos")
+    frac_recovered_frequent_half: float = doc("same, over the more frequent half of the atoms", 0.0)
+    frac_recovered_rare_half: float = doc("same, over the rarer half", 0.0)
+    frac_recovered_in_some_not_all_seeds: float = doc("atoms recovered in some seeds but not all (rare atoms competing for latents)", 0.0)
+    n_atom_latents_per_seed: list[int] = doc("latents recovering an atom and not in a block, per seed", factory=list)
+    atom_latent_stability: Optional[float] = doc("mean stability of those latents", None)
+    atom_latent_frac_stable: Optional[float] = doc("fraction of them stable", None)
+
+
+@dataclass(kw_only=True)
+class BlockResult:
+    """One planted subspace: is it recovered, and are its latents identifiable? Baseline of recovery: r/d (a
+    random r-dim span); the rotation null: stability of the block's latents against a random rotation of
+    themselves inside the block (exact basis ambiguity)."""
+
+    block: int = doc("block index")
+    rank: int = doc("planted rank r")
+    orthogonal: bool = doc("orthogonal to every other component (clean case) or in superposition")
+    prob: float = doc("firing probability")
+    n_assigned_per_seed: list[int] = doc("latents with ||U^T d||^2 >= block_assign_proj2, per seed", factory=list)
+    recovery: Chance = doc("||U^T Q||_F^2 / r for the top-r span Q of the assigned latents, mean over seeds (0 for none)")
+    recovery_per_seed: list[float] = doc("recovery per seed", factory=list)
+    stability: Optional[float] = doc("mean cross-seed stability of the assigned latents (null: none assigned)", None)
+    rotation_null: Optional[float] = doc("their stability under the rotation null (null: none assigned)", None)
+    stability_minus_rotation_null: Optional[float] = doc("stability - rotation null", None)
+    frac_unstable: Optional[float] = doc("fraction of assigned latents that are unstable", None)
+    span_reproducibility: list[Optional[float]] = doc("mean span reproducibility of the assigned latents, k = 1..k_max", factory=list)
+
+
+@dataclass(kw_only=True)
+class GeometrySummary:
+    """Blocks of one geometry (orthogonal / superposed) together; means over every block of that geometry."""
+
+    geometry: str = doc("'orthogonal' or 'superposed'")
+    n_blocks: int = doc("planted blocks of this geometry")
+    n_blocks_with_latents: int = doc("of them, blocks with at least one assigned latent")
+    mean_recovery: Optional[float] = doc("mean recovery over all of them (a block with no latents counts 0)", None)
+    mean_stability: Optional[float] = doc("mean latent stability over the blocks with latents", None)
+    mean_rotation_null: Optional[float] = doc("mean rotation null over the same blocks", None)
+
+
+@dataclass(kw_only=True)
+class BlockAlignment:
+    """The largest multi-seed unstable cluster lying in one planted block (overlap >= 0.8)."""
+
+    block: int = doc("block index")
+    rank: int = doc("planted rank")
+    orthogonal: bool = doc("geometry")
+    n_clusters: int = doc("aligned clusters in this block")
+    largest_cluster_size: int = doc("latents in the largest")
+    largest_cluster_energy_rank_95: Optional[int] = doc("its 95%-energy rank (null: no cluster)", None)
+    rank_right: bool = doc("largest cluster's 95%-energy rank within 1 of the planted rank (False: no cluster)")
+
+
+@dataclass(kw_only=True)
+class ClusterAlignment:
+    """Do the unstable-latent clusters line up with the planted blocks?"""
+
+    frac_clustered_latents_aligned: float = doc("latents in clusters overlapping a planted block >= 0.8, over all clustered latents (0 when none)")
+    frac_blocks_rank_right: float = doc("over ALL planted blocks: largest aligned cluster's 95% rank within 1 of the planted rank")
+    per_block: list[BlockAlignment] = doc("per planted block", factory=list)
+
+
+@dataclass(kw_only=True)
+class TruthResult:
+    """Recovery of the planted truth (synthetic runs only)."""
+
+    atoms: Optional[AtomResult] = doc("planted atoms (null: none planted)", None)
+    blocks: list[BlockResult] = doc("every planted block", factory=list)
+    by_geometry: list[GeometrySummary] = doc("blocks summarised per geometry", factory=list)
+    block_latent_stability_rank_ge_4: Optional[float] = doc("mean stability of latents assigned to blocks of rank >= 4", None)
+    cluster_alignment: Optional[ClusterAlignment] = doc("clusters against planted blocks", None)
+
+
+@dataclass(kw_only=True)
+class AnalysisResult:
+    """Everything the analysis measured for S seeds (metrics.json key 'analysis')."""
+
+    schema: str = doc("result format version")
+    settings: AnalysisSettings = doc("knobs used")
+    stability: StabilityResult = doc("stability distribution")
+    span_reproducibility: SpanResult = doc("span reproducibility")
+    unstable_clusters: ClusterResult = doc("clusters of unstable latents")
+    frequency: Optional[FrequencyResult] = doc("frequency against stability (null: no frequencies)", None)
+    truth: Optional[TruthResult] = doc("truth recovery (null: no planted truth)", None)
+    seconds: float = doc("wall time of the analysis", 0.0)
+
+
+# ----------------------------------------------------------------------------------------------- ablation
+
+
+@dataclass(kw_only=True)
+class GroupCost:
+    """What zeroing a group costs under one metric ('fvu' or 'pred')."""
+
+    delta: Spread = doc("cost with the group zeroed minus cost of the full reconstruction")
+    share: Spread = doc("delta / delta of zeroing every latent")
+    per_latent: Spread = doc("delta / group size")
+    per_mass: Spread = doc("delta / the group's mean activation mass per token (sum of a_i * ||d_i||)")
+    share_per_mass_share: Spread = doc("share of the cost / share of the activation mass (1 = cost in proportion to mass)")
+    share_per_mass_share_draws: list[list[Optional[float]]] = doc(
+        "share_per_mass_share per random draw and seed [draw][seed] (one draw for stable / unstable)", factory=list)
+
+
+@dataclass(kw_only=True)
+class GroupResult:
+    """One ablated group: stable, unstable, or a random control drawn among live latents."""
+
+    name: str = doc("group name")
+    controls: Optional[str] = doc("the group this random group controls for (null: not a control)", None)
+    matched_by: Optional[str] = doc("'size' or 'frequency' (deciles of log frequency), for controls", None)
+    size: Spread = doc("latents in the group")
+    mass_share: Spread = doc("group's activation mass / all latents' activation mass")
+    costs: dict[str, GroupCost] = doc("per cost metric: 'fvu' and, when measured, 'pred'", factory=dict)
+
+
+@dataclass(kw_only=True)
+class AblationResult:
+    """Functional asymmetry (metrics.json key 'ablation')."""
+
+    eval_tokens: int = doc("held-out tokens")
+    eval_seed: Optional[int] = doc("data seed of the held-out sample", None)
+    tau: float = doc("match threshold of the stability used")
+    match: str = doc("match rule of the stability used")
+    stable_cutoff: float = doc("stable at stability >= this")
+    unstable_cutoff: float = doc("unstable at stability <= this")
+    live_threshold: float = doc("live: firing frequency > this on the eval sample")
+    n_draws: int = doc("random draws per control group")
+    prediction_cost: Optional[str] = doc("name of the prediction cost (null: none)", None)
+    units: dict[str, str] = doc("unit of each cost metric", factory=dict)
+    n_live: Spread = doc("live latents per seed")
+    baseline: dict[str, Spread] = doc("cost of the full reconstruction, per metric", factory=dict)
+    all_ablated: dict[str, Spread] = doc("cost with every latent zeroed (reconstruction = b_dec), per metric", factory=dict)
+    groups: dict[str, GroupResult] = doc("per group", factory=dict)
+    run_dir: Optional[str] = doc("run directory", None)
+    variant: Optional[str] = doc("SAE variant", None)
+
+
+# ----------------------------------------------------------------------------------------------- pooling
+
+
+@dataclass(kw_only=True)
+class PoolInfo:
+    """One pooled SAE (built from one set of seeds)."""
+
+    seeds: list[int] = doc("seed indices pooled", factory=list)
+    width: int = doc("latents", 0)
+    ev: Optional[float] = doc("explained variance 1 - FVU on the eval sample", None)
+    l0: Optional[float] = doc("mean active latents per token on the eval sample", None)
+    n_live: int = doc("latents firing on the eval sample", 0)
+    kept_coverage_hist: list[int] = doc("kept clusters by number of seeds covered (1..n)", factory=list)
+    folder: Optional[str] = doc("SAELens-layout folder it was saved to", None)
+
+
+@dataclass(kw_only=True)
+class PoolVariant:
+    """One pooling rule at one width, built from all seeds and from each disjoint half."""
+
+    name: str = doc("rule_wWIDTH, or union")
+    rule: str = doc("coverage, coverage_freq or union")
+    width: Optional[int] = doc("requested width (null: union keeps every cluster)", None)
+    role: str = doc("'primary' (named in the config before the run, decides the verdict) or 'secondary'")
+    pools: dict[str, PoolInfo] = doc("'all', 'A', 'B'", factory=dict)
+    stability_pool_vs_pool: Optional[Spread] = doc("pool A's live latents matched in pool B and vice versa", None)
+    stability_null: Optional[Spread] = doc("the same after a random rotation of the other pool (its own chance level)", None)
+    stability_vs_heldout: Optional[Spread] = doc("per live latent, fraction of the other half's single seeds it is matched in", None)
+    ev_halves: Optional[Spread] = doc("EV of pools A and B", None)
+    l0_halves: Optional[Spread] = doc("L0 of pools A and B", None)
+
+
+@dataclass(kw_only=True)
+class SingleSeeds:
+    """The run's own seeds, judged the same way (they are also the single SAE at the primary pool's width)."""
+
+    ev: Spread = doc("EV per seed")
+    l0: Spread = doc("L0 per seed")
+    n_live: Spread = doc("live latents per seed")
+    stability_between_halves: Optional[Spread] = doc("every (a in A, b in B), both directions: live latents of a matched in b", None)
+    stability_null: Optional[Spread] = doc("the same after a random rotation of b", None)
+    stability_vs_heldout: Optional[Spread] = doc("per live latent, fraction of the other half's seeds it is matched in", None)
+
+
+@dataclass(kw_only=True)
+class Bagging:
+    """Bagging baseline: the seeds of each half concatenated into one dictionary (reconstructions averaged)."""
+
+    width: int = doc("latents of one bag (seeds per half x d_sae)")
+    ev_halves: Spread = doc("EV of the averaged reconstruction of each half")
+    l0_halves: Spread = doc("summed L0 of each half")
+    stability_between_halves: Spread = doc("bag A's live latents matched in bag B and vice versa")
+    stability_null: Spread = doc("the same after a random rotation of the other bag")
+
+
+@dataclass(kw_only=True)
+class PoolClusters:
+    """The cross-seed clusters one pool was built from."""
+
+    pool: str = doc("'all', 'A' or 'B'")
+    n_gathered: int = doc("live latents gathered")
+    n_clusters: int = doc("clusters")
+    coverage_hist: list[int] = doc("clusters by number of seeds covered (1..n)", factory=list)
+
+
+@dataclass(kw_only=True)
+class PoolingResult:
+    """Pooling seeds (metrics.json key 'pooling')."""
+
+    tau: float = doc("link / match threshold")
+    match: str = doc("match rule")
+    live_threshold: float = doc("live: firing frequency > this on the eval sample")
+    live_rule: str = doc("the live rule in words")
+    refit_steps: int = doc("encoder refit steps with the decoder frozen")
+    eval_tokens: int = doc("held-out tokens")
+    base_width: int = doc("d_sae of the run")
+    primary: str = doc("name of the primary pooled SAE (config analysis.pool_primary at the base width)")
+    halves: Optional[dict[str, list[int]]] = doc("seed indices of halves A and B (null: fewer than 2 seeds)", None)
+    single: SingleSeeds = doc("single seeds")
+    bagging: Optional[Bagging] = doc("bagging baseline (null: fewer than 2 seeds)", None)
+    clusters: list[PoolClusters] = doc("clusters per pool", factory=list)
+    variants: dict[str, PoolVariant] = doc("every pooled SAE built, primary first", factory=dict)
+    seconds: float = doc("wall time", 0.0)
+
+
+# ----------------------------------------------------------------------------------------------- verdicts
+
+
+@dataclass
+class Check:
+    """One test of a verdict rule, with the numbers it compared."""
+
+    name: str = doc("what is tested")
+    passed: bool = doc("whether it passed")
+    core: bool = doc("core checks decide 'did not hold'; supporting ones only 'partly held'")
+    detail: str = doc("the numbers compared")
+
+
+@dataclass
+class Verdict:
+    """A claim, its rule, the checks and the verdict: held (every check), partly held (every core check, not
+    every supporting one), did not hold (a core check failed), not measured (nothing to check)."""
+
+    title: str = doc("section title")
+    claim: str = doc("the claim tested")
+    rule: str = doc("the rule in words")
+    verdict: str = doc("held / partly held / did not hold / not measured")
+    why: str = doc("one line: the numbers that decided")
+    checks: list[Check] = doc("every check", factory=list)
