@@ -74,6 +74,13 @@ def _none_if_nan(v: float | None) -> float | None:
     return None if v is None or not math.isfinite(v) else float(v)
 
 
+def _null_spearman(lf: Tensor, nstab: Tensor) -> float | None:
+    """Spearman of the frequencies with the null's stability; 0 when the null's stability is constant (no link)."""
+    if nstab.numel() and bool((nstab == nstab.reshape(-1)[0]).all()):
+        return 0.0
+    return _none_if_nan(spearman(lf, nstab))
+
+
 def measure_frequency(sae, truth, n_tokens: int, data_seed: int, batch: int = 4096) -> Float[Tensor, "S m"]:
     """Firing frequency of every latent on n_tokens fresh samples from the truth (its own data seed)."""
     from synthsae.truth import make_generator, sample
@@ -342,7 +349,7 @@ def analyze_with_latents(
             source=freq_source or "given", dead_rule="no firing on the held-out sample (frequency 0)",
             n_dead=int((~live).sum()), frac_dead=float((~live).float().mean()), n_live=n_live,
             spearman=Chance(_none_if_nan(spearman(lf[live], stab[live])) if n_live >= 3 else None,
-                            _none_if_nan(spearman(lf[live], nstab[live])) if n_live >= 3 else None),
+                            _null_spearman(lf[live], nstab[live]) if n_live >= 3 else None),
             median_freq_stable=float(freq[ss].median()) if ss.any() else None,
             median_freq_unstable=float(freq[su].median()) if su.any() else None,
             median_log10_freq=float(lf[live].median()) if live.any() else None,
