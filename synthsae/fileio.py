@@ -116,6 +116,9 @@ def check_writable_file(path: str | os.PathLike[str], what: str) -> None:
     p = Path(path)
     if p.is_dir():
         raise BadFileError(f"{what} = {str(p)!r}: is a folder; give a file name")
+    base = _nearest_existing(p.parent)
+    if not base.is_dir():
+        raise BadFileError(f"{what} = {str(p)!r}: {str(base)!r} is a file, so the folder cannot be created")
     check_writable_dir(p.parent, what)
     if p.exists() and not os.access(p, os.W_OK):
         raise BadFileError(f"{what} = {str(p)!r}: is not writable (permission denied)")

@@ -32,6 +32,7 @@ class LineProgress:
         self.postfix = ""
         self.t0 = self.last = time.monotonic()
         self.printed = False
+        self.printed_n = initial
 
     def __iter__(self):
         try:
@@ -57,11 +58,12 @@ class LineProgress:
         tail = f" | {self.postfix}" if self.postfix else ""
         print(f"{self.desc}: {done}, {now - self.t0:.0f}s, {rate:.1f}/s{tail}", file=self.file, flush=True)
         self.printed = True
+        self.printed_n = self.n
 
     def close(self) -> None:
-        if not self.disable and self.printed and self.n != getattr(self, "_closed_at", None):
+        """A last line with the final count, when lines were printed and the last one is out of date."""
+        if not self.disable and self.printed and self.n != self.printed_n:
             self._line(time.monotonic())
-        self._closed_at = self.n
 
 
 def progress_bar(iterable: Iterable | None = None, **kwargs: Any):

@@ -27,11 +27,14 @@ class RunFolderError(FileExistsError):
 
 
 def is_run_folder(out: Path) -> bool:
-    """True when synthsae wrote this folder: the marker, or (runs made before it) config.toml beside a run file."""
+    """True when synthsae wrote this folder: the marker, or (runs made before it) config.toml beside a file that
+    only a run holds (truth.safetensors, train.json, a checkpoint or a seed's cfg.json)."""
     out = Path(out)
     if (out / MARKER).is_file():
         return True
-    return (out / "config.toml").is_file() and any((out / n).exists() for n in ("truth.safetensors", "seeds", "checkpoint"))
+    ours = ("truth.safetensors", "train.json", "checkpoint/state.pt")  # files only a synthsae run holds
+    return (out / "config.toml").is_file() and (any((out / n).is_file() for n in ours)
+                                                or any((out / "seeds").glob("seed_*/cfg.json")))
 
 
 def check_overwritable(out: Path) -> None:
