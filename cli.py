@@ -120,7 +120,7 @@ def run_config(out: Optional[Path], resume: bool, preset_name: Optional[str], co
     cfg = apply_train_flags(base, **flags)
     diffs = [d for d in C.differences(saved, cfg) if d[0] not in ("train.lr", "train.device")]
     if diffs:
-        raise UserError(f"--resume: the options differ from the run's config.toml ({C.describe_differences(diffs)}); "
+        raise UserError(f"--resume: cannot resume with options that differ from the run's config.toml ({C.describe_differences(diffs)}); "
                         f"`--resume --out {out}` alone resumes it as it was started, --force starts it over")
     return cfg
 

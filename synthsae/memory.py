@@ -94,7 +94,7 @@ def check_fits(need: int, what: str, advice: str, device: str = "cpu") -> None:
     free = available_bytes(device)
     if free is not None and need > free:
         where = "on the GPU" if str(device).startswith("cuda") else "on this machine"
-        raise MemoryLimitError(f"{what} needs about {need / GB:.1f} GB of memory but {free / GB:.1f} GB is free {where}; {advice}")
+        raise MemoryLimitError(f"{what} needs about {need / GB:,.1f} GB of memory but {free / GB:,.1f} GB is free {where}; {advice}")
 
 
 def check_run_fits(cfg: RunConfig, device: str = "cpu", analysis: bool = True) -> None:

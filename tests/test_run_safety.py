@@ -254,7 +254,7 @@ def test_a_size_the_machine_cannot_hold_is_refused_before_any_file(tmp_path, arg
     res = runner.invoke(app, [*args, "--out", str(out)])
     assert res.exit_code == 2, res.output
     lines = _lines(res.output)
-    assert len(lines) == 1 and re.search(r"needs about [\d.]+ GB of memory but [\d.]+ GB is free", lines[0]), res.output
+    assert len(lines) == 1 and re.search(r"needs about [\d.,]+ GB of memory but [\d.,]+ GB is free", lines[0]), res.output
     assert not out.exists()
 
 
