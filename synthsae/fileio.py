@@ -73,8 +73,8 @@ def read_json_object(path: str | os.PathLike[str]) -> dict:
     try:
         obj = json.loads(p.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BadFileError(f"{p}: corrupt JSON ({str(exc).splitlines()[0]}); move it away to rebuild it, "
-                           "or restore it from a copy") from None
+        raise BadFileError(f"{p}: not valid JSON ({str(exc).splitlines()[0]}); it is never replaced silently: move it "
+                           "away to rebuild it, or restore it from a copy") from None
     if not isinstance(obj, dict):
         raise BadFileError(f"{p}: holds a JSON {type(obj).__name__}, not an object; move it away to rebuild it")
     return obj

@@ -309,7 +309,7 @@ def test_os_error_deep_in_a_command_is_one_line():
 def test_corrupt_metrics_json_is_refused_not_replaced(tmp_path):
     p = tmp_path / "metrics.json"
     p.write_text('{"analysis": {"a": 1}, "abl')
-    with pytest.raises(BadFileError, match="corrupt JSON"):
+    with pytest.raises(BadFileError, match="not valid JSON"):
         merge_json_key(p, "pooling", {})
     assert p.read_text() == '{"analysis": {"a": 1}, "abl'
 
@@ -381,10 +381,13 @@ def test_run_takes_lr_and_batch_size(tmp_path):
 
 
 def test_tau_warning_when_stages_differ():
+    from types import SimpleNamespace as NS
+
+    from synthsae.metrics_file import Metrics
     from synthsae.study import stage_taus, tau_warning
 
-    same = {"analysis": {"settings": {"tau": 0.7}}, "ablation": {"tau": 0.7}, "pooling": {"tau": 0.7}}
+    same = Metrics(analysis=NS(settings=NS(tau=0.7)), ablation=NS(tau=0.7), pooling=NS(tau=0.7))
     assert stage_taus(same) == {"analysis": 0.7, "ablation": 0.7, "pooling": 0.7} and tau_warning(same) is None
-    diff = {"analysis": {"settings": {"tau": 0.5}}, "ablation": {"tau": 0.7}}
+    diff = Metrics(analysis=NS(settings=NS(tau=0.5)), ablation=NS(tau=0.7))
     assert tau_warning(diff) == ("warning: the stages used different tau: analysis 0.5, ablation 0.7; "
                                  "re-run the others with the same --tau to compare them")

@@ -229,7 +229,7 @@ def test_corrupt_metrics_json_is_one_line_everywhere(tiny_run: Path, tmp_path: P
                  ["ablate", str(run)], ["compare", str(run), str(tiny_run), "--out", str(tmp_path / "cmp")]):
         res = runner.invoke(app, args)
         assert res.exit_code == 2, (args, res.output)
-        assert "metrics.json: corrupt JSON" in _one_line(res), args
+        assert "metrics.json: not valid JSON" in _one_line(res), args
     assert (run / "metrics.json").read_text() == '{"analysis": {'  # analyze did not replace it
 
 
