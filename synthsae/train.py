@@ -303,7 +303,7 @@ def _load_checkpoint(out: Path, sae: SAE, state: TrainState, data: DataStream) -
 
 
 def _check_resume_config(out: Path, cfg: RunConfig) -> float | None:
-    """A resumed run keeps its saved config; only train.lr may change (the way out of a divergence).
+    """A resumed run keeps its saved config; only train.lr (the way out of a divergence) and train.device may change.
 
     Returns the saved lr when the new one differs, else None; any other difference is a one-line ConfigError.
     """
@@ -314,7 +314,7 @@ def _check_resume_config(out: Path, cfg: RunConfig) -> float | None:
         saved = C.load(out / "config.toml")
     except C.ConfigError as exc:
         raise RunFileError(f"{out / 'config.toml'}: {exc}") from None
-    diffs = [d for d in C.differences(saved, cfg) if d[0] != "train.lr"]
+    diffs = [d for d in C.differences(saved, cfg) if d[0] not in ("train.lr", "train.device")]
     if diffs:
         raise C.ConfigError(f"{out}: cannot resume with a different config ({C.describe_differences(diffs)}); "
                             "resume without those options (the run keeps its config.toml) or pass --force to start over")

@@ -138,6 +138,9 @@ def test_resume_hint_alone_takes_the_runs_config(tmp_path):
     assert res.exit_code == 0, res.output
     summary = json.loads((tmp_path / "r" / "train.json").read_text())
     assert summary["steps"] == 30 and len(summary["init_seeds"]) == 2
+    train_run(tiny_cfg(steps=30), tmp_path / "d", progress=False, stop_after=12)
+    res = runner.invoke(app, ["train", "--resume", "--out", str(tmp_path / "d"), "--device", "cpu", "--quiet"])
+    assert res.exit_code == 0, res.output  # another device is allowed (the config said auto)
 
 
 def test_resume_with_conflicting_flags_is_refused_naming_the_difference(tmp_path):
