@@ -319,12 +319,15 @@ def analyze_cmd(
             raise UserError(f"{str(p)!r}: no such file or directory")
     if len(paths) == 1 and is_run_dir(paths[0]):
         from synthsae.config import load as load_config
+        from synthsae.rundir import run_lock
 
         base = load_config(paths[0] / "config.toml").analysis
         target = out or paths[0] / "metrics.json"
         _check_run_seeds(paths[0], allow_missing_seeds, "analyze")
         _check_metrics_target(target)
-        res, per = analyze_run(paths[0], with_overrides(base, tau, match), device)
+        with run_lock(paths[0]):  # no other synthsae process writes the run meanwhile
+            res, per = analyze_run(paths[0], with_overrides(base, tau, match), device)
+            write_analysis(target, res, per)
     else:
         bad = [str(p) for p in paths if not (p / "sae_weights.safetensors").is_file()]
         if bad:
@@ -334,7 +337,7 @@ def analyze_cmd(
         target = out or paths[0].parent / "metrics.json"
         _check_metrics_target(target)
         res, per = analyze_folders(paths, with_overrides(AnalysisConfig(), tau, match), device)
-    write_analysis(target, res, per)
+        write_analysis(target, res, per)
     _warn_taus(target)
     if as_json:
         typer.echo(json.dumps(to_json(res), indent=2))
@@ -477,8 +480,11 @@ def ablate_cmd(
         raise UserError(f"--match = {match!r}: must be one of {', '.join(RULES)}")
     if not (run_dir / "truth.safetensors").is_file():
         raise UserError(f"{str(run_dir)!r}: no truth.safetensors (ablate scores synthetic runs; real runs splice via real/)")
-    res = ablate_run(run_dir, device, progress=not as_json, tau=tau, match=match, n_draws=draws)
-    write_stage(run_dir / "metrics.json", "ablation", res)
+    from synthsae.rundir import run_lock
+
+    with run_lock(run_dir):  # no other synthsae process writes the run meanwhile
+        res = ablate_run(run_dir, device, progress=not as_json, tau=tau, match=match, n_draws=draws)
+        write_stage(run_dir / "metrics.json", "ablation", res)
     _warn_taus(run_dir / "metrics.json")
     if as_json:
         typer.echo(json.dumps(to_json(res), indent=2))
@@ -530,9 +536,12 @@ def pool_cmd(
             raise UserError(f"--rule = {r!r}: must be one of {', '.join(RULES)}")
     if halves and len(list((run_dir / "seeds").glob("seed_*"))) < 2:
         raise UserError("--halves needs a run with at least 2 seeds (use --no-halves)")
-    res = pooling_study(run_dir, tau=tau, widths=[width] if width else None, rules=rules, halves=halves,
-                        refit_steps=steps, device=device, progress=not as_json)
-    write_stage(run_dir / "metrics.json", "pooling", res)
+    from synthsae.rundir import run_lock
+
+    with run_lock(run_dir):  # no other synthsae process writes the run meanwhile
+        res = pooling_study(run_dir, tau=tau, widths=[width] if width else None, rules=rules, halves=halves,
+                            refit_steps=steps, device=device, progress=not as_json)
+        write_stage(run_dir / "metrics.json", "pooling", res)
     _warn_taus(run_dir / "metrics.json")
     if as_json:
         typer.echo(json.dumps(to_json(res), indent=2))

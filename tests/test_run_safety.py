@@ -321,11 +321,14 @@ def test_corrupt_metrics_json_is_refused_not_replaced(tmp_path):
 
 
 def test_a_second_writer_of_the_same_run_is_refused(tmp_path):
-    out = tmp_path / "r"
+    out, done = tmp_path / "r", tmp_path / "done"
     train_run(tiny_cfg(steps=30), out, progress=False, stop_after=10)
+    train_run(tiny_cfg(steps=5), done, progress=False)
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from pathlib import Path; from synthsae.rundir import run_lock\n"
-         "with run_lock(Path(sys.argv[1])):\n    print('locked', flush=True); time.sleep(60)", str(out)],
+        [sys.executable, "-c", "import sys, time; from contextlib import ExitStack; from pathlib import Path\n"
+         "from synthsae.rundir import run_lock\n"
+         "with ExitStack() as st:\n    [st.enter_context(run_lock(Path(p))) for p in sys.argv[1:]]\n"
+         "    print('locked', flush=True); time.sleep(60)", str(out), str(done)],
         stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
         assert holder.stdout.readline().strip() == "locked"
@@ -334,6 +337,11 @@ def test_a_second_writer_of_the_same_run_is_refused(tmp_path):
         assert res.exit_code == 2, res.output
         assert len(_lines(res.output)) == 1 and f"pid {holder.pid}" in res.output and "another synthsae process" in res.output
         assert _snapshot(out) == before
+        before = _snapshot(done)
+        for args in (["analyze", str(done)], ["ablate", str(done)], ["pool", str(done), "--steps", "2"]):
+            res = runner.invoke(app, args)
+            assert res.exit_code == 2 and "another synthsae process" in _lines(res.output)[-1], (args, res.output)
+        assert _snapshot(done) == before
     finally:
         holder.kill()
         holder.wait()
