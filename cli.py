@@ -24,12 +24,32 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain click help: flags shown as flags, no box drawing in a pipe
 )
 truth_app = typer.Typer(help="Inspect and sample the planted ground-truth model.", no_args_is_help=True)
 app.add_typer(truth_app, name="truth")
 
-console = Console()
-err_console = Console(stderr=True)
+# Without a terminal rich would wrap at 80 columns, splitting paths and commands: use the full line instead.
+console = Console(width=None if sys.stdout.isatty() else 1000)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 1000)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"synthsae {version('synthsae')}")
+        except PackageNotFoundError:  # pragma: no cover - run from a source tree that was never installed
+            typer.echo("synthsae (not installed)")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    show_version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="print the version and exit"),
+) -> None:
+    """Seed dependence in sparse autoencoders: train SAEs under many seeds, measure which latents come back."""
 
 
 class UserError(Exception):
@@ -37,14 +57,18 @@ class UserError(Exception):
 
 
 def user_errors(fn: Callable) -> Callable:
-    """Turn ConfigError / UserError / missing files into one line on stderr and exit code 2."""
+    """Turn ConfigError / UserError / bad files / OS errors into one line on stderr and exit code 2."""
+    from synthsae.fileio import BadFileError
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (ConfigError, UserError, FileNotFoundError, FileExistsError, MetricsError) as exc:
-            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        except (ConfigError, UserError, BadFileError, MetricsError, OSError) as exc:
+            if isinstance(exc, OSError) and exc.strerror and exc.filename and len(exc.args) == 2:
+                msg = f"{exc.filename}: {exc.strerror}"  # e.g. PermissionError from a write deep in the library
+            else:
+                msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             typer.echo(f"error: {msg}", err=True)  # plain echo: rich would wrap a long line
             raise typer.Exit(code=2) from None
 
@@ -62,6 +86,60 @@ def resolve_config(preset_name: Optional[str], config_file: Optional[Path]) -> R
     return validate(preset(preset_name or "default"))
 
 
+def preset_defaults(section: str, name: str) -> str:
+    """'(preset default: tiny 3, default 8, ...)' for an option's help text."""
+    from synthsae.config import PRESETS
+
+    vals = {p: getattr(getattr(f(), section), name) for p, f in PRESETS.items()}
+    if len(set(map(str, vals.values()))) == 1:
+        return f"(preset default: {next(iter(vals.values()))})"
+    return "(preset default: " + ", ".join(f"{p} {v}" for p, v in vals.items()) + ")"
+
+
+def _preset_names() -> str:
+    from synthsae.config import PRESETS
+
+    return ", ".join(PRESETS)
+
+
+def run_config(out: Optional[Path], resume: bool, preset_name: Optional[str], config_file: Optional[Path], **flags) -> RunConfig:
+    """The config of a run: from --preset / --config and the flags, or with --resume the run's own config.toml.
+
+    With --resume every option given must agree with the saved config (only --lr and --device may change);
+    a disagreement is refused naming the fields, so a resume never silently becomes a different run.
+    """
+    from synthsae import config as C
+
+    saved_path = out / "config.toml" if out is not None else None
+    if not resume or saved_path is None or not saved_path.is_file():
+        return apply_train_flags(resolve_config(preset_name, config_file), **flags)
+    saved = C.load(saved_path)
+    import copy
+
+    base = resolve_config(preset_name, config_file) if (preset_name or config_file) else copy.deepcopy(saved)
+    cfg = apply_train_flags(base, **flags)
+    diffs = [d for d in C.differences(saved, cfg) if d[0] not in ("train.lr", "train.device")]
+    if diffs:
+        raise UserError(f"--resume: cannot resume with options that differ from the run's config.toml ({C.describe_differences(diffs)}); "
+                        f"`--resume --out {out}` alone resumes it as it was started, --force starts it over")
+    return cfg
+
+
+def diverged_exit(exc, command: str, out: Path) -> None:
+    """One line on stderr for a diverged training (what happened, the last good state, how to go on); exit 1."""
+    lower = f"{exc.lr / 2:g}" if exc.lr else "LOWER_LR"
+    how = "continues from it" if exc.checkpoint_step is not None else "starts training again"
+    typer.echo(f"error: {exc}; `synthsae {command} --resume --out {out} --lr {lower}` {how} with half the learning rate",
+               err=True)
+    raise typer.Exit(code=1)
+
+
+def interrupted_exit(command: str, out: Path) -> None:
+    typer.echo(f"interrupted (progress is kept in {out}): `synthsae {command} --resume --out {out}` finishes the run",
+               err=True)
+    raise typer.Exit(code=130)
+
+
 # ----------------------------------------------------------------------------------------------- truth
 
 
@@ -73,9 +151,11 @@ def truth_describe(
     as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
 ) -> None:
     """Components by rank, expected L0 and superposition ratio (total rank / d) of a truth model."""
+    from synthsae.memory import check_fits, truth_bytes
     from synthsae.truth import describe
 
     cfg = resolve_config(preset_name, config_file)
+    check_fits(truth_bytes(cfg.truth), f"building the truth (truth.d = {cfg.truth.d})", "lower truth.d")
     info = describe(cfg.truth)
     if as_json:
         typer.echo(json.dumps(info, indent=2))
@@ -123,7 +203,13 @@ def truth_sample(
         raise UserError(f"--out = {str(out)!r}: must end in .safetensors")
     if out.exists() and not force:
         raise UserError(f"--out = {str(out)!r}: exists; pass --force to overwrite")
+    from synthsae.fileio import check_writable_file
+    from synthsae.memory import check_fits, sample_bytes, truth_bytes
+
+    check_writable_file(out, "--out")
     cfg = resolve_config(preset_name, config_file)
+    check_fits(truth_bytes(cfg.truth) + 2 * sample_bytes(cfg.truth, n), f"--n = {n} samples of d = {cfg.truth.d}",
+               "lower --n (or write several files with different --seed)")
     truth = build_truth(cfg.truth)
     s = sample(truth, n, make_generator(seed))
     tensors = {"x": s.x, "active": s.active.to(torch.uint8), "magnitude": s.magnitude, "block_coords": s.block_coords,
@@ -165,30 +251,37 @@ def train(
     preset_name: Optional[str] = typer.Option(None, "--preset", help="named preset (tiny, default, paper, synthbench16k)"),
     config_file: Optional[Path] = typer.Option(None, "--config", help="TOML config file"),
     variant: Optional[str] = typer.Option(None, "--variant", help="SAE variant (topk, batchtopk, matryoshka, relu, jumprelu, gated, or a plug-in)"),
-    seeds: Optional[int] = typer.Option(None, "--seeds", help="number of init seeds S"),
-    d_sae: Optional[int] = typer.Option(None, "--d-sae", help="latents per SAE"),
-    k: Optional[int] = typer.Option(None, "--k", help="active latents per token (TopK family)"),
-    steps: Optional[int] = typer.Option(None, "--steps", help="training steps"),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="tokens per step"),
-    lr: Optional[float] = typer.Option(None, "--lr", help="peak learning rate"),
+    seeds: Optional[int] = typer.Option(None, "--seeds", help="number of init seeds S " + preset_defaults("train", "seeds")),
+    d_sae: Optional[int] = typer.Option(None, "--d-sae", help="latents per SAE " + preset_defaults("sae", "d_sae")),
+    k: Optional[int] = typer.Option(None, "--k", help="active latents per token, TopK family " + preset_defaults("sae", "k")),
+    steps: Optional[int] = typer.Option(None, "--steps", help="training steps " + preset_defaults("train", "steps")),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="tokens per step " + preset_defaults("train", "batch_size")),
+    lr: Optional[float] = typer.Option(None, "--lr", help="peak learning rate " + preset_defaults("train", "lr")),
     data_seed: Optional[int] = typer.Option(None, "--data-seed", help="seed of the data stream"),
     vary_data: bool = typer.Option(False, "--vary-data", help="give seed s its own data stream (data_seed + s)"),
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N"),
-    resume: bool = typer.Option(False, "--resume", help="continue an interrupted run from its checkpoint"),
+    resume: bool = typer.Option(False, "--resume", help="continue an interrupted run from its checkpoint, with its own config.toml"),
     force: bool = typer.Option(False, "--force", help="overwrite a finished (or unfinished) run in --out"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
 ) -> None:
-    """Train S seeds of one SAE variant in one batched loop; each seed is saved as a SAELens folder."""
+    """Train S seeds of one SAE variant in one batched loop; each seed is saved as a SAELens folder.
+
+    --resume continues from the checkpoint with the run's own config.toml (options given with it must agree;
+    --lr may change). Ctrl-C writes a checkpoint after the current step."""
+    from synthsae.fileio import check_writable_dir
     from synthsae.train import TrainingDiverged, train_run
 
-    cfg = apply_train_flags(resolve_config(preset_name, config_file), variant=variant, seeds=seeds, d_sae=d_sae, k=k,
-                            steps=steps, batch_size=batch_size, lr=lr, device=device, vary_data=vary_data,
-                            data_seed=data_seed)
+    if resume and force:
+        raise UserError("--resume and --force are exclusive: resume keeps the run, force starts it over")
+    check_writable_dir(out, "--out")
+    cfg = run_config(out, resume, preset_name, config_file, variant=variant, seeds=seeds, d_sae=d_sae, k=k,
+                     steps=steps, batch_size=batch_size, lr=lr, device=device, vary_data=vary_data, data_seed=data_seed)
     try:
         train_run(cfg, out, resume=resume, force=force, progress=not quiet)
     except TrainingDiverged as exc:
-        err_console.print(f"error: {exc}", markup=False, highlight=False)
-        raise typer.Exit(code=1) from None
+        diverged_exit(exc, "train", out)
+    except KeyboardInterrupt:
+        interrupted_exit("train", out)
     from synthsae.train import load_train_summary
 
     summary = load_train_summary(out)
@@ -213,6 +306,7 @@ def analyze_cmd(
     device: str = typer.Option("auto", "--device", help="auto (CUDA when available), cpu, cuda, cuda:N"),
     out: Optional[Path] = typer.Option(None, "--out", help="metrics.json to write (default: RUN_DIR/metrics.json, or beside the first SAE folder)"),
     as_json: bool = typer.Option(False, "--json", help="print the analysis as JSON instead of tables"),
+    allow_missing_seeds: bool = typer.Option(False, "--allow-missing-seeds", help="go on when some of a run's seeds/seed_<k> folders are missing"),
 ) -> None:
     """Stability, truth recovery and reproducible subspaces of S seeds; merged into metrics.json under "analysis"."""
     from synthsae.config import AnalysisConfig
@@ -225,24 +319,66 @@ def analyze_cmd(
             raise UserError(f"{str(p)!r}: no such file or directory")
     if len(paths) == 1 and is_run_dir(paths[0]):
         from synthsae.config import load as load_config
+        from synthsae.rundir import run_lock
 
         base = load_config(paths[0] / "config.toml").analysis
-        res, per = analyze_run(paths[0], with_overrides(base, tau, match), device)
         target = out or paths[0] / "metrics.json"
+        _check_run_seeds(paths[0], allow_missing_seeds, "analyze")
+        _check_metrics_target(target)
+        with run_lock(paths[0]):  # no other synthsae process writes the run meanwhile
+            res, per = analyze_run(paths[0], with_overrides(base, tau, match), device)
+            write_analysis(target, res, per)
     else:
         bad = [str(p) for p in paths if not (p / "sae_weights.safetensors").is_file()]
         if bad:
             raise UserError(f"{bad[0]!r}: neither a run directory (config.toml + seeds/) nor an SAE folder (sae_weights.safetensors)")
         if len(paths) < 2:
             raise UserError("one SAE folder is one seed: give at least two folders (or a run directory)")
-        res, per = analyze_folders(paths, with_overrides(AnalysisConfig(), tau, match), device)
         target = out or paths[0].parent / "metrics.json"
-    write_analysis(target, res, per)
+        _check_metrics_target(target)
+        res, per = analyze_folders(paths, with_overrides(AnalysisConfig(), tau, match), device)
+        write_analysis(target, res, per)
+    _warn_taus(target)
     if as_json:
         typer.echo(json.dumps(to_json(res), indent=2))
         return
     print_analysis(res)
     console.print(f"wrote {target} (key \"analysis\")")
+
+
+def _check_run_seeds(run_dir: Path, allow_missing: bool, command: str, need: int = 2) -> None:
+    """Missing seed folders refused (or named, with --allow-missing-seeds); fewer than `need` seeds refused."""
+    from synthsae.io import check_seed_folders, seed_folders
+
+    missing = check_seed_folders(run_dir, allow_missing=allow_missing)
+    if missing:
+        err_console.print(f"warning: {run_dir / 'seeds'}: going on without {', '.join(missing)}", markup=False, highlight=False)
+    n = len(seed_folders(run_dir))
+    if n < need:
+        raise UserError(f"{run_dir}: holds {n} seed; {command} compares seeds, so it needs at least {need} "
+                        "(`synthsae pool --no-halves` works on one)")
+
+
+def _check_metrics_target(path: Path) -> None:
+    """metrics.json to merge into: a writable file path, and if it exists valid JSON (checked before the work)."""
+    from synthsae.fileio import check_writable_file, read_json_object
+
+    check_writable_file(path, "--out" if path.name != "metrics.json" else "metrics.json")
+    if path.is_file():
+        read_json_object(path)
+
+
+def _warn_taus(metrics_path: Path) -> None:
+    """Warn when the stages in a metrics.json used different match thresholds."""
+    from synthsae.metrics_file import MetricsError, read_metrics
+    from synthsae.study import tau_warning
+
+    try:
+        msg = tau_warning(read_metrics(metrics_path)) if metrics_path.is_file() else None
+    except MetricsError:  # named by the command that reads it
+        msg = None
+    if msg:
+        err_console.print(msg, markup=False, highlight=False)
 
 
 def _f(x, nd: int = 3) -> str:
@@ -308,6 +444,10 @@ def _pooling_run_dir(run_dir: Path, device: str, tau: Optional[float]) -> None:
         raise UserError(f"--device = {device!r}: must be auto, cpu, cuda or cuda:N")
     if tau is not None and not -1.0 <= tau <= 1.0:
         raise UserError(f"--tau = {tau}: must be in [-1, 1]")
+    from synthsae.fileio import check_writable_dir
+
+    check_writable_dir(run_dir, "RUN_DIR")
+    _check_metrics_target(run_dir / "metrics.json")
 
 
 def _pm(stat, f: str = ".3f") -> str:
@@ -326,6 +466,7 @@ def ablate_cmd(
     draws: int = typer.Option(3, "--draws", min=1, help="random control groups drawn per seed (costs averaged)"),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when available), cpu, cuda, cuda:N"),
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON instead of a table"),
+    allow_missing_seeds: bool = typer.Option(False, "--allow-missing-seeds", help="go on when some seeds/seed_<k> folders are missing"),
 ) -> None:
     """Functional asymmetry: zero stable / unstable / random latent groups and decode; merged into metrics.json
     under "ablation" (changes in FVU and readout-head KL, per seed and mean ± std over seeds)."""
@@ -334,12 +475,17 @@ def ablate_cmd(
     from synthsae.metrics.stability import RULES
 
     _pooling_run_dir(run_dir, device, tau)
+    _check_run_seeds(run_dir, allow_missing_seeds, "ablate")
     if match is not None and match not in RULES:
         raise UserError(f"--match = {match!r}: must be one of {', '.join(RULES)}")
     if not (run_dir / "truth.safetensors").is_file():
         raise UserError(f"{str(run_dir)!r}: no truth.safetensors (ablate scores synthetic runs; real runs splice via real/)")
-    res = ablate_run(run_dir, device, progress=not as_json, tau=tau, match=match, n_draws=draws)
-    write_stage(run_dir / "metrics.json", "ablation", res)
+    from synthsae.rundir import run_lock
+
+    with run_lock(run_dir):  # no other synthsae process writes the run meanwhile
+        res = ablate_run(run_dir, device, progress=not as_json, tau=tau, match=match, n_draws=draws)
+        write_stage(run_dir / "metrics.json", "ablation", res)
+    _warn_taus(run_dir / "metrics.json")
     if as_json:
         typer.echo(json.dumps(to_json(res), indent=2))
         return
@@ -375,6 +521,7 @@ def pool_cmd(
     steps: int = typer.Option(300, "--steps", min=0, help="refit steps of encoder and biases (decoder frozen)"),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when available), cpu, cuda, cuda:N"),
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON instead of a table"),
+    allow_missing_seeds: bool = typer.Option(False, "--allow-missing-seeds", help="go on when some seeds/seed_<k> folders are missing"),
 ) -> None:
     """Pooled SAEs: merge latents that seeds agree on, refit the encoder, judge EV / L0 / stability against
     single seeds. Pools go to RUN_DIR/pooled/<variant>_<pool>/ (SAELens layout); numbers to metrics.json "pooling"."""
@@ -382,15 +529,20 @@ def pool_cmd(
     from synthsae.pooling import RULES, pooling_study
 
     _pooling_run_dir(run_dir, device, tau)
+    _check_run_seeds(run_dir, allow_missing_seeds, "pool", need=1)
     rules = list(rule) if rule else list(RULES)
     for r in rules:
         if r not in RULES:
             raise UserError(f"--rule = {r!r}: must be one of {', '.join(RULES)}")
     if halves and len(list((run_dir / "seeds").glob("seed_*"))) < 2:
         raise UserError("--halves needs a run with at least 2 seeds (use --no-halves)")
-    res = pooling_study(run_dir, tau=tau, widths=[width] if width else None, rules=rules, halves=halves,
-                        refit_steps=steps, device=device, progress=not as_json)
-    write_stage(run_dir / "metrics.json", "pooling", res)
+    from synthsae.rundir import run_lock
+
+    with run_lock(run_dir):  # no other synthsae process writes the run meanwhile
+        res = pooling_study(run_dir, tau=tau, widths=[width] if width else None, rules=rules, halves=halves,
+                            refit_steps=steps, device=device, progress=not as_json)
+        write_stage(run_dir / "metrics.json", "pooling", res)
+    _warn_taus(run_dir / "metrics.json")
     if as_json:
         typer.echo(json.dumps(to_json(res), indent=2))
         return
@@ -428,34 +580,45 @@ def pool_cmd(
 @app.command("run")
 @user_errors
 def run(
-    preset_name: Optional[str] = typer.Option(None, "--preset", help="named truth preset (default: default)"),
-    config_file: Optional[Path] = typer.Option(None, "--config", help="TOML config file"),
-    variant: Optional[str] = typer.Option(None, "--variant", help="SAE variant (relu, topk, batchtopk, jumprelu, gated, matryoshka, plug-ins)"),
-    seeds: Optional[int] = typer.Option(None, "--seeds", help="number of seeds S"),
-    d_sae: Optional[int] = typer.Option(None, "--d-sae", help="latents per SAE"),
-    k: Optional[int] = typer.Option(None, "--k", help="active latents per token (TopK family)"),
-    steps: Optional[int] = typer.Option(None, "--steps", help="training steps"),
+    preset_name: Optional[str] = typer.Option(None, "--preset", help=f"named preset: {_preset_names()} (default: default)"),
+    config_file: Optional[Path] = typer.Option(None, "--config", help="TOML config file (names its preset inside)"),
+    variant: Optional[str] = typer.Option(None, "--variant", help="SAE variant (relu, topk, batchtopk, jumprelu, gated, matryoshka, plug-ins) (preset default: topk)"),
+    seeds: Optional[int] = typer.Option(None, "--seeds", help="number of seeds S " + preset_defaults("train", "seeds")),
+    d_sae: Optional[int] = typer.Option(None, "--d-sae", help="latents per SAE " + preset_defaults("sae", "d_sae")),
+    k: Optional[int] = typer.Option(None, "--k", help="active latents per token, TopK family " + preset_defaults("sae", "k")),
+    steps: Optional[int] = typer.Option(None, "--steps", help="training steps " + preset_defaults("train", "steps")),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="tokens per step " + preset_defaults("train", "batch_size")),
+    lr: Optional[float] = typer.Option(None, "--lr", help="peak learning rate " + preset_defaults("train", "lr")),
     out: Optional[Path] = typer.Option(None, "--out", help="run folder (default: runs/<preset>-<variant>)"),
-    device: Optional[str] = typer.Option(None, "--device", help="auto (CUDA if available), cpu, cuda, cuda:N"),
-    resume: bool = typer.Option(False, "--resume", help="finish an interrupted run (skips stages already done)"),
-    force: bool = typer.Option(False, "--force", help="overwrite an existing run"),
+    device: Optional[str] = typer.Option(None, "--device", help="auto (CUDA if available), cpu, cuda, cuda:N (default: auto)"),
+    resume: bool = typer.Option(False, "--resume", help="finish an interrupted run with its own config.toml (skips stages already done)"),
+    force: bool = typer.Option(False, "--force", help="overwrite an existing run (only a folder holding a synthsae run)"),
+    allow_missing_seeds: bool = typer.Option(False, "--allow-missing-seeds", help="analyse a run whose seeds/seed_<k> folders are partly missing"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
 ) -> None:
     """The whole study on the embedded default: train S seeds, analyse, ablate, pool, write the report."""
+    from synthsae.fileio import check_writable_dir
     from synthsae.study import check_target, run_study
+    from synthsae.train import TrainingDiverged
 
     if resume and force:
         raise UserError("--resume and --force are exclusive: resume keeps the run, force starts it over")
-    cfg = apply_train_flags(resolve_config(preset_name, config_file), variant=variant, seeds=seeds, d_sae=d_sae, k=k,
-                            steps=steps, device=device)
+    if out is not None:
+        check_writable_dir(out, "--out")
+    cfg = run_config(out, resume, preset_name, config_file, variant=variant, seeds=seeds, d_sae=d_sae, k=k,
+                     steps=steps, batch_size=batch_size, lr=lr, device=device)
     if cfg.train.seeds < 2:
         raise UserError(f"--seeds = {cfg.train.seeds}: the study compares seeds, so it needs at least 2")
     out = out or Path("runs") / f"{cfg.preset}-{cfg.sae.variant}"
+    check_writable_dir(out, "--out")
     check_target(out, resume, force)  # before any work, so a refused run leaves the folder untouched
     try:
-        res = run_study(cfg, out, resume=resume, force=force, device=device, log=lambda m: console.print(m, highlight=False))
+        res = run_study(cfg, out, resume=resume, force=force, device=device, progress=not quiet,
+                        log=lambda m: console.print(m, highlight=False, markup=False), allow_missing_seeds=allow_missing_seeds)
+    except TrainingDiverged as exc:
+        diverged_exit(exc, "run", out)
     except KeyboardInterrupt:
-        err_console.print(f"interrupted: `synthsae run --resume --out {out}` (same options) finishes the run")
-        raise typer.Exit(code=130) from None
+        interrupted_exit("run", out)
     print_verdicts(out)
     took = ", ".join(f"{k} {v:.0f}s" for k, v in res.seconds.items())
     console.print(f"report: {out / 'report.html'} (and report.md); stage times: {took}", highlight=False)
@@ -483,9 +646,13 @@ def _existing_run(run_dir: Path) -> Path:
 @user_errors
 def report_cmd(run_dir: Path = typer.Argument(..., help="a run folder with metrics.json")) -> None:
     """Rebuild figures/, report.md and report.html from a run's saved files (no retraining)."""
+    from synthsae.fileio import check_writable_dir
     from synthsae.report import build_report
 
-    md, page = build_report(_existing_run(run_dir))
+    _existing_run(run_dir)
+    check_writable_dir(run_dir, "RUN_DIR")
+    md, page = build_report(run_dir)
+    _warn_taus(run_dir / "metrics.json")
     print_verdicts(run_dir)
     console.print(f"wrote {md} and {page}", highlight=False)
 
@@ -499,8 +666,11 @@ def compare_cmd(
     """Put several runs (e.g. two variants) side by side in one report."""
     from synthsae.report import build_comparison
 
+    from synthsae.fileio import check_writable_dir
+
     if len(run_dirs) < 2:
         raise UserError("RUN_DIRS: give at least two run folders to compare")
+    check_writable_dir(out, "--out")
     md, page = build_comparison([_existing_run(r) for r in run_dirs], out)
     console.print(f"wrote {md} and {page}", highlight=False)
 

@@ -480,3 +480,22 @@ def to_toml(cfg: RunConfig) -> str:
 
 def save(cfg: RunConfig, path: str | os.PathLike[str]) -> None:
     atomic_write_text(path, to_toml(cfg))
+
+
+def differences(saved: RunConfig, given: RunConfig) -> list[tuple[str, Any, Any]]:
+    """(field, saved value, given value) for every field where two configs differ, in file order."""
+    out: list[tuple[str, Any, Any]] = []
+    if saved.preset != given.preset:
+        out.append(("preset", saved.preset, given.preset))
+    for section in _SECTIONS:
+        a, b = asdict(getattr(saved, section)), asdict(getattr(given, section))
+        out.extend((f"{section}.{k}", a[k], b.get(k)) for k in a if a[k] != b.get(k))
+    return out
+
+
+def describe_differences(diffs: list[tuple[str, Any, Any]], limit: int = 3) -> str:
+    """'train.steps: run has 1500, given 100; ...' (at most `limit` fields, then how many more)."""
+    parts = [f"{name}: run has {_toml_value(a)}, given {_toml_value(b)}" for name, a, b in diffs[:limit]]
+    if len(diffs) > limit:
+        parts.append(f"{len(diffs) - limit} more")
+    return "; ".join(parts)

@@ -196,6 +196,29 @@ def seed_folders(run_dir: str | os.PathLike[str]) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def check_seed_folders(run_dir: str | os.PathLike[str], allow_missing: bool = False) -> list[str]:
+    """Names of the seed folders a run's config.toml promises (train.seeds) but seeds/ lacks.
+
+    Missing folders are a one-line RunFileError unless allow_missing (then the caller says which are gone).
+    """
+    from synthsae import config as C
+
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / "config.toml"
+    if not cfg_path.is_file() or not (run_dir / "seeds").is_dir():
+        return []
+    try:
+        n = C.load(cfg_path).train.seeds
+    except ConfigError as exc:
+        raise RunFileError(f"{cfg_path}: {exc}") from None
+    present = {p.name for p in seed_folders(run_dir)} if any((run_dir / "seeds").glob("seed_*")) else set()
+    missing = [f"seed_{k}" for k in range(n) if f"seed_{k}" not in present]
+    if missing and not allow_missing:
+        raise RunFileError(f"{run_dir / 'seeds'}: missing {', '.join(missing)} of the run's {n} seeds; pass "
+                           f"--allow-missing-seeds to go on with the {n - len(missing)} present")
+    return missing
+
+
 def load_run(run_dir: str | os.PathLike[str], device: str | torch.device = "cpu"):
     """(RunConfig, SAE with every seed, Truth or None) of a run folder; checks the truth file against the config."""
     from synthsae import config as C

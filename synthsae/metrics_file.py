@@ -43,7 +43,7 @@ def read_metrics(path: str | Path) -> Metrics:
     try:
         raw = json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise MetricsError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}); rerun `synthsae analyze` to rebuild it") from None
+        raise MetricsError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}); move it away and rerun the stages (`synthsae run --resume --out RUN`) to rebuild it") from None
     if not isinstance(raw, dict):
         raise MetricsError(f"{path}: expected a JSON object with keys {', '.join(STAGES)}")
     out = Metrics()

@@ -372,7 +372,7 @@ def build_stage(sae, clusters: dict[str, Clusters], plan: PoolPlan) -> dict[tupl
 
 def refit_stage(sae_cfg, train_cfg, built: dict, x: Tensor, data, refit_steps: int, progress: bool = False) -> dict[tuple, Fitted]:
     """Stage 3: refit every pooled SAE (decoder frozen), pools of equal width batched as seeds of one SAE."""
-    from tqdm.auto import tqdm
+    from synthsae.progress import progress_bar as tqdm
 
     by_w: dict[int, list] = {}
     for key, (_, st) in built.items():

@@ -273,6 +273,10 @@ def _summary(run_dir: Path, m: Metrics) -> list[str]:
         s = m.analysis.settings
         lines.append(f"{s.seeds} seeds of a {s.variant or '?'} SAE, d_in = {s.d_in}, d_sae = {s.d_sae}; matching {s.match} "
                      f"at tau = {s.tau}; stable >= {s.stable_cutoff}, unstable <= {s.unstable_cutoff}.")
+    from synthsae.study import tau_warning
+
+    if tau_warning(m):
+        lines.append(tau_warning(m).replace("warning: ", "Warning: ", 1) + ".")
     lines.append("Each verdict: held (every check passed), partly held (every core check passed, a supporting one did not), "
                  "did not hold (a core check failed), not measured. Rules and nulls: docs/metrics.md.")
     return lines

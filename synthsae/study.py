@@ -6,7 +6,6 @@ first stage whose output is missing (training itself resumes from its last check
 
 from __future__ import annotations
 
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,18 +30,23 @@ def _is_finished(out: Path) -> bool:
 
 
 def _clear_outputs(out: Path) -> None:
-    """Remove what the analysis stages write (training's own files are cleared by train_run)."""
-    for name in RUN_OUTPUTS:
-        p = out / name
-        if p.is_dir():
-            shutil.rmtree(p)
-        else:
-            p.unlink(missing_ok=True)
+    """Remove what the analysis stages write (training's own files are cleared by train_run), nothing else."""
+    from synthsae.rundir import clear_run
+
+    clear_run(out, RUN_OUTPUTS)
 
 
 def check_target(out: Path, resume: bool, force: bool) -> None:
-    """Refuse to touch a finished run without force, or an unfinished one without resume / force."""
-    if force or not out.exists():
+    """Refuse to touch a finished run without force, an unfinished one without resume / force, and with force
+    anything that is not a synthsae run (an empty folder is fine)."""
+    from synthsae.rundir import check_overwritable
+
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out = {str(out)!r}: is a file, not a run folder")
+    if force:
+        check_overwritable(out)
+        return
+    if not out.exists():
         return
     if _is_finished(out) and not resume:
         raise FileExistsError(f"{out}: holds a finished run; pass --force to overwrite it")
@@ -51,23 +55,43 @@ def check_target(out: Path, resume: bool, force: bool) -> None:
 
 
 def run_study(cfg: RunConfig, out: str | Path, *, resume: bool = False, force: bool = False,
-              device: str | None = None, progress: bool = True, log=print) -> StudyResult:
-    """Run every stage into `out`; with resume, stages whose output exists are skipped."""
-    from synthsae.io import load_run
+              device: str | None = None, progress: bool = True, log=print, allow_missing_seeds: bool = False) -> StudyResult:
+    """Run every stage into `out`; with resume, stages whose output exists are skipped.
+
+    A seed folder missing from a trained run is refused unless allow_missing_seeds (then named in the log).
+    Only one process writes a run at a time (rundir.run_lock).
+    """
+
+    from synthsae.memory import check_run_fits
+    from synthsae.rundir import run_lock
+    from synthsae.train import pick_device
+
+    validate(cfg)
+    out = Path(out)
+    check_target(out, resume, force)
+    check_run_fits(cfg, str(pick_device(device or cfg.train.device)))  # before anything is written
+    with run_lock(out):
+        return _run_locked(cfg, out, resume=resume, force=force, device=device, progress=progress, log=log,
+                           allow_missing_seeds=allow_missing_seeds)
+
+
+def _run_locked(cfg: RunConfig, out: Path, *, resume: bool, force: bool, device: str | None, progress: bool,
+                log, allow_missing_seeds: bool) -> StudyResult:
+    from synthsae.io import check_seed_folders, load_run
+    from synthsae.rundir import clear_run
     from synthsae.metrics.ablation import ablation_study
     from synthsae.metrics.run_analysis import analyze_run, write_analysis
     from synthsae.pooling import pooling_study
     from synthsae.report import build_report
     from synthsae.train import train_run
 
-    validate(cfg)
-    out = Path(out)
-    check_target(out, resume, force)
     configure_threads(cfg.train.batch_size, cfg.truth.d, cfg.sae.d_sae, device or cfg.train.device)
     if force:
         _clear_outputs(out)
     seconds: dict[str, float] = {}
     mpath = out / "metrics.json"
+    if resume and mpath.is_file():
+        read_metrics(mpath)  # a corrupt metrics.json is named now, not after the stages before it ran
 
     def done(key: str) -> bool:
         return resume and stage_done(mpath, key)
@@ -80,6 +104,9 @@ def run_study(cfg: RunConfig, out: str | Path, *, resume: bool = False, force: b
         seconds["train"] = time.perf_counter() - t0
 
     dev = device or cfg.train.device
+    missing = check_seed_folders(out, allow_missing=allow_missing_seeds)
+    if missing:
+        log(f"warning: seed folders missing, going on without them: {', '.join(missing)}")
     latents = None
     if not done("analysis"):
         log("[2/5] analysing stability, truth recovery and subspaces")
@@ -99,7 +126,7 @@ def run_study(cfg: RunConfig, out: str | Path, *, resume: bool = False, force: b
     if not done("pooling"):
         log("[4/5] pooling seeds (disjoint halves, widths 1x and 2x)")
         t = time.perf_counter()
-        shutil.rmtree(out / "pooled", ignore_errors=True)
+        clear_run(out, ("pooled",))
         write_stage(mpath, "pooling", pooling_study((run_cfg, sae, truth), out_dir=out / "pooled",
                                                     refit_steps=run_cfg.analysis.pool_refit_steps, progress=progress))
         seconds["pooling"] = time.perf_counter() - t
@@ -119,3 +146,24 @@ def _saved_stability(out: Path):
 
     path = out / LATENTS_FILE
     return load_file(str(path))["stability"] if path.is_file() else None
+
+
+def stage_taus(m: Metrics) -> dict[str, float]:
+    """The match threshold tau each stage of a run used ({"analysis": 0.7, "ablation": 0.7, ...}, stages run)."""
+    out = {}
+    if m.analysis is not None:
+        out["analysis"] = float(m.analysis.settings.tau)
+    if m.ablation is not None:
+        out["ablation"] = float(m.ablation.tau)
+    if m.pooling is not None:
+        out["pooling"] = float(m.pooling.tau)
+    return out
+
+
+def tau_warning(m: Metrics) -> str | None:
+    """One line when the stages of a run used different taus (their numbers do not describe the same matching)."""
+    taus = stage_taus(m)
+    if len(set(taus.values())) <= 1:
+        return None
+    return ("warning: the stages used different tau: " + ", ".join(f"{k} {v:g}" for k, v in taus.items())
+            + "; re-run the others with the same --tau to compare them")

@@ -4,15 +4,20 @@ Per step: Adam with linear warm-up then linear decay (from `decay_start` of the 
 gradient's component parallel to each row removed, gradient clipping to `grad_clip` *per seed* (so seeds stay
 independent), decoder rows renormalised to unit norm. A latent is **dead** when it has not fired in the last
 `dead_window_tokens` training tokens (tokens, not steps; counted per seed). A NaN/Inf loss or gradient stops
-training with `TrainingDiverged`; the last checkpoint on disk is the last good state.
+training with `TrainingDiverged`, which names the last checkpoint on disk (the last good state), if any.
+Ctrl-C (SIGINT) during `train_run` finishes the current step, writes a checkpoint and then raises
+KeyboardInterrupt, so an interrupted run loses nothing.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import signal
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -21,7 +26,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from synthsae.config import RunConfig, TrainConfig, to_toml, validate
+from synthsae.config import RunConfig, TrainConfig, validate
 from synthsae.config import save as save_config
 from synthsae.fileio import atomic_path, atomic_write_json
 from synthsae.sae import build_sae
@@ -32,7 +37,14 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.
 
 
 class TrainingDiverged(RuntimeError):
-    """A loss or gradient became NaN/Inf; the message says at which step, for which seeds, and what to do."""
+    """A loss or gradient became NaN/Inf; the message says at which step and for which seeds.
+
+    train_run adds `checkpoint_step` (the step of the last good checkpoint on disk, None when there is none)
+    and `lr`, so a caller can say how to go on (resume from it with a lower learning rate).
+    """
+
+    checkpoint_step: int | None = None
+    lr: float | None = None
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -136,7 +148,7 @@ def train_steps(
     freeze_decoder=True trains everything but W_dec (pooling's refit of encoder and biases). `on_step` runs
     after every step and may return False to stop early (checkpointing and tests use it).
     """
-    from tqdm.auto import tqdm
+    from synthsae.progress import progress_bar as tqdm
 
     state = state or new_state(sae, tcfg, freeze_decoder)
     S = sae.n_seeds
@@ -150,6 +162,7 @@ def train_steps(
     out = None
     tokens = 0
     t0 = time.perf_counter()
+    seconds0 = state.seconds  # seconds of earlier sessions (a resumed run): train.json counts them all
     sae.train()
     try:
         while state.step < steps:
@@ -179,6 +192,7 @@ def train_steps(
             with torch.no_grad():
                 state.tokens_since_fired.add_(B).masked_fill_(out.fired, 0)
             state.step += 1
+            state.seconds = seconds0 + time.perf_counter() - t0
             if state.step % log_every == 0 or state.step == steps:
                 rec = {
                     "step": state.step,
@@ -195,7 +209,7 @@ def train_steps(
                 break
     finally:
         bar.close()
-        state.seconds += time.perf_counter() - t0
+        state.seconds = seconds0 + time.perf_counter() - t0
         if freeze_decoder:
             sae.W_dec.requires_grad_(was_frozen)
         sae.eval()
@@ -209,8 +223,7 @@ def train_steps(
 
 def _diverged_msg(step: int, what: str, bad: Tensor, sae: SAE) -> str:
     seeds = [sae.init_seeds[i] for i in torch.nonzero(bad).flatten().tolist()]
-    return (f"training diverged at step {step}: the {what} is NaN/Inf for init seed(s) {seeds}; "
-            f"the last checkpoint is the last good state; lower --lr or raise grad_clip's strictness")
+    return f"training diverged at step {step}: the {what} is NaN/Inf for init seed(s) {seeds}"
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -254,7 +267,7 @@ CHECKPOINT = "checkpoint/state.pt"
 FINISHED = "train.json"
 
 
-def _save_checkpoint(out: Path, sae: SAE, state: TrainState, data: DataStream) -> None:
+def _save_checkpoint(out: Path, sae: SAE, state: TrainState, data: DataStream, extra: dict | None = None) -> None:
     blob = {
         "step": state.step,
         "model": {k: v.detach().cpu() for k, v in sae.state_dict().items()},
@@ -263,12 +276,14 @@ def _save_checkpoint(out: Path, sae: SAE, state: TrainState, data: DataStream) -
         "data_rng": [s.cpu() for s in data.get_state()],
         "history": state.history,
         "seconds": state.seconds,
+        **(extra or {}),
     }
     with atomic_path(out / CHECKPOINT) as tmp:
         torch.save(blob, tmp)
 
 
-def _load_checkpoint(out: Path, sae: SAE, state: TrainState, data: DataStream) -> None:
+def _load_checkpoint(out: Path, sae: SAE, state: TrainState, data: DataStream) -> dict:
+    """Restore the state; returns the blob's extra entries (lr_changes)."""
     from synthsae.io import RunFileError
 
     path = out / CHECKPOINT
@@ -281,24 +296,51 @@ def _load_checkpoint(out: Path, sae: SAE, state: TrainState, data: DataStream) -
         state.step = int(blob["step"])
         state.history = list(blob["history"])
         state.seconds = float(blob.get("seconds", 0.0))
+        return {"lr_changes": list(blob.get("lr_changes", []))}
     except Exception as exc:  # noqa: BLE001 - any failure here means an unusable checkpoint
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise RunFileError(f"{path}: cannot resume from this checkpoint ({msg}); pass --force to start over") from None
 
 
-def _first_difference(a: str, b: str) -> str:
-    for la, lb in zip(a.splitlines(), b.splitlines()):
-        if la != lb:
-            return f"saved '{la}' vs requested '{lb}'"
-    return "different length"
+def _check_resume_config(out: Path, cfg: RunConfig) -> float | None:
+    """A resumed run keeps its saved config; only train.lr (the way out of a divergence) and train.device may change.
+
+    Returns the saved lr when the new one differs, else None; any other difference is a one-line ConfigError.
+    """
+    from synthsae import config as C
+    from synthsae.io import RunFileError
+
+    try:
+        saved = C.load(out / "config.toml")
+    except C.ConfigError as exc:
+        raise RunFileError(f"{out / 'config.toml'}: {exc}") from None
+    diffs = [d for d in C.differences(saved, cfg) if d[0] not in ("train.lr", "train.device")]
+    if diffs:
+        raise C.ConfigError(f"{out}: cannot resume with a different config ({C.describe_differences(diffs)}); "
+                            "resume without those options (the run keeps its config.toml) or pass --force to start over")
+    return saved.train.lr if saved.train.lr != cfg.train.lr else None
 
 
-def _clear_run(out: Path) -> None:
-    """Remove what a training run writes (and nothing else in the folder)."""
-    for name in ("seeds", "checkpoint"):
-        shutil.rmtree(out / name, ignore_errors=True)
-    for name in (FINISHED, "config.toml", "truth.safetensors"):
-        (out / name).unlink(missing_ok=True)
+@contextmanager
+def deferred_interrupt() -> Iterator[dict]:
+    """Within: the first SIGINT only sets flag["hit"] (the trainer checkpoints after the current step and stops);
+    a second SIGINT interrupts at once. Outside the main thread signals cannot be caught: nothing changes."""
+    flag = {"hit": False}
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+    prev = signal.getsignal(signal.SIGINT)
+    restore = prev if prev is not None else signal.default_int_handler
+
+    def handler(signum, frame):  # noqa: ARG001
+        flag["hit"] = True
+        signal.signal(signal.SIGINT, restore)
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, restore)
 
 
 def seed_metadata(cfg: RunConfig, s: int) -> dict:
@@ -353,54 +395,83 @@ def train_run(cfg: RunConfig, out: Path, *, resume: bool = False, force: bool = 
               stop_after: int | None = None) -> SAE:
     """Train cfg.train.seeds SAEs into run folder `out` (layout in DESIGN.md) and return them stacked.
 
-    resume=True continues from out/checkpoint/ (bit-identical on CPU); a finished run is only replaced with
-    force=True. stop_after=N stops (with a checkpoint) once step N is reached, as if the run had been killed.
+    resume=True continues from out/checkpoint/ (bit-identical on CPU) with the config the run was started with
+    (only train.lr may differ, and the change is recorded); a finished run is only replaced with force=True, and
+    force only clears a folder that holds a synthsae run. stop_after=N stops (with a checkpoint) once step N is
+    reached, as if the run had been killed. Ctrl-C checkpoints after the current step, then raises
+    KeyboardInterrupt. Another process writing the same folder is refused (a lock on the run's marker file).
     """
-    from synthsae.io import save_seed_folder, save_truth
-    from synthsae.truth import build_truth
+    from synthsae.memory import check_run_fits
+    from synthsae.rundir import check_overwritable, clear_run, run_lock
 
     validate(cfg)
     out = Path(out)
+    t = cfg.train
+    device = pick_device(t.device)
+    check_run_fits(cfg, str(device), analysis=False)  # before anything is written
+    if force:
+        check_overwritable(out)
+    with run_lock(out):
+        return _train_locked(cfg, out, device, resume=resume, force=force, progress=progress, stop_after=stop_after,
+                             clear=lambda: clear_run(out, ("seeds", "checkpoint", FINISHED, "config.toml", "truth.safetensors")))
+
+
+def _train_locked(cfg: RunConfig, out: Path, device: torch.device, *, resume: bool, force: bool, progress: bool,
+                  stop_after: int | None, clear: Callable[[], None]) -> SAE:
+    from synthsae.io import save_seed_folder, save_truth
+    from synthsae.truth import build_truth
+
     ckpt = out / CHECKPOINT
     if (out / FINISHED).exists() and not force:
         raise FileExistsError(f"{out}: holds a finished training run; pass --force to overwrite it")
     if force:
-        _clear_run(out)
+        clear()
     elif not resume and ((out / "config.toml").exists() or ckpt.exists()):
         raise FileExistsError(f"{out}: holds an unfinished training run; pass --resume to continue it or --force to start over")
+    old_lr = _check_resume_config(out, cfg) if resume and (out / "config.toml").exists() else None
     resuming = resume and ckpt.exists()
-    if resuming:
-        saved = (out / "config.toml").read_text() if (out / "config.toml").exists() else ""
-        if saved != to_toml(cfg):
-            from synthsae.config import ConfigError
-
-            raise ConfigError(f"{out}: cannot resume with a different config ({_first_difference(saved, to_toml(cfg))}); "
-                              "pass --force to start over")
-    out.mkdir(parents=True, exist_ok=True)
     t = cfg.train
-    device = pick_device(t.device)
     configure_threads(t.batch_size, cfg.truth.d, cfg.sae.d_sae, device)
     dtype = DTYPES[t.dtype]
     truth = build_truth(cfg.truth, device)
-    if not resuming:
+    if not resuming or old_lr is not None:
         save_config(cfg, out / "config.toml")
+    if not resuming:
         save_truth(out / "truth.safetensors", truth)
     sae = build_sae(cfg.sae, cfg.truth.d, t.resolved_init_seeds(), device=device, dtype=dtype)
     data = DataStream(truth, t.batch_size, t.data_seed, t.seeds, t.vary_data, dtype=dtype)
     state = new_state(sae, t)
+    extra: dict = {"lr_changes": []}
+    last_ckpt = None
     if resuming:
-        _load_checkpoint(out, sae, state, data)
+        extra = _load_checkpoint(out, sae, state, data)
+        last_ckpt = state.step
+    if resuming and old_lr is not None:
+        extra["lr_changes"].append({"step": state.step, "from": old_lr, "to": t.lr})
 
-    def on_step(st: TrainState) -> bool:
-        if st.step % t.checkpoint_every == 0 and st.step < t.steps:
-            _save_checkpoint(out, sae, st, data)
-        if stop_after is not None and st.step >= stop_after:
-            if st.step % t.checkpoint_every != 0:
-                _save_checkpoint(out, sae, st, data)
-            return False
-        return True
+    with deferred_interrupt() as interrupted:
+        def on_step(st: TrainState) -> bool:
+            nonlocal last_ckpt
+            if interrupted["hit"] and st.step < t.steps:  # Ctrl-C: keep this step, then stop
+                _save_checkpoint(out, sae, st, data, extra)
+                raise KeyboardInterrupt
+            if st.step % t.checkpoint_every == 0 and st.step < t.steps:
+                _save_checkpoint(out, sae, st, data, extra)
+                last_ckpt = st.step
+            if stop_after is not None and st.step >= stop_after:
+                if st.step % t.checkpoint_every != 0:
+                    _save_checkpoint(out, sae, st, data, extra)
+                return False
+            return True
 
-    stats = train_steps(sae, data, t.steps, t, progress=progress, state=state, on_step=on_step)
+        try:
+            stats = train_steps(sae, data, t.steps, t, progress=progress, state=state, on_step=on_step)
+        except TrainingDiverged as exc:
+            where = (f"the checkpoint at step {last_ckpt} is the last good state" if last_ckpt is not None
+                     else "no checkpoint was written before it")
+            err = TrainingDiverged(f"{exc}; {where}")
+            err.checkpoint_step, err.lr = last_ckpt, t.lr
+            raise err from None
     if state.step < t.steps:
         return sae  # stopped early (stop_after): the checkpoint holds the state
 
@@ -413,14 +484,18 @@ def train_run(cfg: RunConfig, out: Path, *, resume: bool = False, force: bool = 
         "init_seeds": sae.init_seeds,
         "steps": stats.steps,
         "tokens_per_seed": stats.steps * t.batch_size,
-        "seconds": state.seconds,
+        "seconds": state.seconds,  # training time of every session (a resumed run's earlier parts included)
         "dead_definition": f"no firing in the last {t.dead_window_tokens} training tokens",
         "train_final": {"fvu": stats.fvu, "l0": stats.l0, "loss": stats.loss, "dead_fraction": stats.dead_fraction},
         "eval": {"tokens": ev["tokens"], "fvu": ev["fvu"], "l0": ev["l0"], "never_fired_fraction": ev["dead_fraction_eval"]},
         "history": stats.history,
     }
+    if extra.get("lr_changes"):
+        summary["lr_changes"] = extra["lr_changes"]
     atomic_write_json(out / FINISHED, summary)
     shutil.rmtree(out / "checkpoint", ignore_errors=True)
+    if interrupted["hit"]:  # Ctrl-C in the last step: training is finished and saved, now stop
+        raise KeyboardInterrupt
     return sae
 
 

@@ -29,9 +29,15 @@ def _tiny_config(tmp: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory) -> Path:
+    import os
+
     tmp = tmp_path_factory.mktemp("study")
     out = tmp / "run"
-    res = runner.invoke(app, ["run", "--config", str(_tiny_config(tmp)), "--out", str(out), "--device", "cpu"])
+    old = os.umask(0o022)  # as on a typical shared machine: every file the run writes must come out 0644
+    try:
+        res = runner.invoke(app, ["run", "--config", str(_tiny_config(tmp)), "--out", str(out), "--device", "cpu"])
+    finally:
+        os.umask(old)
     assert res.exit_code == 0, res.output
     return out
 
@@ -179,3 +185,98 @@ def test_absent_cuda_with_force_leaves_run_untouched(tiny_run: Path) -> None:
     res = runner.invoke(app, ["run", "--out", str(tiny_run), "--device", "cuda", "--force"])
     assert res.exit_code == 2 and "CUDA is not available" in res.output
     assert _snapshot(tiny_run) == before
+
+
+# ----------------------------------------------------------------------------------------------- issue 10: shareable runs
+
+
+def _copy(run: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(run, dst)
+    return dst
+
+
+def _one_line(res) -> str:
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in res.output, res.output
+    return lines[0]
+
+
+def test_every_file_of_a_run_is_readable_by_others(tiny_run: Path) -> None:
+    files = [p for p in tiny_run.rglob("*") if p.is_file()]
+    assert any(p.suffix == ".png" for p in files) and any(p.name == "cfg.json" for p in files)
+    bad = [str(p.relative_to(tiny_run)) for p in files if p.stat().st_mode & 0o777 != 0o644]
+    assert not bad, bad
+
+
+def test_resume_with_only_the_printed_hint(tiny_run: Path, tmp_path: Path) -> None:
+    """`synthsae run --resume --out X` (the hint printed on Ctrl-C) resumes the run with its own config.toml."""
+    run = _copy(tiny_run, tmp_path / "copy")
+    (run / "report.html").unlink()
+    res = runner.invoke(app, ["run", "--resume", "--out", str(run), "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert (run / "report.html").is_file()
+    res = runner.invoke(app, ["run", "--resume", "--out", str(run), "--seeds", "3"])
+    assert res.exit_code == 2 and "train.seeds: run has 4, given 3" in _one_line(res)
+
+
+def test_corrupt_metrics_json_is_one_line_everywhere(tiny_run: Path, tmp_path: Path) -> None:
+    run = _copy(tiny_run, tmp_path / "copy")
+    (run / "metrics.json").write_text('{"analysis": {')
+    (run / "report.html").unlink()
+    for args in (["report", str(run)], ["analyze", str(run)], ["run", "--resume", "--out", str(run)],
+                 ["ablate", str(run)], ["compare", str(run), str(tiny_run), "--out", str(tmp_path / "cmp")]):
+        res = runner.invoke(app, args)
+        assert res.exit_code == 2, (args, res.output)
+        assert "metrics.json: not valid JSON" in _one_line(res), args
+    assert (run / "metrics.json").read_text() == '{"analysis": {'  # analyze did not replace it
+
+
+def test_missing_seed_folders_are_named_and_refused_unless_allowed(tiny_run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    run = _copy(tiny_run, tmp_path / "copy")
+    shutil.rmtree(run / "seeds" / "seed_1")
+    before = _snapshot(run)
+    for args in (["analyze", str(run)], ["ablate", str(run)], ["pool", str(run)]):
+        res = runner.invoke(app, args)
+        assert res.exit_code == 2, (args, res.output)
+        line = _one_line(res)
+        assert "missing seed_1 of the run's 4 seeds" in line and "--allow-missing-seeds" in line
+    assert _snapshot(run) == before
+    res = runner.invoke(app, ["analyze", str(run), "--allow-missing-seeds", "--json"])
+    assert res.exit_code == 0 and "going on without seed_1" in res.output
+    assert json.loads((run / "metrics.json").read_text())["analysis"]["settings"]["seeds"] == 3
+
+
+def test_one_seed_run_is_refused_by_analyze_and_ablate(tiny_run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    run = _copy(tiny_run, tmp_path / "copy")
+    for k in (1, 2, 3):
+        shutil.rmtree(run / "seeds" / f"seed_{k}")
+    for cmd in ("analyze", "ablate"):
+        res = runner.invoke(app, [cmd, str(run), "--allow-missing-seeds"])
+        assert res.exit_code == 2, res.output
+        assert f"holds 1 seed; {cmd} compares seeds" in res.output.splitlines()[-1]
+
+
+def test_out_paths_of_analyze_and_compare_are_checked_first(tiny_run: Path, tmp_path: Path) -> None:
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "file").write_text("x")
+    res = runner.invoke(app, ["analyze", str(tiny_run), "--out", str(tmp_path / "dir")])
+    assert res.exit_code == 2 and "is a folder" in _one_line(res)
+    res = runner.invoke(app, ["compare", str(tiny_run), str(tiny_run), "--out", str(tmp_path / "file")])
+    assert res.exit_code == 2 and "is a file" in _one_line(res)
+
+
+def test_tau_of_each_stage_is_recorded_and_a_difference_warned(tiny_run: Path, tmp_path: Path) -> None:
+    run = _copy(tiny_run, tmp_path / "copy")
+    res = runner.invoke(app, ["analyze", str(run), "--tau", "0.5", "--json"])
+    assert res.exit_code == 0
+    assert "different tau: analysis 0.5, ablation 0.7, pooling 0.7" in res.output
+    res = runner.invoke(app, ["report", str(run)])
+    assert res.exit_code == 0 and "different tau" in res.output
+    assert "different tau: analysis 0.5, ablation 0.7, pooling 0.7" in (run / "report.md").read_text()
+    assert "different tau" not in (tiny_run / "report.md").read_text()

@@ -100,7 +100,7 @@ def ablate(
     keep = (~masks).to(x.dtype)  # [G, S, m]
     sse = torch.zeros(G, S, dtype=torch.float64, device=x.device)
     pred = torch.zeros(G, S, dtype=torch.float64, device=x.device)
-    from tqdm.auto import tqdm
+    from synthsae.progress import progress_bar as tqdm
 
     for xb in tqdm(x.split(batch_size), desc="ablation", disable=not progress, leave=False):
         acts = sae.encode(xb)  # [S, B, m]
