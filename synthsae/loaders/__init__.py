@@ -19,13 +19,13 @@ from torch import Tensor
 
 from synthsae.io import RunFileError
 from synthsae.loaders import dictionary_learning, saelens, sparsify
-from synthsae.loaders.common import LoadedSAE, Provenance, frequency_from_log10
+from synthsae.loaders.common import LoadedSAE, Provenance
 from synthsae.sae.base import SAE
 
 FORMATS = {"saelens": saelens, "sparsify": sparsify, "dictionary_learning": dictionary_learning}
 
-__all__ = ["FORMATS", "LoadedSAE", "LoadedStack", "Provenance", "detect_format", "expand_paths", "frequency_from_log10",
-           "load_folder", "load_stack"]
+__all__ = ["FORMATS", "LoadedSAE", "LoadedStack", "Provenance", "detect_format", "expand_paths", "load_folder",
+           "load_stack"]
 
 
 @dataclass

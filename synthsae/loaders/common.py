@@ -17,10 +17,6 @@ from synthsae.io import RunFileError, _read_tensors
 from synthsae.sae import get_variant
 from synthsae.sae.base import SAE
 
-# SAELens writes log10(frequency + 1e-10) (and so do we): values at this floor are latents that never fired
-LOG10_FLOOR = -10.0
-LOG10_DEAD_AT = LOG10_FLOOR + 1e-3
-
 
 @dataclass
 class Provenance:
@@ -96,12 +92,6 @@ def need_scalar(tensors: dict[str, Tensor], key: str, where: Path) -> float:
     if t.numel() != 1 or not bool(torch.isfinite(t.float()).all()):
         raise RunFileError(f"{where}: tensor {key!r} must hold one finite value (has {t.numel()})")
     return float(t[0])
-
-
-def frequency_from_log10(log10: Tensor) -> Float[Tensor, " m"]:
-    """Plain firing frequencies from stored log10 values; values at the 1e-10 floor (never fired) become 0."""
-    log10 = log10.reshape(-1).float()
-    return torch.where(log10 <= LOG10_DEAD_AT, torch.zeros_like(log10), torch.pow(10.0, log10))
 
 
 def build_sae(variant: str, d_in: int, d_sae: int, tensors: dict[str, Tensor], *, k: int = 1,

@@ -13,11 +13,11 @@ from typing import Any
 import torch
 
 from synthsae.io import RunFileError, load_sae_folders
+from synthsae.metrics.frequency import frequency_from_log10  # the one dead-latent rule (floor = never fired)
 from synthsae.loaders.common import (
     LoadedSAE,
     Provenance,
     build_sae,
-    frequency_from_log10,
     need_int,
     need_scalar,
     need_tensor,
