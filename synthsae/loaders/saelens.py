@@ -100,12 +100,15 @@ def load(folder: Path) -> LoadedSAE:
         sae = load_sae_folders([folder])
         variant = sae.variant
         library = "synthsae"
-        version = meta.get("synthsae_version") or version
+        version = meta.get("synthsae_version")  # sae_lens_version here is the schema we write, not a library run
     else:
         norm = cfg.get("normalize_activations", "none")
         if norm not in NO_OP_NORMALIZATION:
             raise RunFileError(f"{cfg_path}: normalize_activations = {norm!r} is not supported "
                                f"(supported: {', '.join(NO_OP_NORMALIZATION)}: fold the normalisation into the weights first)")
+        if cfg.get("finetuning_scaling_factor"):
+            raise RunFileError(f"{cfg_path}: finetuning_scaling_factor = true is not supported (its decoder scales codes "
+                               "by a learned factor; fold it into W_dec first)")
         reshape = cfg.get("reshape_activations", "none")
         if reshape not in ("none", "hook_z", None):
             raise RunFileError(f"{cfg_path}: reshape_activations = {reshape!r} is not supported (supported: none, hook_z)")
