@@ -304,6 +304,9 @@ def sources_lines(src: SourcesResult | None) -> list[str]:
     if act is not None:
         lines.append(f"Activations: {act.n_tokens} vectors from {act.path}; FVU per seed {', '.join(fmt(v) for v in act.fvu_per_seed)}; "
                      f"L0 per seed {', '.join(fmt(v, 1) for v in act.l0_per_seed)}.")
+    elif src.ablation_folders:
+        lines.append("No activations given to the latest analysis (weights only); the ablation shown was measured on these "
+                     "folders by an earlier run with --acts.")
     else:
         lines.append("No activations given (--acts): weights-only analysis; FVU and ablation not measured.")
     return lines

@@ -242,7 +242,7 @@ def test_weights_only_vs_given_activations(tmp_path):
     res = runner.invoke(app, ["analyze", str(tmp_path / "sl"), "--device", "cpu", "--no-report"])
     assert res.exit_code == 0, res.output
     m = json.loads((tmp_path / "sl" / "metrics.json").read_text())
-    assert "frequency" not in m["analysis"] and "ablation" not in m
+    assert m["analysis"]["frequency"] is None and "ablation" not in m
     assert m["sources"]["frequency_source"].startswith("not measured")
     assert [f["path"] for f in m["sources"]["folders"]] == [str(f) for f in folders]
     assert m["sources"]["folders"][0]["version"] == "6.5.0" and m["sources"]["libraries"] == ["sae_lens 6.5.0"]
@@ -252,7 +252,11 @@ def test_weights_only_vs_given_activations(tmp_path):
     m = json.loads((tmp_path / "sl" / "metrics.json").read_text())
     assert m["analysis"]["settings"]["frequency_source"].startswith("measured on 600 given activations")
     assert len(m["sources"]["activations"]["fvu_per_seed"]) == 3 and m["ablation"]["eval_tokens"] == 600
-    assert m["ablation"]["seed_folders"] == [str(f) for f in folders]
+    assert m["sources"]["ablation_folders"] == [str(f) for f in folders]
+    # weights only again on the same folders: that ablation stays
+    runner.invoke(app, ["analyze", str(tmp_path / "sl"), "--device", "cpu", "--no-report"])
+    m = json.loads((tmp_path / "sl" / "metrics.json").read_text())
+    assert m["ablation"]["eval_tokens"] == 600 and m["sources"]["activations"] is None
     # another set of folders into the same metrics.json: the old ablation (of other SAEs) is dropped
     runner.invoke(app, ["analyze", str(folders[0]), str(folders[1]), "--device", "cpu", "--no-report", "--out",
                         str(tmp_path / "sl" / "metrics.json")])
