@@ -167,6 +167,18 @@ def test_pickle_that_is_not_weights_only_is_refused_and_nothing_runs(tmp_path):
     assert res.exit_code == 2 and "refused" in _one_line(res.output) and not marker.exists()
 
 
+def test_truncated_or_non_dict_torch_file_is_one_line_error(tmp_path):
+    folder = dl_folder(tmp_path / "trainer_0", 0)
+    data = (folder / "ae.pt").read_bytes()
+    (folder / "ae.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(RunFileError, match="unreadable or corrupted torch file") as e:
+        load_folder(folder)
+    assert "\n" not in str(e.value)
+    torch.save([torch.zeros(2)], folder / "ae.pt")
+    with pytest.raises(RunFileError, match="expected a state dict of tensors"):
+        load_folder(folder)
+
+
 # ----------------------------------------------------------------------------------------------- stacking & paths
 
 
