@@ -300,24 +300,27 @@ def train(
 @app.command("analyze")
 @user_errors
 def analyze_cmd(
-    paths: list[Path] = typer.Argument(..., help="a run directory, or several SAE folders (SAELens layout), one per seed"),
+    paths: list[Path] = typer.Argument(..., help="a run directory, or SAE folders one per seed (SAELens, sparsify or "
+                                       "dictionary_learning; quoted globs and parent folders too)"),
     tau: Optional[float] = typer.Option(None, "--tau", help="match threshold (default: the run's analysis.tau, 0.7)"),
     match: Optional[str] = typer.Option(None, "--match", help="match rule: maxcos, hungarian or strict"),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when available), cpu, cuda, cuda:N"),
-    out: Optional[Path] = typer.Option(None, "--out", help="metrics.json to write (default: RUN_DIR/metrics.json, or beside the first SAE folder)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="metrics.json to write (default: RUN_DIR/metrics.json, or in the folders' common parent)"),
     as_json: bool = typer.Option(False, "--json", help="print the analysis as JSON instead of tables"),
     allow_missing_seeds: bool = typer.Option(False, "--allow-missing-seeds", help="go on when some of a run's seeds/seed_<k> folders are missing"),
+    fmt: Optional[str] = typer.Option(None, "--format", help="SAE folder format: saelens, sparsify or dictionary_learning (default: detected)"),
+    acts: Optional[Path] = typer.Option(None, "--acts", help="activations (safetensors [N, d_in], or a folder of shards): "
+                                        "also measure frequency, FVU and the ablation on them"),
+    report: bool = typer.Option(True, "--report/--no-report", help="SAE folders: also write report.md/.html beside metrics.json"),
 ) -> None:
     """Stability, truth recovery and reproducible subspaces of S seeds; merged into metrics.json under "analysis"."""
     from synthsae.config import AnalysisConfig
-    from synthsae.metrics.run_analysis import analyze_folders, analyze_run, is_run_dir, with_overrides, write_analysis
+    from synthsae.metrics.run_analysis import analyze_run, is_run_dir, with_overrides, write_analysis
 
     if device != "auto" and not (device == "cpu" or device.startswith("cuda")):
         raise UserError(f"--device = {device!r}: must be auto, cpu, cuda or cuda:N")
-    for p in paths:
-        if not p.exists():
-            raise UserError(f"{str(p)!r}: no such file or directory")
-    if len(paths) == 1 and is_run_dir(paths[0]):
+    _check_paths(paths)
+    if len(paths) == 1 and is_run_dir(paths[0]) and fmt is None and acts is None:
         from synthsae.config import load as load_config
         from synthsae.rundir import run_lock
 
@@ -329,21 +332,76 @@ def analyze_cmd(
             res, per = analyze_run(paths[0], with_overrides(base, tau, match), device)
             write_analysis(target, res, per)
     else:
-        bad = [str(p) for p in paths if not (p / "sae_weights.safetensors").is_file()]
-        if bad:
-            raise UserError(f"{bad[0]!r}: neither a run directory (config.toml + seeds/) nor an SAE folder (sae_weights.safetensors)")
-        if len(paths) < 2:
-            raise UserError("one SAE folder is one seed: give at least two folders (or a run directory)")
-        target = out or paths[0].parent / "metrics.json"
-        _check_metrics_target(target)
-        res, per = analyze_folders(paths, with_overrides(AnalysisConfig(), tau, match), device)
-        write_analysis(target, res, per)
+        res, target = _analyze_folders(paths, with_overrides(AnalysisConfig(), tau, match), device, out, fmt, acts, as_json)
     _warn_taus(target)
     if as_json:
         typer.echo(json.dumps(to_json(res), indent=2))
         return
     print_analysis(res)
     console.print(f"wrote {target} (key \"analysis\")")
+    if report and not (len(paths) == 1 and is_run_dir(paths[0]) and fmt is None and acts is None):
+        from synthsae.report import build_report
+
+        md, page = build_report(target.parent)
+        print_verdicts(target.parent)
+        console.print(f"report: {page} (and {md.name})", highlight=False)
+
+
+# ----------------------------------------------------------------------------------------------- SAE folders (loaders issue)
+
+
+def _check_paths(paths: list[Path]) -> None:
+    import glob
+
+    for p in paths:
+        if not glob.has_magic(str(p)) and not p.exists():
+            raise UserError(f"{str(p)!r}: no such file or directory")
+
+
+def _seed_folders(paths: list[Path], fmt: Optional[str]) -> list[Path]:
+    """SAE folders (one per seed) from the command line's folders, globs and parent folders."""
+    from synthsae.loaders import FORMATS, expand_paths
+
+    if fmt is not None and fmt not in FORMATS:
+        raise UserError(f"--format = {fmt!r}: must be one of {', '.join(FORMATS)}")
+    folders = expand_paths(paths)
+    if fmt is None:
+        bad = [p for p in folders if not any(m.looks_like(p) for m in FORMATS.values())]
+        if bad:
+            raise UserError(f"{str(bad[0])!r}: neither a run directory (config.toml + seeds/) nor an SAE folder "
+                            "(SAELens cfg.json + sae_weights.safetensors, sparsify cfg.json + sae.safetensors, "
+                            "dictionary_learning config.json + ae.pt)")
+    if len(folders) < 2:
+        raise UserError(f"found {len(folders)} SAE folder(s) in {', '.join(map(str, paths))}: one folder is one seed, give at "
+                        "least two (or a run directory)")
+    return folders
+
+
+def _load_given_acts(acts: Optional[Path], d_in: int):
+    if acts is None:
+        return None
+    from synthsae.loaders.acts import read_activations
+    from synthsae.loaders.analysis import GivenActs
+
+    return GivenActs(read_activations(acts, d_in), str(acts))
+
+
+def _analyze_folders(paths, cfg, device, out, fmt, acts, quiet):
+    """Load the folders, analyse (and with --acts ablate) them, write metrics.json: (analysis dict, its path)."""
+    import os
+
+    from synthsae.loaders import load_stack
+    from synthsae.loaders.analysis import analyze_stack, write_folder_results
+    from synthsae.metrics.run_analysis import resolve_device
+
+    folders = _seed_folders(paths, fmt)
+    target = out or Path(os.path.commonpath([str(f.resolve()) for f in folders])) / "metrics.json"
+    _check_metrics_target(target)
+    stack = load_stack(folders, fmt)
+    given = _load_given_acts(acts, stack.sae.d_in)
+    results = analyze_stack(stack, cfg, resolve_device(device), given, progress=not quiet)
+    write_folder_results(target, results)
+    return results.analysis, target
 
 
 def _check_run_seeds(run_dir: Path, allow_missing: bool, command: str, need: int = 2) -> None:
@@ -513,7 +571,7 @@ def ablate_cmd(
 @app.command("pool")
 @user_errors
 def pool_cmd(
-    run_dir: Path = typer.Argument(..., help="a run directory (config.toml, seeds/)"),
+    paths: list[Path] = typer.Argument(..., help="a run directory (config.toml, seeds/), or SAE folders one per seed with --acts"),
     tau: Optional[float] = typer.Option(None, "--tau", help="link threshold for clustering and matching (default: the run's analysis.tau)"),
     width: Optional[int] = typer.Option(None, "--width", min=1, help="latents kept per pool (default: both 1x and 2x the run's d_sae)"),
     halves: bool = typer.Option(True, "--halves/--no-halves", help="also pool disjoint seed halves and compare their stability"),
@@ -522,26 +580,34 @@ def pool_cmd(
     device: str = typer.Option("auto", "--device", help="auto (CUDA when available), cpu, cuda, cuda:N"),
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON instead of a table"),
     allow_missing_seeds: bool = typer.Option(False, "--allow-missing-seeds", help="go on when some seeds/seed_<k> folders are missing"),
+    fmt: Optional[str] = typer.Option(None, "--format", help="SAE folder format: saelens, sparsify or dictionary_learning (default: detected)"),
+    acts: Optional[Path] = typer.Option(None, "--acts", help="SAE folders: activations to refit (first half) and judge (second half) on"),
 ) -> None:
     """Pooled SAEs: merge latents that seeds agree on, refit the encoder, judge EV / L0 / stability against
     single seeds. Pools go to RUN_DIR/pooled/<variant>_<pool>/ (SAELens layout); numbers to metrics.json "pooling"."""
+    from synthsae.metrics.run_analysis import is_run_dir
     from synthsae.metrics_file import write_stage
     from synthsae.pooling import RULES, pooling_study
 
-    _pooling_run_dir(run_dir, device, tau)
-    _check_run_seeds(run_dir, allow_missing_seeds, "pool", need=1)
     rules = list(rule) if rule else list(RULES)
     for r in rules:
         if r not in RULES:
             raise UserError(f"--rule = {r!r}: must be one of {', '.join(RULES)}")
-    if halves and len(list((run_dir / "seeds").glob("seed_*"))) < 2:
-        raise UserError("--halves needs a run with at least 2 seeds (use --no-halves)")
-    from synthsae.rundir import run_lock
+    _check_paths(paths)
+    if len(paths) == 1 and is_run_dir(paths[0]) and fmt is None and acts is None:
+        run_dir = paths[0]
+        _pooling_run_dir(run_dir, device, tau)
+        _check_run_seeds(run_dir, allow_missing_seeds, "pool", need=1)
+        if halves and len(list((run_dir / "seeds").glob("seed_*"))) < 2:
+            raise UserError("--halves needs a run with at least 2 seeds (use --no-halves)")
+        from synthsae.rundir import run_lock
 
-    with run_lock(run_dir):  # no other synthsae process writes the run meanwhile
-        res = pooling_study(run_dir, tau=tau, widths=[width] if width else None, rules=rules, halves=halves,
-                            refit_steps=steps, device=device, progress=not as_json)
-        write_stage(run_dir / "metrics.json", "pooling", res)
+        with run_lock(run_dir):  # no other synthsae process writes the run meanwhile
+            res = pooling_study(run_dir, tau=tau, widths=[width] if width else None, rules=rules, halves=halves,
+                                refit_steps=steps, device=device, progress=not as_json)
+            write_stage(run_dir / "metrics.json", "pooling", res)
+    else:
+        run_dir, res = _pool_folders(paths, fmt, acts, device, tau, width, rules, halves, steps, as_json)
     _warn_taus(run_dir / "metrics.json")
     if as_json:
         typer.echo(json.dumps(to_json(res), indent=2))
@@ -573,6 +639,32 @@ def pool_cmd(
                   "same against a randomly rotated partner; vs held-out: mean fraction of the other half's single seeds a "
                   "latent is matched in")
     console.print(f"pooled SAEs in {run_dir / 'pooled'}; wrote {run_dir / 'metrics.json'} (key \"pooling\")")
+
+def _pool_folders(paths, fmt, acts, device, tau, width, rules, halves, steps, quiet):
+    """pool on SAE folders: (folder that holds metrics.json and pooled/, pooling result)."""
+    import os
+
+    from synthsae.config import AnalysisConfig
+    from synthsae.loaders import load_stack
+    from synthsae.loaders.analysis import pool_stack, write_pooling
+    from synthsae.metrics.run_analysis import resolve_device
+
+    if device != "auto" and not (device == "cpu" or device.startswith("cuda")):
+        raise UserError(f"--device = {device!r}: must be auto, cpu, cuda or cuda:N")
+    if tau is not None and not -1.0 <= tau <= 1.0:
+        raise UserError(f"--tau = {tau}: must be in [-1, 1]")
+    if acts is None:
+        raise UserError(f"{str(paths[0])!r}: not a run directory (config.toml + seeds/); pooling SAE folders needs --acts "
+                        "(activations to refit and judge the pools on)")
+    folders = _seed_folders(paths, fmt)
+    stack = load_stack(folders, fmt)
+    given = _load_given_acts(acts, stack.sae.d_in)
+    root = Path(os.path.commonpath([str(f.resolve()) for f in folders]))
+    res = pool_stack(stack, given, AnalysisConfig(), root / "pooled", tau=tau, widths=[width] if width else None,
+                     rules=rules, halves=halves, refit_steps=steps, device=resolve_device(device), progress=not quiet)
+    write_pooling(root / "metrics.json", stack, res)
+    return root, res
+
 
 # ----------------------------------------------------------------------------------------------- run / report / compare
 

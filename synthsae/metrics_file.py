@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from synthsae.fileio import merge_json_key
-from synthsae.results import AblationResult, AnalysisResult, PoolingResult
+from synthsae.results import AblationResult, AnalysisResult, PoolingResult, SourcesResult
 from synthsae.serialize import from_json, to_json
 
-STAGES = {"analysis": AnalysisResult, "ablation": AblationResult, "pooling": PoolingResult}
+STAGES = {"analysis": AnalysisResult, "ablation": AblationResult, "pooling": PoolingResult, "sources": SourcesResult}
 
 
 class MetricsError(ValueError):
@@ -28,6 +28,7 @@ class Metrics:
     analysis: AnalysisResult | None = None
     ablation: AblationResult | None = None
     pooling: PoolingResult | None = None
+    sources: SourcesResult | None = None  # SAE folders loaded from other libraries (synthsae.loaders)
 
 
 def write_stage(path: str | Path, key: str, result) -> None:
@@ -54,7 +55,7 @@ def read_metrics(path: str | Path) -> Metrics:
             setattr(out, key, from_json(cls, raw[key], key))
         except (ValueError, TypeError) as e:
             raise MetricsError(f"{path}: {e} (written by another synthsae version? rerun that stage, e.g. "
-                               f"`synthsae {'analyze' if key == 'analysis' else 'ablate' if key == 'ablation' else 'pool'}`)") from None
+                               f"`synthsae {'analyze' if key in ('analysis', 'sources') else 'ablate' if key == 'ablation' else 'pool'}`)") from None
     return out
 
 

@@ -15,7 +15,7 @@ from synthsae import figures
 from synthsae.metrics.run_analysis import LATENTS_FILE
 from synthsae.metrics_file import Metrics, read_metrics
 from synthsae.report_render import Section, Table, fmt, pm, write_report
-from synthsae.results import AblationResult, AnalysisResult, PoolingResult, Spread, Verdict
+from synthsae.results import AblationResult, AnalysisResult, PoolingResult, SourcesResult, Spread, Verdict
 from synthsae.verdicts import all_verdicts
 
 
@@ -273,6 +273,7 @@ def _summary(run_dir: Path, m: Metrics) -> list[str]:
         s = m.analysis.settings
         lines.append(f"{s.seeds} seeds of a {s.variant or '?'} SAE, d_in = {s.d_in}, d_sae = {s.d_sae}; matching {s.match} "
                      f"at tau = {s.tau}; stable >= {s.stable_cutoff}, unstable <= {s.unstable_cutoff}.")
+    lines += sources_lines(m.sources)
     from synthsae.study import tau_warning
 
     if tau_warning(m):
@@ -287,6 +288,28 @@ def _metrics(run_dir: Path) -> Metrics:
     if not mpath.is_file():
         raise FileNotFoundError(f"{mpath}: no metrics.json; run `synthsae analyze {run_dir}` (or `synthsae run`) first")
     return read_metrics(mpath)
+
+
+def sources_lines(src: SourcesResult | None) -> list[str]:
+    """Where loaded SAEs came from (library, version recorded in the files, paths) and what was measured on what."""
+    if src is None or not src.folders:
+        return []
+    lines = [f"SAEs loaded from {len(src.folders)} folders written by {', '.join(src.libraries) or '?'} (one seed per folder):"]
+    for i, f in enumerate(src.folders):
+        det = ", ".join(f"{k} {v}" for k, v in f.details.items())
+        lines.append(f"- seed {i}: {f.path} ({f.format}, {f.library} {f.version or 'version not recorded'}; "
+                     f"{f.architecture} as {f.variant}, d_in {f.d_in}, d_sae {f.d_sae}{'; ' + det if det else ''})")
+    lines.append(f"Firing frequency: {src.frequency_source}.")
+    act = src.activations
+    if act is not None:
+        lines.append(f"Activations: {act.n_tokens} vectors from {act.path}; FVU per seed {', '.join(fmt(v) for v in act.fvu_per_seed)}; "
+                     f"L0 per seed {', '.join(fmt(v, 1) for v in act.l0_per_seed)}.")
+    elif src.ablation_folders:
+        lines.append("No activations given to the latest analysis (weights only); the ablation shown was measured on these "
+                     "folders by an earlier run with --acts.")
+    else:
+        lines.append("No activations given (--acts): weights-only analysis; FVU and ablation not measured.")
+    return lines
 
 
 def build_report(run_dir: str | Path, title: str | None = None) -> tuple[Path, Path]:

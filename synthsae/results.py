@@ -393,6 +393,46 @@ class PoolingResult:
     seconds: float = doc("wall time", 0.0)
 
 
+# ----------------------------------------------------------------------------------------------- provenance
+
+
+@dataclass(kw_only=True)
+class SeedSource:
+    """Where one seed came from: an SAE folder written by a library and loaded by synthsae.loaders."""
+
+    path: str = doc("the folder")
+    format: str = doc("file layout: saelens, sparsify or dictionary_learning")
+    library: str = doc("library that wrote the files (synthsae for our own folders)")
+    version: Optional[str] = doc("that library's version as recorded in the files (null: the files do not record it)", None)
+    architecture: str = doc("architecture as the files name it")
+    variant: str = doc("our variant it was loaded as (same encode / decode)")
+    d_in: int = doc("input dimension")
+    d_sae: int = doc("latents")
+    details: dict[str, str] = doc("format-specific facts from the files (hook name, k, trainer seed ...)", factory=dict)
+
+
+@dataclass(kw_only=True)
+class GivenActivations:
+    """Activations the user gave (--acts) and what the SAEs did on them."""
+
+    path: str = doc("file or folder of safetensors shards")
+    n_tokens: int = doc("activation vectors read")
+    fvu_per_seed: list[Optional[float]] = doc("fraction of variance unexplained (pooled, mean-centred) per seed", factory=list)
+    l0_per_seed: list[Optional[float]] = doc("mean active latents per vector, per seed", factory=list)
+
+
+@dataclass(kw_only=True)
+class SourcesResult:
+    """Provenance of SAEs analysed from folders (metrics.json key 'sources'; absent for our own training runs)."""
+
+    folders: list[SeedSource] = doc("one per seed, in seed order", factory=list)
+    libraries: list[str] = doc("distinct 'library version' strings", factory=list)
+    frequency_source: str = doc("where firing frequencies came from, or 'not measured ...'")
+    activations: Optional[GivenActivations] = doc("activations given with --acts (null: weights-only analysis)", None)
+    ablation_folders: Optional[list[str]] = doc("folders the stored ablation measured (null: no ablation of folders)", None)
+    pooling_folders: Optional[list[str]] = doc("folders the stored pooling study pooled (null: none)", None)
+
+
 # ----------------------------------------------------------------------------------------------- verdicts
 
 

@@ -123,10 +123,11 @@ def json_schema(tp, defs: dict | None = None) -> dict:
 
 def metrics_schema() -> dict:
     """Schema of a run's metrics.json: every stage's typed result under its key (each optional)."""
-    from synthsae.results import AblationResult, AnalysisResult, PoolingResult
+    from synthsae.results import AblationResult, AnalysisResult, PoolingResult, SourcesResult
 
     defs: dict = {}
     props = {key: json_schema(cls, defs) for key, cls in
-             (("analysis", AnalysisResult), ("ablation", AblationResult), ("pooling", PoolingResult))}
+             (("analysis", AnalysisResult), ("ablation", AblationResult), ("pooling", PoolingResult),
+              ("sources", SourcesResult))}
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "synthsae metrics.json",
             "type": "object", "properties": props, "$defs": defs}

@@ -57,20 +57,19 @@ def analyze_run(
 
 
 def analyze_folders(
-    folders: list[str | Path], cfg: AnalysisConfig | None = None, device: str | None = None
+    folders: list[str | Path], cfg: AnalysisConfig | None = None, device: str | None = None, fmt: str | None = None
 ) -> tuple[AnalysisResult, dict[str, Tensor]]:
-    """Analyse several single-SAE folders (SAELens layout), one per seed, without a truth."""
-    from synthsae.io import load_sae_folders
+    """Analyse several single-SAE folders (SAELens, sparsify or dictionary_learning; one per seed), weights only.
+
+    The loaders (synthsae.loaders) detect each folder's format (`fmt` overrides) and give the library's stored
+    frequencies where it keeps them; synthsae.loaders.analysis also measures on given activations."""
+    from synthsae.loaders import load_stack
+    from synthsae.loaders.analysis import analyze_stack
 
     cfg = cfg or AnalysisConfig()
     validate_analysis(cfg)
-    folders = [Path(f) for f in folders]
-    dev = resolve_device(device)
-    sae = load_sae_folders(folders).to(dev)
-    freq, source = _sparsity(folders)
-    res, per = analyze_with_latents(sae.W_dec.detach(), sae.W_enc.detach(), freq, None, cfg, dev, source)
-    res.settings.folders = [str(f) for f in folders]
-    return res, per
+    out = analyze_stack(load_stack([Path(f) for f in folders], fmt), cfg, resolve_device(device))
+    return out.analysis, out.per_latent
 
 
 def _sparsity(folders: list[Path]) -> tuple[Tensor | None, str | None]:
