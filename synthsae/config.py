@@ -221,7 +221,7 @@ def preset(name: str) -> RunConfig:
 
 # ----------------------------------------------------------------------------------------------- validation
 
-KNOWN_DTYPES = ("float32", "float64", "bfloat16", "float16")
+KNOWN_DTYPES = ("float32", "float64", "bfloat16", "float16", "tf32")
 SUBSPACE_FREQUENCIES = ("spread", "frequent", "rare")
 MATCH_RULES = ("maxcos", "hungarian", "strict")
 

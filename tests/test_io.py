@@ -161,7 +161,7 @@ def test_corrupted_checkpoint_cannot_resume(tmp_path):
     cfg.train.checkpoint_every = 10
     out = tmp_path / "r"
     train_run(cfg, out, progress=False, stop_after=10)
-    ck = out / "checkpoint" / "state.pt"
+    ck = out / "checkpoint" / "step_10" / "seed_1.pt"
     assert ck.is_file()
     ck.write_bytes(b"junk")
     res = CliRunner().invoke(app, ["train", "--out", str(out), "--resume", "--quiet"])  # the resume hint: its own config

@@ -13,7 +13,7 @@ from synthsae.config import SAEConfig, TrainConfig, preset
 from synthsae.io import load_run
 from synthsae.sae import build_sae, register_variant
 from synthsae.sae.base import SAE, SAEOutput, batch_scale
-from synthsae.train import TrainingDiverged, lr_at, pick_device, train_run, train_steps
+from synthsae.train import TrainingDiverged, checkpoint_step, lr_at, pick_device, seed_checkpoint, train_run, train_steps
 from synthsae.truth import build_truth, make_generator, sample
 
 from conftest import SHIPPED
@@ -77,7 +77,8 @@ def test_resume_after_interruption_is_bit_identical(tmp_path, variant):
     cfg.train.dead_window_tokens = 256 * 3  # so AuxK and dead tracking are part of the resumed state
     full = train_run(cfg, tmp_path / "full", progress=False)
     part = train_run(cfg, tmp_path / "part", progress=False, stop_after=22)
-    assert (tmp_path / "part" / "checkpoint" / "state.pt").is_file() and not (tmp_path / "part" / "train.json").exists()
+    assert checkpoint_step(tmp_path / "part") == 22 and not (tmp_path / "part" / "train.json").exists()
+    assert sorted(p.name for p in (tmp_path / "part" / "checkpoint").iterdir()) == ["latest.json", "step_22"]
     resumed = train_run(cfg, tmp_path / "part", resume=True, progress=False)
     assert part is not resumed
     for k, v in full.state_dict().items():
@@ -117,8 +118,10 @@ def test_nan_stops_training_and_keeps_last_good_checkpoint(tmp_path, monkeypatch
     with pytest.raises(TrainingDiverged, match="step 25") as err:
         train_run(cfg, tmp_path / "r", progress=False)
     assert "\n" not in str(err.value)
-    blob = torch.load(tmp_path / "r" / "checkpoint" / "state.pt", weights_only=True)
-    assert blob["step"] == 20 and all(torch.isfinite(v).all() for v in blob["model"].values())
+    assert checkpoint_step(tmp_path / "r") == 20
+    for k in range(2):
+        blob = torch.load(seed_checkpoint(tmp_path / "r", 20, k), weights_only=True)
+        assert blob["step"] == 20 and all(torch.isfinite(v).all() for v in blob["model"].values())
 
 
 def test_freeze_decoder_refits_encoder_only():

@@ -22,6 +22,12 @@ from synthsae.config import SAEConfig
 _SKIP_INIT: contextvars.ContextVar[bool] = contextvars.ContextVar("synthsae_skip_init", default=False)
 
 
+def cheap_sync(device: torch.device | str) -> bool:
+    """Whether reading a tensor's value on the host is free here: yes on the CPU; on CUDA it stalls the queue, so the
+    training step does without (divergence flags and AuxK are then handled without reading values per step)."""
+    return torch.device(device).type == "cpu"
+
+
 @dataclass
 class SAEOutput:
     """What one training forward pass returns (per-seed values have shape [S])."""
@@ -83,6 +89,9 @@ class SAE(nn.Module):
         self.b_enc = nn.Parameter(torch.zeros(S, m, **kw))
         self.W_dec = nn.Parameter(torch.empty(S, m, d, **kw))
         self.b_dec = nn.Parameter(torch.zeros(S, d, **kw))
+        # precision of the dense encoder forward that only *selects* latents (TopK family): None = parameter dtype;
+        # torch.bfloat16 / torch.float16 = that dtype; "tf32" = float32 with TF32 matmuls (CUDA). See train.DTYPES.
+        self.select_precision: torch.dtype | str | None = None
         if not _SKIP_INIT.get():
             self.reset_parameters()
 
@@ -135,6 +144,24 @@ class SAE(nn.Module):
         if out is not None:
             return torch.baddbmm(bias.unsqueeze(1), xs, self.W_enc, out=out)
         return torch.baddbmm(bias.unsqueeze(1), xs, self.W_enc)
+
+    def selection_pre_acts(self, x: Tensor, bias: Tensor) -> tuple[Float[Tensor, "S B m"], bool]:
+        """Dense pre-activations used to pick latents (no grad, reused buffer); True when they are exact, False when
+        computed at lower precision (callers then recompute the selected values in the parameter dtype)."""
+        S, B, m = self.n_seeds, x.shape[-2], self.d_sae
+        prec = self.select_precision
+        if prec is None or prec == self.dtype:
+            return self.pre_acts(x, bias, out=self.scratch("pre", (S, B, m), self.dtype)), True
+        if prec == "tf32":
+            old = torch.backends.cuda.matmul.allow_tf32
+            torch.backends.cuda.matmul.allow_tf32 = True
+            try:
+                return self.pre_acts(x, bias, out=self.scratch("pre", (S, B, m), self.dtype)), self.device.type != "cuda"
+            finally:
+                torch.backends.cuda.matmul.allow_tf32 = old
+        xs = as_seed_batch(x, S).to(prec)
+        out = self.scratch("pre_lowp", (S, B, m), prec)
+        return torch.baddbmm(bias.to(prec).unsqueeze(1), xs, self.W_enc.detach().to(prec), out=out), False
 
     def scratch(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
         """A reused work buffer (not state): fresh large temporaries cost page faults every step."""

@@ -39,11 +39,16 @@ class SparseCode:
         """(permutation sorting entries by latent, stable in row order; offsets of each latent's run)."""
         if self._by_col is None:
             perm = torch.sort(self.cols, stable=True).indices
-            counts = torch.bincount(self.cols, minlength=self.n_cols)
+            counts = _counts(self.cols, self.n_cols)
             offs = torch.zeros(self.n_cols, dtype=torch.long, device=self.cols.device)
             offs[1:] = torch.cumsum(counts, 0)[:-1]
             self._by_col = (perm, offs)
         return self._by_col
+
+
+def _counts(idx: Int[Tensor, " nnz"], n: int) -> Int[Tensor, " n"]:
+    """bincount with a known length, by scatter-add: bincount reads the max on the host (a sync on CUDA)."""
+    return torch.zeros(n, dtype=torch.long, device=idx.device).index_add_(0, idx, torch.ones_like(idx))
 
 
 def code_from_topk(idx: Int[Tensor, "S B k"], m: int) -> SparseCode:
@@ -60,7 +65,7 @@ def code_from_rows_cols(rows: Int[Tensor, " nnz"], cols: Int[Tensor, " nnz"], n_
     """A code from unsorted entries; also returns the permutation that sorted them by row (stable)."""
     perm = torch.sort(rows, stable=True).indices
     rows, cols = rows[perm], cols[perm]
-    counts = torch.bincount(rows, minlength=n_rows)
+    counts = _counts(rows, n_rows)
     offsets = torch.zeros(n_rows, dtype=torch.long, device=rows.device)
     offsets[1:] = torch.cumsum(counts, 0)[:-1]
     return SparseCode(rows=rows, cols=cols, offsets=offsets, n_rows=n_rows, n_cols=n_cols), perm

@@ -13,9 +13,10 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
+from synthsae.sae import base as _base
 from synthsae.sae import register_variant
 from synthsae.sae.base import SAE, SAEOutput, as_seed_batch, batch_fvu
-from synthsae.sae.sparse import SparseCode, code_from_rows_cols, code_from_topk, gather_pre, sparse_decode
+from synthsae.sae.sparse import SparseCode, _rowwise_dots, code_from_rows_cols, code_from_topk, gather_pre, sparse_decode
 
 
 @register_variant("topk")
@@ -45,6 +46,16 @@ class TopKSAE(SAE):
         vals, idx = torch.topk(pre, self.cfg.k, dim=-1, sorted=False)
         return code_from_topk(idx, pre.shape[2]), vals.reshape(-1)
 
+    @torch.no_grad()
+    def exact_pre(self, x: Tensor, code: SparseCode, bias: Tensor) -> Float[Tensor, " nnz"]:
+        """The selected pre-activations recomputed in the parameter dtype, O(nnz * d): after a low-precision
+        selection matmul only the choice of latents is approximate, never the values that train."""
+        S, m, d = self.n_seeds, self.d_sae, self.d_in
+        B = x.shape[-2]
+        xs = as_seed_batch(x, S).reshape(S * B, d).to(self.dtype)
+        w_t = self.W_enc.detach().transpose(1, 2).reshape(S * m, d)
+        return _rowwise_dots(xs, code.rows, w_t, code.cols, code.per_row) + bias.detach().reshape(-1)[code.cols]
+
     def decode_code(self, code: SparseCode, vals: Tensor, S: int, B: int) -> Float[Tensor, "S B d"]:
         return sparse_decode(vals, self.W_dec, code).view(S, B, self.d_in) + self.b_dec.unsqueeze(1)
 
@@ -53,11 +64,13 @@ class TopKSAE(SAE):
         B = x.shape[-2]
         bias = self.bias_eff()
         with torch.no_grad():
-            pre = self.pre_acts(x, bias.detach(), out=self.scratch("pre", (S, B, m), self.dtype))
+            pre, exact = self.selection_pre_acts(x, bias.detach())
             code, pre_sel = self.select(pre)
+            if not exact:
+                pre_sel = self.exact_pre(x, code, bias)
         vals = torch.relu(gather_pre(pre_sel, self.W_enc, bias, x, code))
         x_hat = self.decode_code(code, vals, S, B)
-        aux = self.aux_loss(x, x_hat, pre, bias, dead)
+        aux = self.aux_loss(x, x_hat, pre, bias, dead, exact)
         del pre
         return self.sparse_output(x, x_hat, code, vals, aux, S, B)
 
@@ -67,8 +80,8 @@ class TopKSAE(SAE):
         with torch.no_grad():
             nz = vals > 0
             l0 = torch.zeros(S, dtype=vals.dtype, device=vals.device).index_add_(0, code.rows // B, nz.to(vals.dtype)) / B
-            fired = torch.zeros(S * self.d_sae, dtype=torch.bool, device=vals.device)
-            fired[code.cols[nz]] = True
+            # count, not a boolean index: no nonzero() (a host sync on CUDA)
+            fired = torch.zeros(S * self.d_sae, dtype=torch.int32, device=vals.device).index_add_(0, code.cols, nz.int()) > 0
         fvu = batch_fvu(x, x_hat)
         recon = fvu if recon is None else recon
         aux = torch.zeros_like(recon) if aux is None else aux
@@ -76,18 +89,25 @@ class TopKSAE(SAE):
         return SAEOutput(x_hat=x_hat, loss=losses.sum(), losses=losses, recon=recon, aux=aux, l0=l0,
                          fvu=fvu.detach(), fired=fired.view(S, self.d_sae))
 
-    def aux_loss(self, x: Tensor, x_hat: Tensor, pre: Tensor, bias: Tensor, dead: Tensor | None) -> Tensor | None:
-        """AuxK: the top aux_k dead latents reconstruct the residual; 0 for seeds without dead latents."""
+    def aux_loss(self, x: Tensor, x_hat: Tensor, pre: Tensor, bias: Tensor, dead: Tensor | None,
+                 exact: bool = True) -> Tensor | None:
+        """AuxK: the top aux_k dead latents reconstruct the residual; 0 for seeds without dead latents.
+
+        On the CPU it is skipped when no latent is dead (a free check); on CUDA it always runs (no host sync): with
+        no dead latent it adds exactly 0 to the loss and its gradient is 0, so the result is the same."""
         cfg = self.cfg
-        if dead is None or cfg.aux_k <= 0 or cfg.aux_coeff <= 0 or not bool(dead.any()):
+        if dead is None or cfg.aux_k <= 0 or cfg.aux_coeff <= 0:
+            return None
+        if _base.cheap_sync(dead.device) and not bool(dead.any()):
             return None
         S, B, m = pre.shape
         with torch.no_grad():
             masked = pre.masked_fill(~dead.unsqueeze(1), float("-inf"))
             a_vals, a_idx = torch.topk(masked, min(cfg.aux_k, m), dim=-1, sorted=False)
             valid = torch.isfinite(a_vals).reshape(-1)
-            a_pre = torch.where(valid, a_vals.reshape(-1), torch.zeros((), dtype=pre.dtype, device=pre.device))
             code = code_from_topk(a_idx, m)
+            sel = a_vals.reshape(-1) if exact else self.exact_pre(x, code, bias)
+            a_pre = torch.where(valid, sel.to(self.dtype), torch.zeros((), dtype=self.dtype, device=pre.device))
         a_vals = torch.relu(gather_pre(a_pre, self.W_enc, bias, x, code)) * valid
         e = (as_seed_batch(x, S) - x_hat).detach()
         e_hat = sparse_decode(a_vals, self.W_dec, code).view(S, B, self.d_in)
@@ -185,8 +205,10 @@ class MatryoshkaSAE(BatchTopKSAE):
         B = x.shape[-2]
         bias = self.bias_eff()
         with torch.no_grad():
-            pre = self.pre_acts(x, bias.detach(), out=self.scratch("pre", (S, B, m), self.dtype))
+            pre, exact = self.selection_pre_acts(x, bias.detach())
             code, pre_sel = self.select(pre)
+            if not exact:
+                pre_sel = self.exact_pre(x, code, bias)
             bounds = torch.tensor(self.prefixes(), device=x.device)
             band = torch.bucketize(code.cols % m, bounds, right=True)  # latent j < prefixes[i] -> band <= i
             n_bands = len(bounds)
