@@ -62,6 +62,8 @@ def user_errors(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from synthsae import distributed
+
         try:
             return fn(*args, **kwargs)
         except (ConfigError, UserError, BadFileError, MetricsError, OSError) as exc:
@@ -71,6 +73,11 @@ def user_errors(fn: Callable) -> Callable:
                 msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             typer.echo(f"error: {msg}", err=True)  # plain echo: rich would wrap a long line
             raise typer.Exit(code=2) from None
+        except distributed.PeerLost as exc:  # torchrun: another rank died; this one stops with one line
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(code=1) from None
+        finally:
+            distributed.teardown()
 
     return wrapper
 
@@ -229,7 +236,7 @@ def apply_train_flags(cfg: RunConfig, **flags) -> RunConfig:
     from synthsae.config import validate_sae, validate_train
 
     section_of = {"variant": "sae", "d_sae": "sae", "k": "sae", "seeds": "train", "steps": "train", "batch_size": "train",
-                  "lr": "train", "device": "train", "vary_data": "train", "data_seed": "train"}
+                  "lr": "train", "device": "train", "vary_data": "train", "data_seed": "train", "dtype": "train"}
     for name, value in flags.items():
         if value is None or (name == "vary_data" and value is False):
             continue
@@ -260,6 +267,8 @@ def train(
     data_seed: Optional[int] = typer.Option(None, "--data-seed", help="seed of the data stream"),
     vary_data: bool = typer.Option(False, "--vary-data", help="give seed s its own data stream (data_seed + s)"),
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N"),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="float32; bfloat16, float16 or tf32 = low-precision "
+                                        "encoder matmul, float32 weights and optimizer; float64"),
     resume: bool = typer.Option(False, "--resume", help="continue an interrupted run from its checkpoint, with its own config.toml"),
     force: bool = typer.Option(False, "--force", help="overwrite a finished (or unfinished) run in --out"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
@@ -275,14 +284,19 @@ def train(
         raise UserError("--resume and --force are exclusive: resume keeps the run, force starts it over")
     check_writable_dir(out, "--out")
     cfg = run_config(out, resume, preset_name, config_file, variant=variant, seeds=seeds, d_sae=d_sae, k=k,
-                     steps=steps, batch_size=batch_size, lr=lr, device=device, vary_data=vary_data, data_seed=data_seed)
+                     steps=steps, batch_size=batch_size, lr=lr, device=device, vary_data=vary_data, data_seed=data_seed,
+                     dtype=dtype)
     try:
         train_run(cfg, out, resume=resume, force=force, progress=not quiet)
     except TrainingDiverged as exc:
         diverged_exit(exc, "train", out)
     except KeyboardInterrupt:
         interrupted_exit("train", out)
+    from synthsae import distributed
     from synthsae.train import load_train_summary
+
+    if not distributed.current().is_main:  # torchrun: rank 0 reports for the run
+        return
 
     summary = load_train_summary(out)
     ev = summary["eval"]
@@ -683,6 +697,7 @@ def run(
     lr: Optional[float] = typer.Option(None, "--lr", help="peak learning rate " + preset_defaults("train", "lr")),
     out: Optional[Path] = typer.Option(None, "--out", help="run folder (default: runs/<preset>-<variant>)"),
     device: Optional[str] = typer.Option(None, "--device", help="auto (CUDA if available), cpu, cuda, cuda:N (default: auto)"),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="training precision (see `synthsae train --help`)"),
     resume: bool = typer.Option(False, "--resume", help="finish an interrupted run with its own config.toml (skips stages already done)"),
     force: bool = typer.Option(False, "--force", help="overwrite an existing run (only a folder holding a synthsae run)"),
     allow_missing_seeds: bool = typer.Option(False, "--allow-missing-seeds", help="analyse a run whose seeds/seed_<k> folders are partly missing"),
@@ -698,7 +713,7 @@ def run(
     if out is not None:
         check_writable_dir(out, "--out")
     cfg = run_config(out, resume, preset_name, config_file, variant=variant, seeds=seeds, d_sae=d_sae, k=k,
-                     steps=steps, batch_size=batch_size, lr=lr, device=device)
+                     steps=steps, batch_size=batch_size, lr=lr, device=device, dtype=dtype)
     if cfg.train.seeds < 2:
         raise UserError(f"--seeds = {cfg.train.seeds}: the study compares seeds, so it needs at least 2")
     out = out or Path("runs") / f"{cfg.preset}-{cfg.sae.variant}"
@@ -711,6 +726,10 @@ def run(
         diverged_exit(exc, "run", out)
     except KeyboardInterrupt:
         interrupted_exit("run", out)
+    from synthsae import distributed
+
+    if not distributed.current().is_main:  # torchrun: rank 0 finishes the study and reports
+        return
     print_verdicts(out)
     took = ", ".join(f"{k} {v:.0f}s" for k, v in res.seconds.items())
     console.print(f"report: {out / 'report.html'} (and report.md); stage times: {took}", highlight=False)

@@ -72,7 +72,24 @@ def setup(device: torch.device) -> Dist:
     else:
         backend = "gloo"
     dist.init_process_group(backend=backend, timeout=timeout)
+    _stop_on_sigterm()
     return Dist(dist.get_rank(), dist.get_world_size(), d.local_rank)
+
+
+def _stop_on_sigterm() -> None:
+    """torchrun stops the surviving ranks with SIGTERM when one fails: turn that into PeerLost (one line, exit 1)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def on_term(signum, frame):  # noqa: ARG001
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+        raise PeerLost(f"rank {current().rank}: stopped by the launcher (SIGTERM: another rank failed or the run was "
+                       "cancelled); rerun the same command with --resume (any number of processes) to finish the run")
+
+    signal.signal(signal.SIGTERM, on_term)
 
 
 def rank_device(device: torch.device, d: Dist) -> torch.device:
@@ -105,7 +122,8 @@ def shard(n: int, rank: int, world: int) -> list[int]:
 
 def _lost(where: str, exc: BaseException) -> PeerLost:
     first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return PeerLost(f"rank {current().rank}: another rank stopped ({where}: {first[:160]}); "
+    first = first.split("] ", 1)[-1].split(". ")[0][:120]  # gloo: drop the source path, keep the first sentence
+    return PeerLost(f"rank {current().rank}: another rank stopped ({where}: {first}); "
                     "rerun the same command with --resume (any number of processes) to finish the run")
 
 

@@ -62,15 +62,18 @@ def run_study(cfg: RunConfig, out: str | Path, *, resume: bool = False, force: b
     Only one process writes a run at a time (rundir.run_lock).
     """
 
+    from synthsae import distributed
     from synthsae.memory import check_run_fits
     from synthsae.rundir import run_lock
     from synthsae.train import pick_device
 
     validate(cfg)
     out = Path(out)
+    dd = distributed.setup(pick_device(device or cfg.train.device))  # torchrun: join the ranks first
     check_target(out, resume, force)
     check_run_fits(cfg, str(pick_device(device or cfg.train.device)))  # before anything is written
-    with run_lock(out):
+    distributed.barrier("checked")  # no rank sees the folder rank 0's lock creates
+    with run_lock(out) if dd.is_main else contextlib.nullcontext():  # rank 0 holds the run's lock
         return _run_locked(cfg, out, resume=resume, force=force, device=device, progress=progress, log=log,
                            allow_missing_seeds=allow_missing_seeds)
 
@@ -83,21 +86,28 @@ def _run_locked(cfg: RunConfig, out: Path, *, resume: bool, force: bool, device:
     from synthsae.metrics.run_analysis import analyze_run, write_analysis
     from synthsae.pooling import pooling_study
     from synthsae.report import build_report
-    from synthsae.train import train_run
+    from synthsae import distributed
+    from synthsae.train import pick_device, train_run
 
-    configure_threads(cfg.train.batch_size, cfg.truth.d, cfg.sae.d_sae, device or cfg.train.device)
-    if force:
-        _clear_outputs(out)
-    seconds: dict[str, float] = {}
+    dd = distributed.current()
+    if not dd.is_main:
+        log, progress = (lambda _msg: None), False
     mpath = out / "metrics.json"
     if resume and mpath.is_file():
         read_metrics(mpath)  # a corrupt metrics.json is named now, not after the stages before it ran
+    saved = {k for k in ("analysis", "ablation", "pooling") if resume and stage_done(mpath, k)}  # before any rank writes
+    trained = resume and (out / "train.json").is_file()
+    distributed.barrier("start")  # every rank has read the folder's state before rank 0 changes it
+    configure_threads(cfg.train.batch_size, cfg.truth.d, cfg.sae.d_sae, device or cfg.train.device)
+    if force and dd.is_main:
+        _clear_outputs(out)
+    seconds: dict[str, float] = {}
 
     def done(key: str) -> bool:
-        return resume and stage_done(mpath, key)
+        return key in saved
 
     t0 = time.perf_counter()
-    if not (resume and (out / "train.json").is_file()):
+    if not trained:
         log(f"[1/5] training {cfg.train.seeds} seeds of {cfg.sae.variant} (d_sae {cfg.sae.d_sae}, k {cfg.sae.k}, "
             f"{cfg.train.steps} steps) -> {out}")
         train_run(cfg, out, resume=resume, force=force, progress=progress)
@@ -107,13 +117,19 @@ def _run_locked(cfg: RunConfig, out: Path, *, resume: bool, force: bool, device:
     missing = check_seed_folders(out, allow_missing=allow_missing_seeds)
     if missing:
         log(f"warning: seed folders missing, going on without them: {', '.join(missing)}")
+    if dd.active and pick_device(dev).type == "cuda":
+        dev = str(distributed.rank_device(pick_device(dev), dd))
     latents = None
     if not done("analysis"):
         log("[2/5] analysing stability, truth recovery and subspaces")
         t = time.perf_counter()
-        res, latents = analyze_run(out, device=dev)
-        write_analysis(mpath, res, latents)
+        with distributed.sharing_pairs():  # the seed pairs of the stability scores are split over the ranks
+            res, latents = analyze_run(out, device=dev)
+        if dd.is_main:
+            write_analysis(mpath, res, latents)
         seconds["analysis"] = time.perf_counter() - t
+    if not dd.is_main:  # ablation, pooling and the report run on rank 0 alone
+        return StudyResult(out, {}, seconds)
 
     run_cfg, sae, truth = load_run(out, device="cpu" if dev == "auto" else dev)
     if not done("ablation"):

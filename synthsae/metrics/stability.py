@@ -26,7 +26,11 @@ def pair_scores(
 
     maxcos: best signed cosine; hungarian: cosine to the one-to-one partner; strict: min(dec, enc) cosine
     where the decoder and encoder Hungarian assignments agree, else 0 (see matching.strict_match).
+    Inside `distributed.sharing_pairs()` under torchrun the unordered seed pairs are dealt round-robin to the
+    ranks and summed back (every entry comes from exactly one rank), so each rank gets the full table.
     """
+    from synthsae import distributed
+
     if rule not in RULES:
         raise ValueError(f"match rule {rule!r}: must be one of {', '.join(RULES)}")
     if rule == "strict" and enc is None:
@@ -37,21 +41,32 @@ def pair_scores(
     E = unit_rows(enc.to(dev, torch.float32).transpose(1, 2)) if enc is not None else None
     scores = torch.full((S, S, m), float("nan"))
     partner = torch.full((S, S, m), -1, dtype=torch.long)
-    for a in range(S):
-        for b in range(a + 1, S):
-            if rule == "maxcos":
-                va, ia, vb, ib = maxcos_both(D[a], D[b], chunk)
-                scores[a, b], partner[a, b], scores[b, a], partner[b, a] = va.cpu(), ia.cpu(), vb.cpu(), ib.cpu()
-                continue
-            if rule == "hungarian":
-                p, s = hungarian(D[a], D[b])
-            else:
-                p, s = strict_match(D[a], D[b], E[a], E[b])
-            p, s = p.cpu(), s.cpu().float()
-            scores[a, b], partner[a, b] = s, p
-            ok = p >= 0  # the same assignment read from b's side
-            partner[b, a, p[ok]] = torch.nonzero(ok).squeeze(1)
-            scores[b, a, p[ok]] = s[ok]
+    share = distributed.pair_share()
+    pairs = [(a, b) for a in range(S) for b in range(a + 1, S)]
+    if share is not None:
+        pairs = pairs[share.rank :: share.world]
+    for a, b in pairs:
+        if rule == "maxcos":
+            va, ia, vb, ib = maxcos_both(D[a], D[b], chunk)
+            scores[a, b], partner[a, b], scores[b, a], partner[b, a] = va.cpu(), ia.cpu(), vb.cpu(), ib.cpu()
+            continue
+        if rule == "hungarian":
+            p, s = hungarian(D[a], D[b])
+        else:
+            p, s = strict_match(D[a], D[b], E[a], E[b])
+        p, s = p.cpu(), s.cpu().float()
+        scores[a, b], partner[a, b] = s, p
+        ok = p >= 0  # the same assignment read from b's side
+        partner[b, a, p[ok]] = torch.nonzero(ok).squeeze(1)
+        scores[b, a, p[ok]] = s[ok]
+    if share is not None:
+        own = torch.zeros(S, S, dtype=torch.bool)
+        for a, b in pairs:
+            own[a, b] = own[b, a] = True
+        scores = distributed.all_sum(torch.where(own[:, :, None], scores, 0.0), "pair scores")  # nan + 0 = nan: kept
+        partner = distributed.all_sum(torch.where(own[:, :, None], partner, 0), "pair partners")
+        eye = torch.eye(S, dtype=torch.bool)
+        scores[eye], partner[eye] = float("nan"), -1
     return scores, partner
 
 
