@@ -2,6 +2,10 @@
 against a dense-matmul ceiling measured in the same process (so ratios hold on a noisy shared machine).
 
     python benchmarks/train_throughput.py [--quick] [--variants topk,batchtopk] [--seeds 1,4,8] [--json out.json]
+    python benchmarks/train_throughput.py --device cuda [--dtype bfloat16|tf32]    # on a GPU: same ratios
+
+On CUDA every timing is bracketed by torch.cuda.synchronize, the ceiling is the same [B, d] x [d, m] matmul in the
+dtype the selection matmul uses (bfloat16 / TF32 / float32), and the step runs with train.dtype = --dtype.
 
 Bound: the TopK floor is the dense encoder forward, 2 * d * d_sae FLOPs per token and seed; at the measured
 matmul ceiling C (FLOP/s) that is C / (2 d d_sae) tokens/s per seed. "fraction of bound" = measured tokens/s
@@ -26,32 +30,51 @@ from synthsae.sae import build_sae
 from synthsae.train import train_steps
 
 
-def matmul_ceiling(B: int, d: int, m: int, reps: int) -> float:
-    """FLOP/s of the encoder-shaped matmul [B, d] @ [d, m] into a reused output buffer (best of reps)."""
-    x, w = torch.randn(B, d), torch.randn(d, m)
-    out = torch.empty(B, m)
-    torch.mm(x, w, out=out)
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_ceiling(B: int, d: int, m: int, reps: int, device: torch.device = torch.device("cpu"),
+                   dtype: str = "float32") -> float:
+    """FLOP/s of the encoder-shaped matmul [B, d] @ [d, m] into a reused output buffer (best of reps), in the
+    precision the training step's selection matmul uses."""
+    mm_dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}.get(dtype, torch.float32)
+    x, w = torch.randn(B, d, device=device, dtype=mm_dtype), torch.randn(d, m, device=device, dtype=mm_dtype)
+    out = torch.empty(B, m, device=device, dtype=mm_dtype)
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = dtype == "tf32"
+    try:
         torch.mm(x, w, out=out)
-        best = min(best, time.perf_counter() - t)
+        best = float("inf")
+        for _ in range(reps):
+            sync(device)
+            t = time.perf_counter()
+            torch.mm(x, w, out=out)
+            sync(device)
+            best = min(best, time.perf_counter() - t)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
     return 2 * B * d * m / best
 
 
-def time_training(variant: str, seeds: list[int], B: int, d: int, m: int, k: int, steps: int, warmup: int) -> float:
-    """Seconds per step (best of `steps` single-step timings after `warmup` steps) of one batched SAE over `seeds`."""
-    cfg = SAEConfig(variant=variant, d_sae=m, k=k)
-    tcfg = TrainConfig(seeds=len(seeds), steps=10**6, batch_size=B, lr=1e-4, warmup_steps=0)
-    sae = build_sae(cfg, d, seeds)
-    x = torch.randn(B, d)
-    from synthsae.train import new_state
+def time_training(variant: str, seeds: list[int], B: int, d: int, m: int, k: int, steps: int, warmup: int,
+                  device: torch.device = torch.device("cpu"), dtype: str = "float32") -> float:
+    """Seconds per step (median of `steps` single-step timings after `warmup` steps) of one batched SAE over `seeds`."""
+    from synthsae.train import PARAM_DTYPE, new_state, set_precision
 
+    cfg = SAEConfig(variant=variant, d_sae=m, k=k)
+    tcfg = TrainConfig(seeds=len(seeds), steps=10**6, batch_size=B, lr=1e-4, warmup_steps=0, dtype=dtype)
+    sae = build_sae(cfg, d, seeds, device=device, dtype=PARAM_DTYPE.get(dtype, torch.float32))
+    set_precision(sae, dtype)
+    x = torch.randn(B, d, device=device, dtype=sae.dtype)
     state = new_state(sae, tcfg)
     times = []
     for i in range(warmup + steps):
+        sync(device)
         t = time.perf_counter()
         train_steps(sae, iter([x]), state.step + 1, tcfg, progress=False, state=state, log_every=10**9)
+        sync(device)
         if i >= warmup:
             times.append(time.perf_counter() - t)
     times.sort()
@@ -68,26 +91,34 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=32)
     ap.add_argument("--batch", type=int, default=4096)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (cuda:N)")
+    ap.add_argument("--dtype", default="float32", help="train.dtype: float32, bfloat16, float16, tf32")
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args()
+    dev = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     S_list = [int(s) for s in (args.seeds or ("1,4" if args.quick else "1,4,8")).split(",")]
     steps, warmup = (3, 1) if args.quick else (6, 2)
+    if dev.type == "cuda":
+        steps, warmup = steps * 5, warmup * 5  # GPU steps are short: more of them for a stable median
     d, m, k, B = args.d, args.d_sae, args.k, args.batch
 
-    ceiling = matmul_ceiling(B, d, m, reps=5 if args.quick else 10)
+    ceiling = matmul_ceiling(B, d, m, reps=5 if args.quick else 10, device=dev, dtype=args.dtype)
     bound = ceiling / (2 * d * m)  # tokens/s per seed if a step cost only the encoder forward
     load = os.getloadavg()[0]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {load:.1f}; d={d} d_sae={m} k={k} "
-          f"batch={B} float32")
+    where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"{torch.get_num_threads()} threads"
+    print(f"torch {torch.__version__}, {where}, load average {load:.1f}; d={d} d_sae={m} k={k} batch={B} "
+          f"dtype {args.dtype}")
     print(f"dense matmul ceiling {ceiling / 1e9:.1f} GFLOP/s -> encoder-forward bound {bound:,.0f} tokens/s per seed")
     rows = []
     for variant in args.variants.split(","):
-        one = time_training(variant, [0], B, d, m, k, steps, warmup)  # a single seed, also the sequential unit
+        run = dict(device=dev, dtype=args.dtype)
+        one = time_training(variant, [0], B, d, m, k, steps, warmup, **run)  # a single seed, also the sequential unit
         for S in S_list:
-            batched = one if S == 1 else time_training(variant, list(range(S)), B, d, m, k, steps, warmup)
-            seq = sum(time_training(variant, [s], B, d, m, k, max(2, steps // 2), 1) for s in range(S)) if S > 1 else one
+            batched = one if S == 1 else time_training(variant, list(range(S)), B, d, m, k, steps, warmup, **run)
+            seq = (sum(time_training(variant, [s], B, d, m, k, max(2, steps // 2), 1, **run) for s in range(S))
+                   if S > 1 else one)
             tps = B * S / batched
             row = {
                 "variant": variant, "S": S, "step_s": batched, "tokens_x_seeds_per_s": tps,
@@ -101,6 +132,7 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"ceiling_flops": ceiling, "bound_tokens_per_s": bound, "load_average": load,
+                       "device": str(dev), "dtype": args.dtype,
                        "threads": torch.get_num_threads(), "rows": rows}, f, indent=2)
 
 
