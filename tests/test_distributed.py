@@ -246,3 +246,45 @@ def test_bfloat16_keeps_float32_weights_and_exact_selected_values():
     assert all(v.dtype == torch.float32 for st in state.optimizer.state.values() for k, v in st.items() if k != "step")
     torch.testing.assert_close(sae.W_dec.norm(dim=2), torch.ones(2, sae.d_sae), rtol=0, atol=1e-5)
     assert max(stats.fvu) < 0.9  # it learns
+
+
+# ----------------------------------------------------------------------------------------------- CPU speed paths
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=40, deadline=None)
+@given(rows=st.integers(1, 9), blocks=st.integers(4, 40), k=st.integers(1, 10), seed=st.integers(0, 10**6),
+       dead_share=st.sampled_from([0.0, 0.5, 0.97]))
+def test_fast_topk_is_torch_topk(rows, blocks, k, seed, dead_share):
+    """Block-maxima top-k selects exactly torch.topk's entries (distinct values), also with -inf masks (AuxK)."""
+    from synthsae.sae.sparse import TOPK_BLOCK, fast_topk
+
+    m = blocks * TOPK_BLOCK
+    k = min(k, max(1, blocks // 4))
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, rows, m, generator=g)
+    finite = torch.rand(2, 1, m, generator=g) >= dead_share
+    x = x.masked_fill(~finite, float("-inf"))
+    v, i = fast_topk(x, k)
+    rv, ri = torch.topk(x, k, dim=-1, sorted=False)
+    assert torch.equal(v.sort(-1).values, rv.sort(-1).values)
+    ok = torch.isfinite(rv.sort(-1).values)  # among -inf ties any index is a valid answer
+    assert torch.equal(torch.gather(x, 2, i), v)
+    assert torch.equal(i.sort(-1).values[ok], ri.sort(-1).values[ok]) or not bool(ok.all())
+
+
+def test_entry_dots_match_the_embedding_bag_kernel():
+    from synthsae.sae.sparse import _PSW_BACKWARD, _entry_dots, _rowwise_dots, code_from_topk
+
+    g = torch.Generator().manual_seed(3)
+    S, B, m, d, k = 2, 64, 96, 16, 5
+    idx = torch.stack([torch.randperm(m, generator=g)[:k] for _ in range(S * B)]).view(S, B, k)
+    code = code_from_topk(idx, m)
+    grad, W = torch.randn(S * B, d, generator=g), torch.randn(S * m, d, generator=g)
+    got = _entry_dots(grad, W, code)
+    want = _rowwise_dots(grad, code.rows, W, code.cols, code.per_row)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got, (grad[code.rows] * W[code.cols]).sum(1), rtol=1e-5, atol=1e-5)
+    assert _PSW_BACKWARD is None or got.shape == (S * B * k,)

@@ -58,10 +58,29 @@ def centred_sq(x: Tensor) -> Tensor:
         return torch.linalg.vector_norm(x - x.mean(dim=-2, keepdim=True), dim=dims).pow(2).clamp_min(1e-12)
 
 
+class _FVU(torch.autograd.Function):
+    """Per-seed ||x_hat - x||^2 / var with a one-pass backward (2 r g / var): autograd's sub / norm / pow / div chain
+    made six passes over [S, B, d] per step."""
+
+    @staticmethod
+    def forward(ctx, x_hat, x, var):  # type: ignore[override]
+        r = x_hat - x
+        ctx.save_for_backward(r, var)
+        return torch.linalg.vector_norm(r, dim=(1, 2)).pow(2) / var
+
+    @staticmethod
+    def backward(ctx, g):  # type: ignore[override]
+        r, var = ctx.saved_tensors
+        return r * (2 * g / var).view(-1, 1, 1), None, None
+
+
 def batch_fvu(x: Tensor, x_hat: Float[Tensor, "S B d"]) -> Float[Tensor, " S"]:
     """Per-seed fraction of variance unexplained on this batch (pooled, mean-centred)."""
+    var = centred_sq(x)
+    if x_hat.requires_grad and torch.is_grad_enabled():
+        return _FVU.apply(x_hat, as_seed_batch(x, x_hat.shape[0]), var.expand(x_hat.shape[0]).contiguous())
     err = torch.linalg.vector_norm(as_seed_batch(x, x_hat.shape[0]) - x_hat, dim=(1, 2)).pow(2)
-    return err / centred_sq(x)
+    return err / var
 
 
 def batch_scale(x: Tensor, S: int) -> Float[Tensor, " S"]:

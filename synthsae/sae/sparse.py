@@ -13,6 +13,7 @@ carry the gradient only through the selected entries:
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -44,6 +45,29 @@ class SparseCode:
             offs[1:] = torch.cumsum(counts, 0)[:-1]
             self._by_col = (perm, offs)
         return self._by_col
+
+
+TOPK_BLOCK = 16  # fast_topk's block size (measured best of 8/16/32/64 at d_sae 4096, k 32)
+
+
+def fast_topk(pre: Float[Tensor, "... m"], k: int) -> tuple[Tensor, Tensor]:
+    """Exact top-k (unsorted) along the last dim, on the CPU through block maxima: split each row into
+    m / 16 strided blocks, keep the k blocks with the largest maxima (the k-th largest block maximum is a lower
+    bound on the k-th largest value, so every top-k entry lies in one of them), then top-k over those k * 16
+    candidates. torch.topk is used on CUDA and wherever the shape does not fit (few blocks, m not a multiple)."""
+    m = pre.shape[-1]
+    b = TOPK_BLOCK
+    nb = m // b
+    if pre.device.type != "cpu" or m % b or nb < 4 * k:
+        return torch.topk(pre, k, dim=-1, sorted=False)
+    lead = pre.shape[:-1]
+    flat = pre.reshape(-1, b, nb)  # block c = entries c, c + nb, c + 2 nb, ...: its max is a contiguous SIMD max
+    rows = flat.shape[0]
+    _, blocks = torch.topk(flat.amax(dim=1), k, dim=1, sorted=False)  # [R, k]
+    cand = torch.gather(flat, 2, blocks.unsqueeze(1).expand(rows, b, k)).reshape(rows, b * k)
+    vals, pos = torch.topk(cand, k, dim=1, sorted=False)
+    idx = blocks.gather(1, pos % k) + nb * torch.div(pos, k, rounding_mode="floor")
+    return vals.view(*lead, k), idx.view(*lead, k)
 
 
 def _counts(idx: Int[Tensor, " nnz"], n: int) -> Int[Tensor, " n"]:
@@ -100,7 +124,19 @@ _PSW_BACKWARD = getattr(torch.ops.aten, "_embedding_bag_per_sample_weights_backw
 
 
 def _entry_dots(grad: Tensor, W_flat: Tensor, code: SparseCode) -> Float[Tensor, " nnz"]:
-    """dL/dv[e] = <grad[row_e], W_flat[col_e]>: ATen's embedding-bag kernel (no gathered [nnz, d] copy), else chunks."""
+    """dL/dv[e] = <grad[row_e], W_flat[col_e]>: a sampled dense-dense matmul on the code's CSR pattern (CPU: 2x faster
+    than ATen's embedding-bag per-sample-weights kernel, measured), else that kernel, else chunked dot products."""
+    if grad.device.type == "cpu" and grad.dtype in (torch.float32, torch.float64):
+        try:
+            nnz = code.cols.numel()
+            crow = torch.cat([code.offsets, code.offsets.new_full((1,), nnz)])
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
+                pattern = torch.sparse_csr_tensor(crow, code.cols, torch.zeros(nnz, dtype=grad.dtype),
+                                                  (grad.shape[0], W_flat.shape[0]))
+                return torch.sparse.sampled_addmm(pattern, grad, W_flat.t(), beta=0.0).values()
+        except (RuntimeError, NotImplementedError):  # pragma: no cover - a build without CPU sampled_addmm
+            pass
     if _PSW_BACKWARD is not None and grad.device.type == "cpu" and grad.dtype in (torch.float32, torch.float64):
         try:
             return _PSW_BACKWARD(grad, W_flat, code.cols, code.offsets, code.rows, 0, -1)

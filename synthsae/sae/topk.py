@@ -16,7 +16,8 @@ from torch import Tensor
 from synthsae.sae import base as _base
 from synthsae.sae import register_variant
 from synthsae.sae.base import SAE, SAEOutput, as_seed_batch, batch_fvu
-from synthsae.sae.sparse import SparseCode, _rowwise_dots, code_from_rows_cols, code_from_topk, gather_pre, sparse_decode
+from synthsae.sae.sparse import (SparseCode, _rowwise_dots, code_from_rows_cols, code_from_topk, fast_topk, gather_pre,
+                                 sparse_decode)
 
 
 @register_variant("topk")
@@ -43,7 +44,7 @@ class TopKSAE(SAE):
 
     def select(self, pre: Float[Tensor, "S B m"]) -> tuple[SparseCode, Tensor]:
         """The sparse code chosen from dense pre-activations and the selected pre values (flat, row order)."""
-        vals, idx = torch.topk(pre, self.cfg.k, dim=-1, sorted=False)
+        vals, idx = fast_topk(pre, self.cfg.k)
         return code_from_topk(idx, pre.shape[2]), vals.reshape(-1)
 
     @torch.no_grad()
@@ -103,7 +104,7 @@ class TopKSAE(SAE):
         S, B, m = pre.shape
         with torch.no_grad():
             masked = pre.masked_fill(~dead.unsqueeze(1), float("-inf"))
-            a_vals, a_idx = torch.topk(masked, min(cfg.aux_k, m), dim=-1, sorted=False)
+            a_vals, a_idx = fast_topk(masked, min(cfg.aux_k, m))
             valid = torch.isfinite(a_vals).reshape(-1)
             code = code_from_topk(a_idx, m)
             sel = a_vals.reshape(-1) if exact else self.exact_pre(x, code, bias)
