@@ -21,7 +21,7 @@ RUN_OUTPUTS = ("metrics.json", "analysis_latents.safetensors", "report.md", "rep
 @dataclass
 class StudyResult:
     run_dir: Path
-    metrics: Metrics
+    metrics: Metrics | None  # None on torchrun ranks other than 0 (they stop after the analysis)
     seconds: dict[str, float] = field(default_factory=dict)  # per stage; absent = skipped (already done)
 
 
@@ -129,7 +129,7 @@ def _run_locked(cfg: RunConfig, out: Path, *, resume: bool, force: bool, device:
             write_analysis(mpath, res, latents)
         seconds["analysis"] = time.perf_counter() - t
     if not dd.is_main:  # ablation, pooling and the report run on rank 0 alone
-        return StudyResult(out, {}, seconds)
+        return StudyResult(out, None, seconds)
 
     run_cfg, sae, truth = load_run(out, device="cpu" if dev == "auto" else dev)
     if not done("ablation"):
