@@ -288,3 +288,13 @@ def test_entry_dots_match_the_embedding_bag_kernel():
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(got, (grad[code.rows] * W[code.cols]).sum(1), rtol=1e-5, atol=1e-5)
     assert _PSW_BACKWARD is None or got.shape == (S * B * k,)
+
+
+def test_dtype_flag_is_validated_in_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    res = CliRunner().invoke(app, ["train", "--preset", "tiny", "--dtype", "float8", "--out", str(tmp_path / "r"), "--quiet"])
+    assert res.exit_code == 2 and "train.dtype" in res.output and "bfloat16" in res.output
+    assert len([ln for ln in res.output.splitlines() if ln.strip()]) == 1 and not (tmp_path / "r").exists()
