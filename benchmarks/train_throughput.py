@@ -30,6 +30,10 @@ from synthsae.sae import build_sae
 from synthsae.train import train_steps
 
 
+CLOCK = time.perf_counter  # --clock cpu: time.process_time (this process's CPU seconds: on a shared machine the
+                           # other tenants' load drops out; only valid for CPU runs with one torch thread)
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -49,10 +53,10 @@ def matmul_ceiling(B: int, d: int, m: int, reps: int, device: torch.device = tor
         best = float("inf")
         for _ in range(reps):
             sync(device)
-            t = time.perf_counter()
+            t = CLOCK()
             torch.mm(x, w, out=out)
             sync(device)
-            best = min(best, time.perf_counter() - t)
+            best = min(best, CLOCK() - t)
     finally:
         torch.backends.cuda.matmul.allow_tf32 = old
     return 2 * B * d * m / best
@@ -61,10 +65,14 @@ def matmul_ceiling(B: int, d: int, m: int, reps: int, device: torch.device = tor
 def time_training(variant: str, seeds: list[int], B: int, d: int, m: int, k: int, steps: int, warmup: int,
                   device: torch.device = torch.device("cpu"), dtype: str = "float32") -> float:
     """Seconds per step (median of `steps` single-step timings after `warmup` steps) of one batched SAE over `seeds`."""
-    from synthsae.train import PARAM_DTYPE, new_state, set_precision
+    from synthsae.train import new_state
 
     cfg = SAEConfig(variant=variant, d_sae=m, k=k)
     tcfg = TrainConfig(seeds=len(seeds), steps=10**6, batch_size=B, lr=1e-4, warmup_steps=0, dtype=dtype)
+    try:
+        from synthsae.train import PARAM_DTYPE, set_precision
+    except ImportError:  # an older checkout (before/after comparisons): float32 only
+        PARAM_DTYPE, set_precision = {}, lambda sae, name: None
     sae = build_sae(cfg, d, seeds, device=device, dtype=PARAM_DTYPE.get(dtype, torch.float32))
     set_precision(sae, dtype)
     x = torch.randn(B, d, device=device, dtype=sae.dtype)
@@ -72,11 +80,11 @@ def time_training(variant: str, seeds: list[int], B: int, d: int, m: int, k: int
     times = []
     for i in range(warmup + steps):
         sync(device)
-        t = time.perf_counter()
+        t = CLOCK()
         train_steps(sae, iter([x]), state.step + 1, tcfg, progress=False, state=state, log_every=10**9)
         sync(device)
         if i >= warmup:
-            times.append(time.perf_counter() - t)
+            times.append(CLOCK() - t)
     times.sort()
     return times[len(times) // 2]  # median: robust to other processes on the machine
 
@@ -93,8 +101,15 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (cuda:N)")
     ap.add_argument("--dtype", default="float32", help="train.dtype: float32, bfloat16, float16, tf32")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="cpu: time.process_time (CPU runs with --threads 1 on a shared machine)")
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args()
+    global CLOCK
+    if args.clock == "cpu":
+        if args.device != "cpu" or args.threads != 1:
+            ap.error("--clock cpu needs --device cpu --threads 1 (CPU seconds of one thread = its busy time)")
+        CLOCK = time.process_time
     dev = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -109,7 +124,7 @@ def main() -> None:
     load = os.getloadavg()[0]
     where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"{torch.get_num_threads()} threads"
     print(f"torch {torch.__version__}, {where}, load average {load:.1f}; d={d} d_sae={m} k={k} batch={B} "
-          f"dtype {args.dtype}")
+          f"dtype {args.dtype}, {args.clock} clock")
     print(f"dense matmul ceiling {ceiling / 1e9:.1f} GFLOP/s -> encoder-forward bound {bound:,.0f} tokens/s per seed")
     rows = []
     for variant in args.variants.split(","):
@@ -132,7 +147,7 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"ceiling_flops": ceiling, "bound_tokens_per_s": bound, "load_average": load,
-                       "device": str(dev), "dtype": args.dtype,
+                       "device": str(dev), "dtype": args.dtype, "clock": args.clock,
                        "threads": torch.get_num_threads(), "rows": rows}, f, indent=2)
 
 
