@@ -32,7 +32,7 @@ def is_run_folder(out: Path) -> bool:
     out = Path(out)
     if (out / MARKER).is_file():
         return True
-    ours = ("truth.safetensors", "train.json", "checkpoint/state.pt")  # files only a synthsae run holds
+    ours = ("truth.safetensors", "train.json", "checkpoint/latest.json", "checkpoint/state.pt")  # only a run holds these
     return (out / "config.toml").is_file() and (any((out / n).is_file() for n in ours)
                                                 or any((out / "seeds").glob("seed_*/cfg.json")))
 

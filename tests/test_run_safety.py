@@ -21,7 +21,7 @@ from cli import app
 from synthsae import config as C
 from synthsae.fileio import BadFileError, atomic_save_safetensors, atomic_write_json, atomic_write_text, merge_json_key
 from synthsae.rundir import MARKER, check_overwritable, clear_run
-from synthsae.train import CHECKPOINT, TrainingDiverged, train_run
+from synthsae.train import TrainingDiverged, checkpoint_step, seed_checkpoint, train_run
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -69,7 +69,7 @@ def test_atomic_writes_get_the_mode_open_would_give(tmp_path, umask_022):
 
 def test_training_files_are_group_and_world_readable(tmp_path, umask_022):
     train_run(tiny_cfg(steps=12), tmp_path / "r", progress=False, stop_after=5)
-    assert (tmp_path / "r" / CHECKPOINT).stat().st_mode & 0o777 == 0o644
+    assert seed_checkpoint(tmp_path / "r", 5, 0).stat().st_mode & 0o777 == 0o644
     train_run(tiny_cfg(steps=12), tmp_path / "r", resume=True, progress=False)
     files = [p for p in (tmp_path / "r").rglob("*") if p.is_file()]
     assert len(files) >= 8
@@ -167,7 +167,7 @@ def test_resume_with_a_lower_lr_is_recorded(tmp_path):
 def test_train_seconds_add_up_across_resumes(tmp_path):
     cfg = tiny_cfg(steps=40)
     train_run(cfg, tmp_path / "r", progress=False, stop_after=25)
-    first = torch.load(tmp_path / "r" / CHECKPOINT, weights_only=True)["seconds"]
+    first = torch.load(seed_checkpoint(tmp_path / "r", 25, 0), weights_only=True)["seconds"]
     assert first > 0
     train_run(cfg, tmp_path / "r", resume=True, progress=False)
     assert json.loads((tmp_path / "r" / "train.json").read_text())["seconds"] > first
@@ -237,11 +237,14 @@ def test_sigint_during_training_checkpoints_the_last_step(tmp_path):
             proc.kill()
     assert proc.returncode == 130, err
     assert f"synthsae train --resume --out {out}" in err and "Traceback" not in err
-    blob = torch.load(out / CHECKPOINT, weights_only=True)
-    assert seen <= blob["step"] < 100000
-    ref = train_run(C.load(out / "config.toml"), tmp_path / "ref", progress=False, stop_after=blob["step"])
-    for k, v in ref.state_dict().items():
-        assert torch.equal(v, blob["model"][k]), k
+    step = checkpoint_step(out)
+    assert step is not None and seen <= step < 100000
+    ref = train_run(C.load(out / "config.toml"), tmp_path / "ref", progress=False, stop_after=step)
+    for i in range(ref.n_seeds):
+        blob = torch.load(seed_checkpoint(out, step, i), weights_only=True)
+        assert blob["step"] == step
+        for k, v in ref.state_dict().items():
+            assert torch.equal(v[i], blob["model"][k]), k
 
 
 # ----------------------------------------------------------------------------------------------- limits and OS errors
