@@ -6,6 +6,7 @@ first stage whose output is missing (training itself resumes from its last check
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path

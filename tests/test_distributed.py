@@ -298,3 +298,21 @@ def test_dtype_flag_is_validated_in_one_line(tmp_path):
     res = CliRunner().invoke(app, ["train", "--preset", "tiny", "--dtype", "float8", "--out", str(tmp_path / "r"), "--quiet"])
     assert res.exit_code == 2 and "train.dtype" in res.output and "bfloat16" in res.output
     assert len([ln for ln in res.output.splitlines() if ln.strip()]) == 1 and not (tmp_path / "r").exists()
+
+
+def test_run_under_torchrun_splits_pair_scores_and_rank0_reports(tmp_path):
+    """`torchrun -m synthsae run`: the whole study finishes, rank 0 alone reports, and the per-latent stability
+    (seed pairs split over the ranks) equals a one-process analysis of the same run folder."""
+    from synthsae.metrics.run_analysis import LATENTS_FILE, analyze_run
+
+    cfg_file = tmp_path / "run.toml"
+    cfg_file.write_text('preset = "tiny"\n[train]\nseeds = 3\nsteps = 60\nbatch_size = 128\ncheckpoint_every = 50\n'
+                        '[analysis]\neval_tokens = 2048\npool_refit_steps = 20\n')
+    out = tmp_path / "study"
+    p = torchrun(2, "-m", "synthsae", "run", "--config", str(cfg_file), "--out", str(out), "--quiet")
+    stdout, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err[-3000:]
+    assert stdout.count("report: ") == 1 and (out / "report.html").is_file()
+    _, per = analyze_run(out, device="cpu")
+    saved = load_file(str(out / LATENTS_FILE))
+    assert torch.equal(saved["stability"], per["stability"]) and saved["stability"].shape == (3, 96)
