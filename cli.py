@@ -235,8 +235,9 @@ def apply_train_flags(cfg: RunConfig, **flags) -> RunConfig:
     """Override config fields with the flags that were given (None = not given), then validate."""
     from synthsae.config import validate_sae, validate_train
 
-    section_of = {"variant": "sae", "d_sae": "sae", "k": "sae", "seeds": "train", "steps": "train", "batch_size": "train",
-                  "lr": "train", "device": "train", "vary_data": "train", "data_seed": "train", "dtype": "train"}
+    section_of = {"variant": "sae", "d_sae": "sae", "k": "sae", "group_size": "sae", "seeds": "train", "steps": "train",
+                  "batch_size": "train", "lr": "train", "device": "train", "vary_data": "train", "data_seed": "train",
+                  "dtype": "train"}
     for name, value in flags.items():
         if value is None or (name == "vary_data" and value is False):
             continue
@@ -257,10 +258,11 @@ def train(
     out: Path = typer.Option(..., "--out", help="run folder to write (config.toml, truth.safetensors, seeds/seed_<k>/)"),
     preset_name: Optional[str] = typer.Option(None, "--preset", help="named preset (tiny, default, paper, synthbench16k)"),
     config_file: Optional[Path] = typer.Option(None, "--config", help="TOML config file"),
-    variant: Optional[str] = typer.Option(None, "--variant", help="SAE variant (topk, batchtopk, matryoshka, relu, jumprelu, gated, or a plug-in)"),
+    variant: Optional[str] = typer.Option(None, "--variant", help="SAE variant (topk, batchtopk, matryoshka, blocktopk, relu, jumprelu, gated, or a plug-in)"),
     seeds: Optional[int] = typer.Option(None, "--seeds", help="number of init seeds S " + preset_defaults("train", "seeds")),
     d_sae: Optional[int] = typer.Option(None, "--d-sae", help="latents per SAE " + preset_defaults("sae", "d_sae")),
-    k: Optional[int] = typer.Option(None, "--k", help="active latents per token, TopK family " + preset_defaults("sae", "k")),
+    k: Optional[int] = typer.Option(None, "--k", help="active latents per token, TopK family (blocktopk: active groups) " + preset_defaults("sae", "k")),
+    group_size: Optional[int] = typer.Option(None, "--group-size", help="blocktopk: latents per group"),
     steps: Optional[int] = typer.Option(None, "--steps", help="training steps " + preset_defaults("train", "steps")),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="tokens per step " + preset_defaults("train", "batch_size")),
     lr: Optional[float] = typer.Option(None, "--lr", help="peak learning rate " + preset_defaults("train", "lr")),
@@ -284,8 +286,8 @@ def train(
         raise UserError("--resume and --force are exclusive: resume keeps the run, force starts it over")
     check_writable_dir(out, "--out")
     cfg = run_config(out, resume, preset_name, config_file, variant=variant, seeds=seeds, d_sae=d_sae, k=k,
-                     steps=steps, batch_size=batch_size, lr=lr, device=device, vary_data=vary_data, data_seed=data_seed,
-                     dtype=dtype)
+                     group_size=group_size, steps=steps, batch_size=batch_size, lr=lr, device=device,
+                     vary_data=vary_data, data_seed=data_seed, dtype=dtype)
     try:
         train_run(cfg, out, resume=resume, force=force, progress=not quiet)
     except TrainingDiverged as exc:
@@ -784,6 +786,75 @@ def compare_cmd(
     check_writable_dir(out, "--out")
     md, page = build_comparison([_existing_run(r) for r in run_dirs], out)
     console.print(f"wrote {md} and {page}", highlight=False)
+
+
+# ----------------------------------------------------------------------------------------------- atlas (issue 15)
+
+
+@app.command("atlas")
+@user_errors
+def atlas_cmd(
+    paths: list[Path] = typer.Argument(..., help="a run directory, or several SAE folders (SAELens layout), one per seed"),
+    out: Optional[Path] = typer.Option(None, "--out", help="folder for atlas.safetensors / atlas.json (default: the run folder, or beside the first SAE folder)"),
+    overlap: float = typer.Option(0.9, "--overlap", help="principal-angle overlap at which a seed holds a feature's span"),
+    energy: float = typer.Option(0.25, "--energy", help="energy rule of a subspace's rank (docs/atlas.md)"),
+    min_seeds: int = typer.Option(0, "--min-seeds", help="seeds a feature must be found in (0 = half the seeds, at least 2)"),
+    max_rank: int = typer.Option(0, "--max-rank", help="highest rank of a subspace feature (0 = d // 4)"),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when available), cpu, cuda, cuda:N"),
+    as_json: bool = typer.Option(False, "--json", help="print atlas.json instead of a summary"),
+) -> None:
+    """Cross-seed feature atlas: stable latents, reproducible subspaces and the irreproducible remainder."""
+    from synthsae.metrics.atlas import AtlasConfig
+    from synthsae.metrics.atlas_run import atlas_of, write_atlas
+    from synthsae.metrics.run_analysis import is_run_dir
+
+    if device != "auto" and not (device == "cpu" or device.startswith("cuda")):
+        raise UserError(f"--device = {device!r}: must be auto, cpu, cuda or cuda:N")
+    for p in paths:
+        if not p.exists():
+            raise UserError(f"{str(p)!r}: no such file or directory")
+    run = len(paths) == 1 and is_run_dir(paths[0])
+    if not run:
+        bad = [str(p) for p in paths if not (p / "sae_weights.safetensors").is_file()]
+        if bad:
+            raise UserError(f"{bad[0]!r}: neither a run directory (config.toml + seeds/) nor an SAE folder (sae_weights.safetensors)")
+        if len(paths) < 2:
+            raise UserError("one SAE folder is one seed: give at least two folders (or a run directory)")
+    res, atlas = atlas_of(paths, AtlasConfig(overlap=overlap, energy=energy, min_seeds=min_seeds, max_rank=max_rank), device)
+    target = out or (paths[0] if run else paths[0].parent)
+    t, j = write_atlas(target, res, atlas, metrics_json=paths[0] / "metrics.json" if run and out is None else None)
+    if as_json:
+        typer.echo(j.read_text())
+        return
+    print_atlas(res)
+    console.print(f"wrote {t} and {j}", highlight=False)
+
+
+def print_atlas(res: dict) -> None:
+    """A few lines: feature counts, ranks, EV split, held-out judgement, planted blocks, group stability."""
+    console.print(f"{res['n_features']} features from {res['n_seeds']} seeds: {res['n_stable_rank1']} stable rank-1, "
+                  f"{res['n_subspaces']} subspaces (ranks {res['rank_histogram']}), {res['n_remainder_latents']} latents "
+                  f"left irreproducible; mean feature stability {_f(res['mean_feature_stability'])}", highlight=False)
+    if res.get("ev_share_features") is not None:
+        console.print(f"EV share: features {_f(res['ev_share_features'])}, remainder {_f(res['ev_share_remainder'])}; "
+                      f"EV-weighted feature stability {_f(res['ev_weighted_feature_stability'])}", highlight=False)
+    h = res.get("heldout")
+    if h:
+        mn = h["mean"]
+        console.print(f"held-out halves: feature stability {_f(mn.get('feature_stability_heldout'))} "
+                      f"(EV-weighted {_f(mn.get('feature_stability_heldout_ev_weighted'))}) vs latent stability "
+                      f"{_f(mn.get('latent_stability_heldout'))} (tau {h['latent_tau']})", highlight=False)
+        if h.get("goal"):
+            g = h["goal"]
+            console.print(f"goal (stability >= {g['feature_stability_goal']} with >= {g['ev_goal']} of EV): "
+                          f"{'held' if g['held'] else 'did not hold'}", highlight=False)
+    for b in res.get("planted_blocks", []):
+        console.print(f"block {b['block']} (rank {b['rank']}, {'orthogonal' if b.get('orthogonal') else 'superposed'}): "
+                      f"best feature {b['best_feature']} rank {b.get('feature_rank', '-')} overlap {_f(b['overlap'])} "
+                      f"stability {_f(b.get('feature_stability'))}", highlight=False)
+    if res.get("group_stability"):
+        console.print(f"group stability {_f(res['group_stability']['mean'])} over {res['group_stability']['n_live_groups']} live groups",
+                      highlight=False)
 
 
 if __name__ == "__main__":  # pragma: no cover

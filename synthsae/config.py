@@ -86,6 +86,10 @@ class SAEConfig:
     aux_k: int = 32  # TopK auxiliary loss: dead latents used to model the residual
     aux_coeff: float = 1.0 / 32
     matryoshka_prefixes: list[int] = field(default_factory=list)  # empty = powers-of-two prefixes up to d_sae
+    # blocktopk: latents in contiguous groups; k then counts active groups. group_sizes (summing to d_sae) gives
+    # mixed sizes in latent order; empty = d_sae / group_size groups of group_size latents
+    group_size: int = 1
+    group_sizes: list[int] = field(default_factory=list)
     apply_b_dec_to_input: bool = True
 
 
@@ -339,6 +343,16 @@ def validate_sae(s: SAEConfig, d: int | None = None, prefix: str = "sae") -> Non
     for i, p in enumerate(s.matryoshka_prefixes):
         _check_int(f"{prefix}.matryoshka_prefixes[{i}]", p, prev + 1, s.d_sae)
         prev = p
+    _check_int(f"{prefix}.group_size", s.group_size, 1, s.d_sae)
+    for i, g in enumerate(s.group_sizes):
+        _check_int(f"{prefix}.group_sizes[{i}]", g, 1, s.d_sae)
+    if s.group_sizes and sum(s.group_sizes) != s.d_sae:
+        raise _err(f"{prefix}.group_sizes", s.group_sizes, f"must sum to d_sae = {s.d_sae} (sums to {sum(s.group_sizes)})")
+    if s.variant == "blocktopk":
+        if not s.group_sizes and s.d_sae % s.group_size:
+            raise _err(f"{prefix}.group_size", s.group_size, f"must divide d_sae = {s.d_sae} (or give group_sizes)")
+        n_groups = len(s.group_sizes) if s.group_sizes else s.d_sae // s.group_size
+        _check_int(f"{prefix}.k", s.k, 1, n_groups)
 
 
 def validate_train(t: TrainConfig, prefix: str = "train") -> None:

@@ -518,7 +518,7 @@ def evaluate(sae: SAE, truth, n_tokens: int, batch_size: int, seed: int) -> dict
         x = sample(truth, b, gen, details=False).x.to(sae.dtype)
         acts = sae.encode(x)
         x_hat = sae.decode(acts)
-        nz = acts > 0
+        nz = acts != 0  # blocktopk codes are signed inside a group
         fires += nz.sum(dim=1)
         l0 += nz.sum(dim=(1, 2))
         err += (x.unsqueeze(0) - x_hat).double().pow(2).sum(dim=(1, 2))

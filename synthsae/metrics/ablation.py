@@ -76,8 +76,8 @@ def latent_stats(sae, x: Float[Tensor, "n d"], batch_size: int = 4096) -> tuple[
     mass = torch.zeros_like(norms, dtype=torch.float64)
     for xb in x.split(batch_size):
         acts = sae.encode(xb)  # [S, B, m]
-        fires += (acts > 0).sum(1).double()
-        mass += acts.sum(1).double() * norms.double()
+        fires += (acts != 0).sum(1).double()
+        mass += acts.abs().sum(1).double() * norms.double()
     n = x.shape[0]
     return (fires / n).float(), (mass / n).float()
 

@@ -215,7 +215,7 @@ class SAE(nn.Module):
         losses = recon + aux
         with torch.no_grad():
             if acts is not None:
-                nz = acts > 0
+                nz = acts != 0
                 l0 = nz.sum(dim=2).to(recon.dtype).mean(dim=1)
                 fired = nz.any(dim=1)
         return SAEOutput(x_hat=x_hat, loss=losses.sum(), losses=losses, recon=recon, aux=aux, l0=l0,

@@ -79,7 +79,7 @@ class TopKSAE(SAE):
                       recon: Tensor | None = None) -> SAEOutput:
         """SAEOutput from a sparse code (L0 and fired latents without a dense [S, B, m] tensor)."""
         with torch.no_grad():
-            nz = vals > 0
+            nz = vals != 0  # blocktopk codes are signed inside a group
             l0 = torch.zeros(S, dtype=vals.dtype, device=vals.device).index_add_(0, code.rows // B, nz.to(vals.dtype)) / B
             # count, not a boolean index: no nonzero() (a host sync on CUDA)
             fired = torch.zeros(S * self.d_sae, dtype=torch.int32, device=vals.device).index_add_(0, code.cols, nz.int()) > 0

@@ -1,5 +1,5 @@
 """Imports every shipped variant module so that each registers itself."""
 
-from synthsae.sae import dense, topk  # noqa: F401
+from synthsae.sae import blocktopk, dense, topk  # noqa: F401
 
-__all__ = ["dense", "topk"]
+__all__ = ["blocktopk", "dense", "topk"]

@@ -1,0 +1,253 @@
+"""The atlas of a run folder or of SAE folders: data statistics, held-out judgement, planted blocks, files.
+
+Writes `atlas.safetensors` + `atlas.json` (atomic) and, for a run folder, merges the summary into metrics.json
+under "atlas" (for the report).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from synthsae.fileio import atomic_save_safetensors, atomic_write_json, merge_json_key
+from synthsae.metrics.atlas import (
+    AtlasConfig, Atlas, atlas_summary, atlas_tensors, attach_sparsity, attach_stats, build_atlas, group_stability,
+    heldout_stability, match_blocks,
+)
+from synthsae.metrics.matching import maxcos, unit_rows
+
+ATLAS_FILE = "atlas.safetensors"
+ATLAS_JSON = "atlas.json"
+METRICS_KEY = "atlas"
+FEATURE_GOAL = 0.9  # issue 15: atlas features should reproduce in >= 90% of held-out seeds
+EV_GOAL = 0.95  # ... while carrying >= 95% of the seeds' explained variance
+
+
+def _validate(cfg: AtlasConfig) -> None:
+    from synthsae.config import ConfigError
+
+    for name in ("overlap", "rho", "member_share"):
+        v = getattr(cfg, name)
+        if not (isinstance(v, float) and 0.0 < v <= 1.0):
+            raise ConfigError(f"atlas.{name} = {v!r}: must be a number in (0, 1]")
+    if not (isinstance(cfg.energy, float) and 0.0 < cfg.energy <= 1.0):
+        raise ConfigError(f"atlas.energy = {cfg.energy!r}: must be a number in (0, 1]")
+    if not (isinstance(cfg.k_max, int) and cfg.k_max >= 1):
+        raise ConfigError(f"atlas.k_max = {cfg.k_max!r}: must be an integer >= 1")
+    if not (isinstance(cfg.max_rank, int) and cfg.max_rank >= 0):
+        raise ConfigError(f"atlas.max_rank = {cfg.max_rank!r}: must be an integer >= 0 (0 = d // 4)")
+    if not (isinstance(cfg.min_seeds, int) and cfg.min_seeds >= 0):
+        raise ConfigError(f"atlas.min_seeds = {cfg.min_seeds!r}: must be an integer >= 0 (0 = half the seeds, at least 2)")
+
+
+def _latent_ev_share(sae, x: Tensor, batch_size: int = 4096) -> Tensor:
+    """[S, m] Shapley share of each latent in its seed's explained variance (see atlas.attach_stats)."""
+    S, m = sae.n_seeds, sae.d_sae
+    c = torch.zeros(S, m, dtype=torch.float64)
+    with torch.no_grad():
+        for xb in x.split(batch_size):
+            acts = sae.encode(xb)
+            y = acts @ sae.W_dec
+            z = (2 * (xb.unsqueeze(0) - sae.b_dec.unsqueeze(1)) - y) @ sae.W_dec.transpose(1, 2)
+            c += (acts * z).sum(1).double().cpu()
+    return c / c.sum(1, keepdim=True).clamp_min(1e-30)
+
+
+def _latent_heldout(dec_a: Tensor, dec_b: Tensor, live_a: Tensor, tau: float, weight: Tensor | None) -> dict:
+    """Latent-level stability of seeds a against held-out seeds b (maxcos >= tau), plain and EV-weighted."""
+    A, B = unit_rows(dec_a.float()), unit_rows(dec_b.float())
+    hits = torch.zeros(A.shape[0], A.shape[1])
+    for s in range(A.shape[0]):
+        for t in range(B.shape[0]):
+            hits[s] += (maxcos(A[s], B[t])[0] >= tau).float()
+    st = hits / B.shape[0]
+    out = {"mean": float(st[live_a].mean())}
+    if weight is not None:
+        w = weight.float() * live_a
+        out["ev_weighted"] = float((st * w).sum() / w.sum().clamp_min(1e-30))
+    return out
+
+
+def _pooled_heldout(run_dir: Path | None, width: int) -> dict | None:
+    """The pooled SAE's held-out stability from a pooling study in metrics.json, when there is one."""
+    if run_dir is None or not (run_dir / "metrics.json").is_file():
+        return None
+    try:
+        pool = json.loads((run_dir / "metrics.json").read_text()).get("pooling") or {}
+    except json.JSONDecodeError:
+        return None
+    row = (pool.get("variants") or {}).get(f"coverage_w{width}")
+    if not row or "stability_vs_heldout" not in row:
+        return None
+    return {"variant": f"coverage_w{width}", "stability_vs_heldout": row["stability_vs_heldout"],
+            "ev_halves": row.get("ev_halves"), "tau": pool.get("tau")}
+
+
+def _halves(S: int) -> tuple[list[int], list[int]]:
+    h = S // 2
+    return list(range(h)), list(range(h, 2 * h))
+
+
+def _judge_heldout(sae, x: Tensor | None, alive: Tensor, ev_lat: Tensor | None, cfg: AtlasConfig, tau: float,
+                   run_dir: Path | None) -> dict:
+    """Atlas of one half of the seeds judged on the other half (both directions), beside latent stability."""
+    S = sae.n_seeds
+    A, B = _halves(S)
+    dec = sae.W_dec.detach().float().cpu()
+    rows = []
+    for own, other in ((A, B), (B, A)):
+        atlas = build_atlas(dec[own], alive[own], cfg)
+        if x is not None:
+            attach_stats(atlas, sae.select_seeds(own), x)
+        held = heldout_stability(atlas, dec[other], alive[other])
+        ev = np.array([f.ev_share for f in atlas.features])
+        h = np.array(held)
+        row = {
+            "build_seeds": own, "judge_seeds": other, "n_features": len(held),
+            "n_subspaces": sum(1 for f in atlas.features if f.rank > 1),
+            "feature_stability_heldout": float(h.mean()) if len(h) else float("nan"),
+            "feature_stability_in_sample": float(np.mean([f.stability for f in atlas.features])) if held else float("nan"),
+            "latent_stability_heldout": _latent_heldout(dec[own], dec[other], alive[own], tau,
+                                                         None if ev_lat is None else ev_lat[own]),
+            "latent_stability_heldout_at_sqrt_overlap": _latent_heldout(dec[own], dec[other], alive[own],
+                                                                        math.sqrt(cfg.overlap), None)["mean"],
+        }
+        if x is not None and len(h):
+            row["ev_share_features"] = float(ev.sum())
+            row["feature_stability_heldout_ev_weighted"] = float((ev * h).sum() / max(ev.sum(), 1e-30))
+            row["ev_share_features_heldout_ge_goal"] = float(ev[h >= FEATURE_GOAL - 1e-9].sum())
+        rows.append(row)
+    keys = ["feature_stability_heldout", "feature_stability_heldout_ev_weighted", "ev_share_features",
+            "ev_share_features_heldout_ge_goal"]
+    mean = {k: float(np.mean([r[k] for r in rows])) for k in keys if all(k in r for r in rows)}
+    mean["latent_stability_heldout"] = float(np.mean([r["latent_stability_heldout"]["mean"] for r in rows]))
+    if all("ev_weighted" in r["latent_stability_heldout"] for r in rows):
+        mean["latent_stability_heldout_ev_weighted"] = float(np.mean([r["latent_stability_heldout"]["ev_weighted"]
+                                                                      for r in rows]))
+    goal = None
+    if "feature_stability_heldout_ev_weighted" in mean:
+        goal = {"feature_stability_goal": FEATURE_GOAL, "ev_goal": EV_GOAL,
+                "feature_stability_ev_weighted": mean["feature_stability_heldout_ev_weighted"],
+                "ev_share_features": mean["ev_share_features"],
+                "held": bool(mean["feature_stability_heldout_ev_weighted"] >= FEATURE_GOAL
+                             and mean["ev_share_features"] >= EV_GOAL)}
+    return {"halves": rows, "mean": mean, "latent_tau": tau, "goal": goal,
+            "pooled": _pooled_heldout(run_dir, sae.d_sae)}
+
+
+def atlas_of(paths: list[Path], cfg: AtlasConfig | None = None, device: str | None = None,
+             heldout: bool = True) -> tuple[dict, Atlas]:
+    """Atlas of a run folder (one path) or of SAE folders; returns (atlas.json dict, Atlas)."""
+    from synthsae.metrics.run_analysis import EVAL_DATA_SEED_OFFSET, _sparsity, is_run_dir, resolve_device
+
+    cfg = cfg or AtlasConfig()
+    _validate(cfg)
+    dev = resolve_device(device)
+    run_dir = paths[0] if len(paths) == 1 and is_run_dir(paths[0]) else None
+    truth, x, tau, variant, sae_cfg = None, None, 0.7, None, None
+    if run_dir is not None:
+        from synthsae.io import load_run
+
+        run_cfg, sae, truth = load_run(run_dir)
+        tau, variant, sae_cfg = run_cfg.analysis.tau, run_cfg.sae.variant, run_cfg.sae
+        folders = None
+        if truth is not None:
+            from synthsae.truth import make_generator, sample
+
+            truth = truth.to(dev)
+            gen = make_generator(run_cfg.train.data_seed + EVAL_DATA_SEED_OFFSET, truth.device)
+            x = sample(truth, run_cfg.analysis.eval_tokens, gen, details=False).x
+    else:
+        from synthsae.io import load_sae_folders
+
+        folders = paths
+        sae = load_sae_folders(paths)
+        sae_cfg, variant = sae.cfg, sae.variant
+    sae = sae.to(dev)
+    if sae.n_seeds < 2:
+        from synthsae.config import ConfigError
+
+        raise ConfigError("atlas: one SAE is one seed; give a run with >= 2 seeds or >= 2 SAE folders")
+    freq = None
+    if x is not None:
+        from synthsae.metrics.frequency import FrequencyCounter
+
+        counter = FrequencyCounter()
+        with torch.no_grad():
+            for xb in x.split(4096):
+                counter.update(sae.encode(xb))
+        freq = counter.frequency()
+    else:
+        from synthsae.io import seed_folders
+
+        freq, _ = _sparsity(folders if folders is not None else seed_folders(run_dir))
+    alive = (freq > 1e-9) if freq is not None else torch.ones(sae.n_seeds, sae.d_sae, dtype=torch.bool)
+    dec = sae.W_dec.detach().float().cpu()
+    atlas = build_atlas(dec, alive, cfg)
+    ev_lat = None
+    if x is not None:
+        attach_stats(atlas, sae, x)
+        ev_lat = _latent_ev_share(sae, x)
+    elif freq is not None:
+        attach_sparsity(atlas, freq)
+    res = atlas_summary(atlas)
+    res["source"] = {"run_dir": str(run_dir) if run_dir else None, "folders": [str(p) for p in folders] if folders else None,
+                     "variant": variant, "data": "fresh truth samples" if x is not None else
+                     ("sparsity.safetensors (frequency only; no EV)" if freq is not None else "none")}
+    if truth is not None and truth.n_blocks:
+        from synthsae.config import block_orthogonal_flags
+
+        flags = block_orthogonal_flags(truth.cfg)
+        blocks = match_blocks(atlas, [truth.block_basis(b).float().cpu() for b in range(truth.n_blocks)])
+        for row, o in zip(blocks, flags):
+            row["orthogonal"] = bool(o)
+        res["planted_blocks"] = blocks
+    if variant == "blocktopk":
+        from synthsae.sae.blocktopk import group_sizes
+
+        gs = group_stability(dec, group_sizes(sae_cfg), cfg.overlap, alive)
+        res["group_stability"] = {"mean": gs["mean"], "n_live_groups": gs["n_live_groups"], "overlap": cfg.overlap,
+                                  "per_seed_mean": gs["stability"].mean(1).tolist()}
+        if truth is not None and truth.n_blocks:
+            res["group_stability"]["per_block"] = _groups_per_block(dec, sae_cfg, gs["stability"], truth)
+    if heldout and sae.n_seeds >= 4:
+        res["heldout"] = _judge_heldout(sae, x, alive, ev_lat, cfg, tau, run_dir)
+    return res, atlas
+
+
+def _groups_per_block(dec: Tensor, sae_cfg, stab: Tensor, truth) -> list[dict]:
+    """For each planted block: the groups lying inside it (containment >= 0.9) and their mean stability."""
+    from synthsae.metrics.subspaces import orthonormal_basis
+    from synthsae.sae.blocktopk import group_slices
+
+    out = []
+    for b in range(truth.n_blocks):
+        U = truth.block_basis(b).double().cpu()
+        st = []
+        for s in range(dec.shape[0]):
+            for gi, (a, e) in enumerate(group_slices(sae_cfg)):
+                G = orthonormal_basis(dec[s, a:e].double().T, e - a)
+                if float((U.T @ G).pow(2).sum() / G.shape[1]) >= 0.9:
+                    st.append(float(stab[s, gi]))
+        out.append({"block": b, "rank": int(U.shape[1]), "n_groups_inside": len(st),
+                    "mean_group_stability": float(np.mean(st)) if st else float("nan")})
+    return out
+
+
+def write_atlas(out_dir: Path, res: dict, atlas: Atlas, metrics_json: Path | None = None) -> tuple[Path, Path]:
+    """atlas.safetensors + atlas.json in out_dir (atomic); the summary also into metrics.json under "atlas"."""
+    from synthsae.metrics.analyze import jsonable
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t = out_dir / ATLAS_FILE
+    atomic_save_safetensors(atlas_tensors(atlas), t, metadata={"schema": res["schema"]})
+    j = out_dir / ATLAS_JSON
+    atomic_write_json(j, jsonable(res))
+    if metrics_json is not None:
+        merge_json_key(metrics_json, METRICS_KEY, jsonable({k: v for k, v in res.items() if k != "features"}))
+    return t, j

@@ -1,0 +1,159 @@
+"""Block-sparse TopK (`blocktopk`): latents in groups, a token activates its k groups with the largest code norm.
+
+A group of g >= 2 latents is a subspace feature: its code is the group's raw pre-activations (signed, so any
+direction of the span can be written) and it decodes as a whole; its score is the L2 norm of that code. A group
+of one latent is an ordinary TopK latent (ReLU code, score = its pre-activation), so with every group of size 1
+the variant is TopK exactly. Groups are contiguous runs of latents (`sae.group_size`, or mixed `sae.group_sizes`);
+`sae.k` counts active groups. In the spirit of subspace-aware SAEs (SASA): the groups, not the latents, are what
+should reproduce across seeds (see synthsae.metrics.atlas.group_stability).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+from synthsae.sae import register_variant
+from synthsae.sae.sparse import SparseCode, code_from_topk
+from synthsae.sae.topk import TopKSAE
+
+
+def group_sizes(cfg) -> list[int]:
+    """The size of every group, in latent order (cfg.group_sizes, else d_sae / group_size equal groups)."""
+    if cfg.group_sizes:
+        return [int(g) for g in cfg.group_sizes]
+    return [int(cfg.group_size)] * (cfg.d_sae // cfg.group_size)
+
+
+def group_slices(cfg) -> list[tuple[int, int]]:
+    """(first latent, end latent) of every group."""
+    out, a = [], 0
+    for g in group_sizes(cfg):
+        out.append((a, a + g))
+        a += g
+    return out
+
+
+@register_variant("blocktopk")
+class BlockTopKSAE(TopKSAE):
+    """Top-k groups per token by the norm of the group's pre-activations; a group decodes as a whole.
+
+    Saved for SAELens as `topk` when every group has size 1 (it is TopK then); otherwise cfg.json says
+    architecture "blocktopk" with `group_sizes` and a `note` on how to encode (SAELens has no group encoder).
+    """
+
+    def __init__(self, cfg, d_in, init_seeds, device=None, dtype=torch.float32):
+        sizes = group_sizes(cfg)
+        if sum(sizes) != cfg.d_sae:
+            raise ValueError(f"sae.group_sizes sum to {sum(sizes)}, not d_sae = {cfg.d_sae}")
+        super().__init__(cfg, d_in, init_seeds, device=device, dtype=dtype)
+        self.sizes = sizes
+        # contiguous runs of equal-size groups: (first latent, end latent, group size); scores are computed per run
+        self.runs: list[tuple[int, int, int]] = []
+        a = 0
+        for g in sizes:
+            if self.runs and self.runs[-1][2] == g:
+                self.runs[-1] = (self.runs[-1][0], a + g, g)
+            else:
+                self.runs.append((a, a + g, g))
+            a += g
+        self.uniform = len(self.runs) == 1
+        self.g = sizes[0] if self.uniform else None
+        gid = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
+        self.register_buffer("_gid", gid.to(device), persistent=False)
+        self.register_buffer("_gsize", torch.tensor(sizes, device=device), persistent=False)
+        self.register_buffer("_gstart", (torch.cumsum(torch.tensor(sizes), 0) - torch.tensor(sizes)).to(device),
+                             persistent=False)
+        self.register_buffer("_linear", (torch.tensor(sizes)[gid] > 1).to(device), persistent=False)
+
+    @property
+    def n_groups(self) -> int:
+        return len(self.sizes)
+
+    @property
+    def all_singletons(self) -> bool:
+        return self.uniform and self.g == 1
+
+    # ------------------------------------------------------------------------------------------- maths
+
+    def group_scores(self, pre: Float[Tensor, "S B m"]) -> Float[Tensor, "S B G"]:
+        """Score of every group: its pre-activation for a single latent, the norm of its pre-activations otherwise."""
+        S, B, _ = pre.shape
+        parts = []
+        for a, b, g in self.runs:
+            seg = pre[..., a:b]
+            parts.append(seg if g == 1 else torch.linalg.vector_norm(seg.reshape(S, B, (b - a) // g, g), dim=-1))
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+
+    def code_of(self, pre: Tensor, cols: Tensor | None = None) -> Tensor:
+        """Latent code from pre-activations: ReLU for single-latent groups, identity inside larger groups."""
+        if self.all_singletons:
+            return torch.relu(pre)
+        lin = self._linear if cols is None else self._linear[cols]
+        return torch.where(lin, pre, torch.relu(pre))
+
+    def top_groups(self, pre: Float[Tensor, "S B m"]) -> Int[Tensor, "S B k"]:
+        return torch.topk(self.group_scores(pre), self.cfg.k, dim=-1, sorted=False).indices
+
+    def activation(self, pre: Float[Tensor, "S B m"]) -> Float[Tensor, "S B m"]:
+        gidx = self.top_groups(pre)
+        on = torch.zeros(pre.shape[:2] + (self.n_groups,), dtype=torch.bool, device=pre.device).scatter_(-1, gidx, True)
+        return self.code_of(pre) * on[..., self._gid]
+
+    def select(self, pre: Float[Tensor, "S B m"]) -> tuple[SparseCode, Tensor]:
+        S, B, m = pre.shape
+        gidx = self.top_groups(pre)
+        if self.uniform:
+            g = self.g
+            lat = (gidx * g).unsqueeze(-1) + torch.arange(g, device=pre.device)
+            lat = lat.reshape(S, B, -1)
+            return code_from_topk(lat, m), torch.gather(pre, -1, lat).reshape(-1)
+        sz = self._gsize[gidx].reshape(-1)  # entries per selected group, rows already in token order
+        st = self._gstart[gidx].reshape(-1)
+        row_of_group = torch.arange(S * B, device=pre.device).repeat_interleave(self.cfg.k)
+        rows = row_of_group.repeat_interleave(sz)
+        first = torch.cumsum(sz, 0) - sz
+        within = torch.arange(rows.numel(), device=pre.device) - first.repeat_interleave(sz)
+        lat = st.repeat_interleave(sz) + within
+        cols = lat + (rows // B) * m
+        counts = sz.view(S * B, self.cfg.k).sum(dim=1)
+        offsets = torch.cumsum(counts, 0) - counts
+        code = SparseCode(rows=rows, cols=cols, offsets=offsets, n_rows=S * B, n_cols=S * m)
+        return code, pre.reshape(S * B, m)[rows, lat]
+
+    def forward(self, x: Tensor, step: int = 0, dead: Bool[Tensor, "S m"] | None = None):
+        from synthsae.sae.sparse import gather_pre
+
+        S, m = self.n_seeds, self.d_sae
+        B = x.shape[-2]
+        bias = self.bias_eff()
+        with torch.no_grad():
+            pre = self.pre_acts(x, bias.detach(), out=self.scratch("pre", (S, B, m), self.dtype))
+            code, pre_sel = self.select(pre)
+        vals = self.code_of(gather_pre(pre_sel, self.W_enc, bias, x, code), code.cols % m)
+        x_hat = self.decode_code(code, vals, S, B)
+        aux = self.aux_loss(x, x_hat, pre, bias, dead)
+        del pre
+        return self.sparse_output(x, x_hat, code, vals, aux, S, B)
+
+    # ------------------------------------------------------------------------------------------- files
+
+    @property
+    def saelens_architecture(self) -> str:  # type: ignore[override]
+        return "topk" if self.all_singletons else "blocktopk"
+
+    def saelens_cfg(self) -> dict[str, Any]:
+        if self.all_singletons:
+            return {"k": self.cfg.k, "rescale_acts_by_decoder_norm": False}
+        return {
+            "k": self.cfg.k,
+            "group_sizes": list(self.sizes),
+            "note": ("blocktopk (synthsae): SAELens has no group encoder, so this folder does not load there. "
+                     "Weights use SAELens names. Encode: pre = (x - b_dec) @ W_enc + b_enc; latents form contiguous "
+                     "groups of group_sizes; score = pre for a 1-latent group, L2 norm of the group's pre otherwise; "
+                     "keep the k top-scoring groups; code = relu(pre) in 1-latent groups, pre itself in larger ones; "
+                     "decode: code @ W_dec + b_dec."),
+        }
