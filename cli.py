@@ -797,7 +797,7 @@ def atlas_cmd(
     paths: list[Path] = typer.Argument(..., help="a run directory, or several SAE folders (SAELens layout), one per seed"),
     out: Optional[Path] = typer.Option(None, "--out", help="folder for atlas.safetensors / atlas.json (default: the run folder, or beside the first SAE folder)"),
     overlap: float = typer.Option(0.9, "--overlap", help="principal-angle overlap at which a seed holds a feature's span"),
-    energy: float = typer.Option(0.25, "--energy", help="energy rule of a subspace's rank (docs/atlas.md)"),
+    energy: float = typer.Option(0.5, "--energy", help="energy rule: a subspace keeps the directions spanned by this share of its seeds (docs/atlas.md)"),
     min_seeds: int = typer.Option(0, "--min-seeds", help="seeds a feature must be found in (0 = half the seeds, at least 2)"),
     max_rank: int = typer.Option(0, "--max-rank", help="highest rank of a subspace feature (0 = d // 4)"),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when available), cpu, cuda, cuda:N"),

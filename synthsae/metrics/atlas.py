@@ -24,6 +24,7 @@ from synthsae.metrics.matching import maxcos_both, unit_rows
 from synthsae.metrics.subspaces import cluster_by_span, orthonormal_basis
 
 SCHEMA = "synthsae.atlas/1"
+MAX_RHO = 0.99  # chained components are re-clustered at rho 0.95, 0.975, 0.9875, 0.99375, then given up
 
 
 @dataclass
@@ -33,7 +34,8 @@ class AtlasConfig:
     overlap: float = 0.9  # principal-angle overlap (mean squared cosine) at which a seed holds a span
     rho: float = 0.9  # cluster_by_span: projection norm of a latent onto its neighbours' span
     k_max: int = 4  # cluster_by_span: at most this many neighbours per other seed
-    energy: float = 0.25  # energy rule: keep directions with >= this fraction of an isotropic span's per-direction share
+    energy: float = 0.5  # energy rule: keep the directions spanned by >= this share of the feature's seeds
+    seed_energy: float = 0.01  # ... where a seed spans the directions holding >= this share of its members' energy
     member_share: float = 0.5  # holding test: a seed's latent counts when >= this share of it lies in the span
     min_seeds: int = 0  # a feature is found in >= this many seeds; 0 = max(2, ceil(S / 2))
     max_rank: int = 0  # a span of higher rank is a chained cluster, not a feature (left in the remainder); 0 = d // 4
@@ -119,26 +121,49 @@ def feature_holders(basis: Tensor, dec: Float[Tensor, "S m d"], cfg: AtlasConfig
 # ----------------------------------------------------------------------------------------------- building
 
 
-def energy_basis(vecs: Float[Tensor, "n d"], seed_of: Int[Tensor, " n"], energy: float) -> Float[Tensor, "d r"]:
-    """The energy rule: eigenvectors of the seed-balanced second moment C of the members' unit directions (each
-    seed weighs 1, split over its members; trace 1) whose eigenvalue is >= energy / PR, PR = 1 / sum(lambda^2) the
-    participation ratio (an isotropic rank-r span has PR = r and every eigenvalue 1/r; leakage is far below)."""
+def energy_basis(vecs: Float[Tensor, "n d"], seed_of: Int[Tensor, " n"], energy: float,
+                 seed_energy: float = 0.01) -> Float[Tensor, "d r"]:
+    """The energy rule (docs/atlas.md): each seed's span = the directions of its members' unit rows holding >=
+    seed_energy of their energy; C = the mean over seeds of the projectors onto those spans (eigenvalue mu_i = the
+    share of seeds spanning direction i); rank = #{mu_i >= energy}, basis = those eigenvectors."""
     X = unit_rows(vecs.double())
-    seeds = torch.unique(seed_of)
+    seeds = torch.unique(seed_of).tolist()
     C = torch.zeros(X.shape[1], X.shape[1], dtype=torch.float64)
-    for s in seeds.tolist():
-        Xs = X[seed_of == s]
-        C += Xs.T @ Xs / Xs.shape[0]
+    for s in seeds:
+        u, sv, _ = torch.linalg.svd(X[seed_of == s].T, full_matrices=False)
+        e = sv.pow(2) / sv.pow(2).sum().clamp_min(1e-30)
+        Us = u[:, e >= seed_energy]
+        C += Us @ Us.T
     C /= len(seeds)
     lam, vec = torch.linalg.eigh(C)
-    lam, vec = lam.flip(0).clamp_min(0), vec.flip(1)
-    lam = lam / lam.sum().clamp_min(1e-30)
-    pr = 1.0 / float(lam.pow(2).sum().clamp_min(1e-30))
-    r = max(1, int((lam >= energy / pr).sum()))
+    lam, vec = lam.flip(0), vec.flip(1)
+    r = max(1, int((lam >= energy - 1e-9).sum()))
     U = vec[:, :r]
     if r == 1 and float((X @ U[:, 0]).sum()) < 0:  # a rank-1 feature is a signed direction: point it at its members
         U = -U
     return U
+
+
+def _rank1_groups(Df: Tensor, mem: Tensor, m: int, tau: float, min_seeds: int) -> list[Tensor]:
+    """Components of latents (among `mem`) linked to their best partner of each other seed at signed cos >= tau,
+    found in >= min_seeds seeds."""
+    X = Df[mem].double()
+    seed = mem // m
+    cos = X @ X.T
+    src, dst = [], []
+    for t in torch.unique(seed).tolist():
+        other = torch.nonzero(seed == t).squeeze(1)
+        v, j = cos[:, other].max(dim=1)
+        ok = (v >= tau) & (seed != t)
+        src.append(torch.nonzero(ok).squeeze(1).numpy())
+        dst.append(other[j[ok]].numpy())
+    comp = _components(len(mem), src, dst)
+    out = []
+    for c in np.unique(comp):
+        sel = torch.as_tensor(np.nonzero(comp == c)[0])
+        if torch.unique(seed[sel]).numel() >= min_seeds:
+            out.append(mem[sel])
+    return out
 
 
 def _components(n: int, src: list[np.ndarray], dst: list[np.ndarray]) -> np.ndarray:
@@ -156,51 +181,34 @@ def build_atlas(dec: Float[Tensor, "S m d"], alive: Tensor | None = None, cfg: A
     min_seeds = cfg.resolved_min_seeds(S)
     D = unit_rows(dec.detach().float().cpu())
     alive = torch.ones(S, m, dtype=torch.bool) if alive is None else alive.cpu().bool()
-    tau1 = math.sqrt(cfg.overlap)
-    # rank 1: link every live latent to its best partner in every other seed at cos >= sqrt(overlap)
-    src, dst = [], []
-    for a in range(S):
-        for b in range(a + 1, S):
-            va, ia, vb, ib = maxcos_both(D[a], D[b])
-            ok = (va >= tau1) & alive[a] & alive[b][ia]
-            src.append((a * m + torch.nonzero(ok).squeeze(1)).numpy())
-            dst.append((b * m + ia[ok]).numpy())
-            ok = (vb >= tau1) & alive[b] & alive[a][ib]
-            src.append((b * m + torch.nonzero(ok).squeeze(1)).numpy())
-            dst.append((a * m + ib[ok]).numpy())
-    comp = _components(S * m, src, dst)
-    flat_alive = alive.reshape(-1).numpy()
-    seed_of_all = np.repeat(np.arange(S), m)
     features: list[Feature] = []
     label = torch.full((S * m,), -1, dtype=torch.long)
     label[~alive.reshape(-1)] = -2
     Df = D.reshape(S * m, d)
-    groups: dict[int, list[int]] = {}
-    for i in np.nonzero(flat_alive)[0]:
-        groups.setdefault(int(comp[i]), []).append(int(i))
-    for idx in sorted(groups.values(), key=lambda v: v[0]):
-        seeds = np.unique(seed_of_all[idx])
-        if len(seeds) < min_seeds:
-            continue
-        ii = torch.as_tensor(idx)
-        U = energy_basis(Df[ii], torch.as_tensor(seed_of_all[idx]), cfg.energy)
-        if U.shape[1] != 1:
-            continue  # a chain that drifts through a subspace: left to the span step
-        features.append(Feature("stable", U.float(), [(i // m, i % m) for i in idx]))
-        label[ii] = len(features) - 1
-    # subspaces: span clusters of the live latents not yet in a feature
+    # one span clustering of every live latent: a latent links to the fewest (<= k_max) latents of each other seed
+    # whose span holds it at projection >= rho; components found in >= min_seeds seeds are features, their rank
+    # set by the energy rule (rank 1 = a stable latent direction)
     rest = torch.nonzero(label == -1).squeeze(1)
     max_rank, n_chained = cfg.resolved_max_rank(d), 0
-    if rest.numel():
-        seed_of = rest // m
-        labels = cluster_by_span(Df[rest], seed_of, cfg.k_max, cfg.rho)
+    todo = [(rest, cfg.rho)] if rest.numel() else []
+    while todo:  # a component of too high rank is a chain: split it by clustering its latents at a stricter rho
+        idx, rho = todo.pop()
+        labels = cluster_by_span(Df[idx], idx // m, cfg.k_max, rho)
         for c in torch.unique(labels).tolist():
-            mem = rest[labels == c]
+            mem = idx[labels == c]
             if torch.unique(mem // m).numel() < min_seeds:
                 continue
-            U = energy_basis(Df[mem], mem // m, cfg.energy)
+            U = energy_basis(Df[mem], mem // m, cfg.energy, cfg.seed_energy)
             if U.shape[1] > max_rank:
-                n_chained += 1
+                if rho < MAX_RHO:
+                    todo.append((mem, 1 - (1 - rho) / 2))
+                else:  # a chain that does not split: keep only its rank-1 directions matched across seeds
+                    n_chained += 1
+                    for sub in _rank1_groups(Df, mem, m, math.sqrt(cfg.overlap), min_seeds):
+                        U1 = energy_basis(Df[sub], sub // m, cfg.energy, cfg.seed_energy)
+                        if U1.shape[1] == 1:
+                            features.append(Feature("stable", U1.float(), [(int(i) // m, int(i) % m) for i in sub]))
+                            label[sub] = len(features) - 1
                 continue
             features.append(Feature("stable" if U.shape[1] == 1 else "subspace", U.float(),
                                     [(int(i) // m, int(i) % m) for i in mem]))
@@ -248,7 +256,7 @@ def _absorb_rank1(features: list[Feature], label: Tensor, D: Tensor, cfg: AtlasC
     for j in subs:
         f = features[j]
         idx = torch.tensor([s * m + l for s, l in f.members])
-        f.basis = energy_basis(D.reshape(-1, D.shape[2])[idx], idx // m, cfg.energy).float()
+        f.basis = energy_basis(D.reshape(-1, D.shape[2])[idx], idx // m, cfg.energy, cfg.seed_energy).float()
         f.stability = _stability(f, D, cfg, alive)
     keep = [i for i in range(len(features)) if i not in drop]
     new_label = torch.full_like(label, -1)
