@@ -822,7 +822,7 @@ def atlas_cmd(
             raise UserError("one SAE folder is one seed: give at least two folders (or a run directory)")
     res, atlas = atlas_of(paths, AtlasConfig(overlap=overlap, energy=energy, min_seeds=min_seeds, max_rank=max_rank), device)
     target = out or (paths[0] if run else paths[0].parent)
-    t, j = write_atlas(target, res, atlas, metrics_json=paths[0] / "metrics.json" if run and out is None else None)
+    t, j = write_atlas(target, res, atlas)
     if as_json:
         typer.echo(j.read_text())
         return

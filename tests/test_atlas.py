@@ -178,4 +178,3 @@ def test_cli_atlas_on_a_tiny_run(tmp_path):
     assert len(out["planted_blocks"]) == 3 and "heldout" in out
     assert out["heldout"]["goal"]["held"] in (True, False)
     assert abs(out["ev_share_features"] + out["ev_share_remainder"] - 1) < 1e-4 or out["n_features"] == 0
-    assert "atlas" in json.loads((tmp_path / "r" / "metrics.json").read_text())

@@ -57,6 +57,7 @@ class Feature:
     stability: float = float("nan")
     frequency: float = float("nan")  # mean over its seeds of the fraction of tokens on which any member fires
     ev_share: float = float("nan")  # mean over all seeds of the share of that seed's explained variance it carries
+    holders: int = 0  # how many of the atlas's seeds hold its span
 
     @property
     def rank(self) -> int:
@@ -217,6 +218,9 @@ def build_atlas(dec: Float[Tensor, "S m d"], alive: Tensor | None = None, cfg: A
     for f in features:
         f.stability = _stability(f, D, cfg, alive)
     features, label = _absorb_rank1(features, label, D, cfg, alive)
+    # a span that fewer than min_seeds seeds hold is not reproducible, however its latents clustered
+    n_unheld = sum(1 for f in features if f.holders < min_seeds)
+    features, label = _keep(features, label, [f.holders >= min_seeds for f in features])
     # canonical order (independent of seed and latent order): most seeds, then rank, then stability
     order = sorted(range(len(features)), key=lambda i: (-len(features[i].seeds), features[i].rank, -features[i].stability,
                                                           -float(features[i].basis.abs().max())))
@@ -227,14 +231,28 @@ def build_atlas(dec: Float[Tensor, "S m d"], alive: Tensor | None = None, cfg: A
     label = torch.where(label >= 0, remap[label.clamp_min(0)], label)
     features = [features[i] for i in order]
     return Atlas(features, label, S, d, settings={"schema": SCHEMA, **asdict(cfg), "min_seeds_resolved": min_seeds,
-                                                        "max_rank_resolved": max_rank, "n_chained_clusters_rejected": n_chained})
+                                                        "max_rank_resolved": max_rank, "n_chained_clusters_rejected": n_chained,
+                                                        "n_unheld_clusters_rejected": n_unheld})
 
 
 def _stability(f: Feature, D: Tensor, cfg: AtlasConfig, alive: Tensor) -> float:
-    """Mean over the feature's own seeds of the fraction of the other seeds holding it."""
+    """Mean over the feature's own seeds of the fraction of the other seeds holding it (sets f.holders too)."""
     hold = feature_holders(f.basis, D, cfg, alive)
     S = D.shape[0]
+    f.holders = int(sum(hold))
     return float(np.mean([(sum(hold) - hold[s]) / (S - 1) for s in f.seeds]))
+
+
+def _keep(features: list[Feature], label: Tensor, keep: list[bool]) -> tuple[list[Feature], Tensor]:
+    """Features where keep is True, relabelled; the latents of the others go to the remainder (-1)."""
+    new_label = torch.where(label == -2, -2, -1)
+    out = []
+    for f, k in zip(features, keep):
+        if k:
+            for s, j in f.members:
+                new_label[s, j] = len(out)
+            out.append(f)
+    return out, new_label
 
 
 def _absorb_rank1(features: list[Feature], label: Tensor, D: Tensor, cfg: AtlasConfig, alive: Tensor):
@@ -258,13 +276,7 @@ def _absorb_rank1(features: list[Feature], label: Tensor, D: Tensor, cfg: AtlasC
         idx = torch.tensor([s * m + l for s, l in f.members])
         f.basis = energy_basis(D.reshape(-1, D.shape[2])[idx], idx // m, cfg.energy, cfg.seed_energy).float()
         f.stability = _stability(f, D, cfg, alive)
-    keep = [i for i in range(len(features)) if i not in drop]
-    new_label = torch.full_like(label, -1)
-    new_label[label == -2] = -2
-    for new, old in enumerate(keep):
-        for s, l in features[old].members:
-            new_label[s, l] = new
-    return [features[i] for i in keep], new_label
+    return _keep(features, label, [i not in drop for i in range(len(features))])
 
 
 # ----------------------------------------------------------------------------------------------- data statistics
@@ -404,7 +416,7 @@ def atlas_summary(atlas: Atlas) -> dict:
     feats = atlas.features
     ranks = [f.rank for f in feats]
     ev = [f.ev_share for f in feats]
-    have_ev = bool(feats) and all(math.isfinite(e) for e in ev)
+    have_ev = math.isfinite(atlas.remainder_ev_share)  # set by attach_stats (data), even with no features
     stab = np.array([f.stability for f in feats]) if feats else np.zeros(0)
     return {
         "schema": SCHEMA,
@@ -420,7 +432,7 @@ def atlas_summary(atlas: Atlas) -> dict:
         "mean_feature_stability": _num(float(stab.mean())) if len(stab) else None,
         "ev_share_features": _num(float(sum(ev))) if have_ev else None,
         "ev_share_remainder": _num(atlas.remainder_ev_share),
-        "ev_weighted_feature_stability": (_num(float(np.dot(ev, stab) / max(sum(ev), 1e-30))) if have_ev else None),
+        "ev_weighted_feature_stability": (_num(float(np.dot(ev, stab) / max(sum(ev), 1e-30))) if have_ev and feats else None),
         "features": [{"id": i, "kind": f.kind, "rank": f.rank, "seeds": f.seeds, "n_latents": len(f.members),
                       "stability": _num(f.stability), "frequency": _num(f.frequency), "ev_share": _num(f.ev_share)}
                      for i, f in enumerate(feats)],

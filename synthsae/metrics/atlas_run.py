@@ -1,7 +1,6 @@
 """The atlas of a run folder or of SAE folders: data statistics, held-out judgement, planted blocks, files.
 
-Writes `atlas.safetensors` + `atlas.json` (atomic) and, for a run folder, merges the summary into metrics.json
-under "atlas" (for the report).
+Writes `atlas.safetensors` + `atlas.json` (atomic); `synthsae report` reads atlas.json when a run folder has one.
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from synthsae.fileio import atomic_save_safetensors, atomic_write_json, merge_json_key
+from synthsae.fileio import atomic_save_safetensors, atomic_write_json
 from synthsae.metrics.atlas import (
     AtlasConfig, Atlas, atlas_summary, atlas_tensors, attach_sparsity, attach_stats, build_atlas, group_stability,
     heldout_stability, match_blocks,
@@ -23,7 +22,6 @@ from synthsae.metrics.matching import maxcos, unit_rows
 
 ATLAS_FILE = "atlas.safetensors"
 ATLAS_JSON = "atlas.json"
-METRICS_KEY = "atlas"
 FEATURE_GOAL = 0.9  # issue 15: atlas features should reproduce in >= 90% of held-out seeds
 EV_GOAL = 0.95  # ... while carrying >= 95% of the seeds' explained variance
 
@@ -117,10 +115,10 @@ def _judge_heldout(sae, x: Tensor | None, alive: Tensor, ev_lat: Tensor | None, 
             "latent_stability_heldout_at_sqrt_overlap": _latent_heldout(dec[own], dec[other], alive[own],
                                                                         math.sqrt(cfg.overlap), None)["mean"],
         }
-        if x is not None and len(h):
-            row["ev_share_features"] = float(ev.sum())
-            row["feature_stability_heldout_ev_weighted"] = float((ev * h).sum() / max(ev.sum(), 1e-30))
-            row["ev_share_features_heldout_ge_goal"] = float(ev[h >= FEATURE_GOAL - 1e-9].sum())
+        if x is not None:  # no feature at all: nothing of the EV reproduces
+            row["ev_share_features"] = float(ev.sum()) if len(h) else 0.0
+            row["feature_stability_heldout_ev_weighted"] = float((ev * h).sum() / max(ev.sum(), 1e-30)) if len(h) else 0.0
+            row["ev_share_features_heldout_ge_goal"] = float(ev[h >= FEATURE_GOAL - 1e-9].sum()) if len(h) else 0.0
         rows.append(row)
     keys = ["feature_stability_heldout", "feature_stability_heldout_ev_weighted", "ev_share_features",
             "ev_share_features_heldout_ge_goal"]
@@ -239,15 +237,13 @@ def _groups_per_block(dec: Tensor, sae_cfg, stab: Tensor, truth) -> list[dict]:
     return out
 
 
-def write_atlas(out_dir: Path, res: dict, atlas: Atlas, metrics_json: Path | None = None) -> tuple[Path, Path]:
-    """atlas.safetensors + atlas.json in out_dir (atomic); the summary also into metrics.json under "atlas"."""
-    from synthsae.metrics.analyze import jsonable
+def write_atlas(out_dir: Path, res: dict, atlas: Atlas) -> tuple[Path, Path]:
+    """atlas.safetensors + atlas.json in out_dir (each written atomically; the report reads atlas.json)."""
+    from synthsae.serialize import to_json
 
     out_dir.mkdir(parents=True, exist_ok=True)
     t = out_dir / ATLAS_FILE
     atomic_save_safetensors(atlas_tensors(atlas), t, metadata={"schema": res["schema"]})
     j = out_dir / ATLAS_JSON
-    atomic_write_json(j, jsonable(res))
-    if metrics_json is not None:
-        merge_json_key(metrics_json, METRICS_KEY, jsonable({k: v for k, v in res.items() if k != "features"}))
+    atomic_write_json(j, to_json(res))
     return t, j
