@@ -252,6 +252,43 @@ def pooling_section(v: Verdict, po: PoolingResult | None, fig_dir: Path) -> Sect
     return sec
 
 
+def atlas_sections(run_dir: Path) -> list[Section]:
+    """The feature atlas (issue 15) when `synthsae atlas RUN_DIR` wrote atlas.json; none otherwise."""
+    import json
+
+    from synthsae.metrics.atlas_run import ATLAS_JSON, atlas_verdict
+
+    path = run_dir / ATLAS_JSON
+    if not path.is_file():
+        return []
+    res = json.loads(path.read_text())
+    sec = _section(atlas_verdict(res))
+    sec.paragraphs.append(
+        f"{res['n_features']} features from {res['n_seeds']} seeds: {res['n_stable_rank1']} stable rank-1 directions, "
+        f"{res['n_subspaces']} reproducible subspaces (ranks {res['rank_histogram']}), {res['n_remainder_latents']} "
+        f"latents in the irreproducible remainder. EV share: features {fmt(res.get('ev_share_features'))}, remainder "
+        f"{fmt(res.get('ev_share_remainder'))}. Rules: docs/atlas.md.")
+    h = res.get("heldout")
+    if h:
+        rows = [[f"{r['build_seeds']} -> {r['judge_seeds']}", str(r["n_features"]), fmt(r["feature_stability_heldout"]),
+                 fmt(r.get("feature_stability_heldout_ev_weighted")), fmt(r.get("ev_share_features")),
+                 fmt(r["latent_stability_heldout"]["mean"]), fmt(r["latent_stability_heldout"].get("ev_weighted"))]
+                for r in h["halves"]]
+        sec.tables.append(Table(["atlas seeds -> judged on", "features", "feature stability", "EV-weighted",
+                                 "EV share of features", f"latent stability (tau {h['latent_tau']})", "EV-weighted"],
+                                rows, "Held-out judgement: the atlas of one half of the seeds against the other half"))
+    if res.get("planted_blocks"):
+        sec.tables.append(Table(["block", "rank", "geometry", "best feature", "its rank", "overlap", "its stability"],
+                                [[str(b["block"]), str(b["rank"]), "orthogonal" if b.get("orthogonal") else "superposed",
+                                  str(b["best_feature"]), str(b.get("feature_rank", "-")), fmt(b["overlap"]),
+                                  fmt(b.get("feature_stability"))] for b in res["planted_blocks"]],
+                                "Planted blocks against the atlas (overlap ||B^T U||^2 / max rank: 1 = the same span)"))
+    if res.get("group_stability"):
+        g = res["group_stability"]
+        sec.paragraphs.append(f"blocktopk group-level stability: {fmt(g['mean'])} over {g['n_live_groups']} live groups.")
+    return [sec]
+
+
 # ----------------------------------------------------------------------------------------------- assembly
 
 
@@ -318,7 +355,7 @@ def build_report(run_dir: str | Path, title: str | None = None) -> tuple[Path, P
     m = _metrics(run_dir)
     fig_dir = run_dir / "figures"
     fig_dir.mkdir(exist_ok=True)
-    sections = build_sections(m, load_latents(run_dir), fig_dir)
+    sections = build_sections(m, load_latents(run_dir), fig_dir) + atlas_sections(run_dir)
     return write_report(run_dir, title or f"synthsae report: {run_dir.name}", _summary(run_dir, m), sections)
 
 

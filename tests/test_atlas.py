@@ -178,3 +178,36 @@ def test_cli_atlas_on_a_tiny_run(tmp_path):
     assert len(out["planted_blocks"]) == 3 and "heldout" in out
     assert out["heldout"]["goal"]["held"] in (True, False)
     assert abs(out["ev_share_features"] + out["ev_share_remainder"] - 1) < 1e-4 or out["n_features"] == 0
+    from synthsae.report import atlas_sections
+
+    (sec,) = atlas_sections(tmp_path / "r")
+    assert sec.verdict in ("held", "partly held", "did not hold") and len(sec.tables) >= 3
+    assert atlas_sections(tmp_path) == []
+
+
+def _sae_with(dec):
+    from conftest import make_sae
+
+    S, m, d = dec.shape
+    sae = make_sae(S, d, m, "topk", k=6)
+    with torch.no_grad():
+        sae.W_dec.copy_(dec)
+        sae.W_enc.copy_(dec.transpose(1, 2))
+        sae.b_enc.zero_()
+    return sae
+
+
+@pytest.mark.parametrize("case", ["rotated", "random"])
+def test_atlas_verdict_holds_for_rotated_copies_and_not_for_random_dictionaries(case):
+    from synthsae.metrics.atlas_run import _judge_heldout, _latent_ev_share, atlas_verdict
+
+    _, dec = rotated_copies(S=6)
+    if case == "random":
+        dec = torch.randn(dec.shape, generator=torch.Generator().manual_seed(2))
+    sae = _sae_with(dec)
+    x = torch.randn(2000, D, generator=torch.Generator().manual_seed(8))
+    alive = torch.ones(6, dec.shape[1], dtype=torch.bool)
+    res = {"heldout": _judge_heldout(sae, x, alive, _latent_ev_share(sae, x), AtlasConfig(), 0.7, None)}
+    v = atlas_verdict(res)
+    assert v.verdict == ("held" if case == "rotated" else "did not hold"), (v.why, [c.detail for c in v.checks])
+    assert atlas_verdict({}).verdict == "not measured"

@@ -247,3 +247,48 @@ def write_atlas(out_dir: Path, res: dict, atlas: Atlas) -> tuple[Path, Path]:
     j = out_dir / ATLAS_JSON
     atomic_write_json(j, to_json(res))
     return t, j
+
+
+# ----------------------------------------------------------------------------------------------- verdict
+
+
+def _n(v) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
+def atlas_verdict(res: dict):
+    """Whether the atlas gives features that reproduce: held-out seeds hold them (EV-weighted stability >= 0.9) and
+    they carry >= 95% of the EV (core); they beat latent-level stability, and every orthogonal planted block is one
+    feature of the right rank (supporting)."""
+    from synthsae.results import Check, Verdict
+
+    title = "Feature atlas: features that reproduce across seeds"
+    claim = (f"An atlas built from half of the seeds gives features that the other half holds (EV-weighted stability "
+             f">= {FEATURE_GOAL}) and that carry >= {EV_GOAL:.0%} of the seeds' explained variance.")
+    rule = ("core: held-out EV-weighted feature stability >= 0.9 and EV share of the features >= 0.95 (mean of both "
+            "halves); supporting: held-out feature stability above held-out latent stability, every orthogonal "
+            "planted block matched by one feature of its rank at overlap >= 0.9")
+    h = res.get("heldout") or {}
+    mean = h.get("mean") or {}
+    if "feature_stability_heldout_ev_weighted" not in mean:
+        return Verdict(title, claim, rule, "not measured",
+                       "needs >= 4 seeds and data (a run folder with its truth) for the held-out halves")
+    fs, ev = mean["feature_stability_heldout_ev_weighted"], mean["ev_share_features"]
+    fsm, lsm = mean.get("feature_stability_heldout"), mean.get("latent_stability_heldout")
+    fsm = None if fsm is None or not math.isfinite(fsm) else fsm
+    checks = [
+        Check("held-out EV-weighted feature stability >= 0.9", fs >= FEATURE_GOAL, True, f"{fs:.3f}"),
+        Check("EV share of the features >= 0.95", ev >= EV_GOAL, True, f"{ev:.3f}"),
+        Check("feature stability above latent stability (held out)",
+              fsm is not None and lsm is not None and fsm > lsm, False,
+              f"{_n(fsm)} vs {_n(lsm)} (tau {h.get('latent_tau')})"),
+    ]
+    orth = [b for b in res.get("planted_blocks", []) if b.get("orthogonal")]
+    if orth:
+        ok = [b for b in orth if b["overlap"] >= 0.9 and b.get("rank_right")]
+        checks.append(Check("every orthogonal planted block is one feature of its rank", len(ok) == len(orth), False,
+                            f"{len(ok)} of {len(orth)}"))
+    core_ok = all(c.passed for c in checks if c.core)
+    verdict = "held" if all(c.passed for c in checks) else ("partly held" if core_ok else "did not hold")
+    why = f"held-out EV-weighted feature stability {fs:.3f}, EV share of features {ev:.3f}"
+    return Verdict(title, claim, rule, verdict, why, checks)
