@@ -5,7 +5,7 @@ import torch
 
 from synthsae.config import SAEConfig
 
-SHIPPED = ["topk", "batchtopk", "matryoshka", "relu", "jumprelu", "gated"]
+SHIPPED = ["topk", "batchtopk", "matryoshka", "relu", "jumprelu", "gated", "blocktopk"]
 
 
 @pytest.fixture(autouse=True)
