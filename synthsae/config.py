@@ -90,6 +90,9 @@ class SAEConfig:
     # mixed sizes in latent order; empty = d_sae / group_size groups of group_size latents
     group_size: int = 1
     group_sizes: list[int] = field(default_factory=list)
+    # blocktopk: score a group of >= 2 latents by its norm minus that group's running mean norm (EMA over training
+    # batches), so a group that is on for every token (a dense component) does not win the top-k by its size alone
+    group_centre: bool = False
     apply_b_dec_to_input: bool = True
 
 

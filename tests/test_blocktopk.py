@@ -145,3 +145,29 @@ def test_group_stability_sees_rotations_inside_groups_but_not_random_groups():
     assert res["mean"] == pytest.approx(1.0)
     rnd = group_stability(torch.randn(3, sum(sizes), d, generator=g), sizes)
     assert rnd["mean"] < 0.1
+
+
+def test_group_centre_tracks_mean_norms_and_round_trips(tmp_path):
+    cfg = SAEConfig(variant="blocktopk", d_sae=36, k=3, group_sizes=MIXED, group_centre=True)
+    sae = build_sae(cfg, 12, [0, 1])
+    x = torch.randn(64, 12) + 0.2
+    sae.train()
+    out = sae(x)
+    sae.update_running_stats(out)
+    with torch.no_grad():
+        pre = sae.pre_acts(x)
+        sae.centre = False
+        raw = sae.group_scores(pre)
+        sae.centre = True
+    multi = sae._gsize > 1
+    torch.testing.assert_close(sae.group_offset[:, multi], raw.mean(1)[:, multi])
+    assert float(sae.group_offset[:, ~multi].abs().max()) == 0.0
+    # the sparse training path still equals dense autograd with centred scores
+    out = sae(x)
+    torch.testing.assert_close(out.x_hat, sae.decode(sae.encode(x)), atol=1e-5, rtol=1e-5)
+    sae.eval()
+    folders = [save_seed_folder(tmp_path / f"s{s}", sae, s, {}) for s in range(2)]
+    back = load_sae_folders(folders)
+    with torch.no_grad():
+        torch.testing.assert_close(back.group_offset, sae.group_offset)
+        torch.testing.assert_close(back.encode(x), sae.encode(x))

@@ -53,13 +53,20 @@ class BlockTopKSAE(TopKSAE):
         self.sizes = sizes
         # contiguous runs of equal-size groups: (first latent, end latent, group size); scores are computed per run
         self.runs: list[tuple[int, int, int]] = []
+        self.run_group0: list[int] = []  # index of the first group of each run
         a = 0
-        for g in sizes:
+        for gi, g in enumerate(sizes):
             if self.runs and self.runs[-1][2] == g:
                 self.runs[-1] = (self.runs[-1][0], a + g, g)
             else:
                 self.runs.append((a, a + g, g))
+                self.run_group0.append(gi)
             a += g
+        self.centre = bool(getattr(cfg, "group_centre", False)) and any(g > 1 for g in sizes)
+        # running mean norm of every group over training batches (used when group_centre; 1-latent groups: 0)
+        self.register_buffer("group_offset", torch.zeros(len(self.init_seeds), len(sizes), device=device, dtype=dtype),
+                             persistent=self.centre)
+        self._batch_norm_mean: Tensor | None = None
         self.uniform = len(self.runs) == 1
         self.g = sizes[0] if self.uniform else None
         gid = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
@@ -80,13 +87,29 @@ class BlockTopKSAE(TopKSAE):
     # ------------------------------------------------------------------------------------------- maths
 
     def group_scores(self, pre: Float[Tensor, "S B m"]) -> Float[Tensor, "S B G"]:
-        """Score of every group: its pre-activation for a single latent, the norm of its pre-activations otherwise."""
+        """Score of every group: its pre-activation for a single latent, the norm of its pre-activations otherwise
+        (minus the group's running mean norm with group_centre)."""
         S, B, _ = pre.shape
         parts = []
         for a, b, g in self.runs:
             seg = pre[..., a:b]
             parts.append(seg if g == 1 else torch.linalg.vector_norm(seg.reshape(S, B, (b - a) // g, g), dim=-1))
-        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+        raw = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+        if not self.centre or self.all_singletons:
+            return raw
+        if self.training:
+            self._batch_norm_mean = raw.detach().mean(dim=1) * (self._gsize > 1)
+        return raw - self.group_offset.unsqueeze(1)
+
+    @torch.no_grad()
+    def update_running_stats(self, out) -> None:
+        """EMA (decay 0.99) of each group's mean norm over training batches (group_centre only)."""
+        m = self._batch_norm_mean
+        if m is None:
+            return
+        fresh = (self.group_offset == 0).all(dim=1, keepdim=True)
+        self.group_offset.copy_(torch.where(fresh, m, 0.99 * self.group_offset + 0.01 * m))
+        self._batch_norm_mean = None
 
     def code_of(self, pre: Tensor, cols: Tensor | None = None) -> Tensor:
         """Latent code from pre-activations: ReLU for single-latent groups, identity inside larger groups."""
@@ -145,6 +168,12 @@ class BlockTopKSAE(TopKSAE):
     def saelens_architecture(self) -> str:  # type: ignore[override]
         return "topk" if self.all_singletons else "blocktopk"
 
+    def seed_tensors(self, s: int) -> dict[str, Tensor]:
+        t = super().seed_tensors(s)
+        if self.centre:
+            t["group_offset"] = self.group_offset[s].contiguous()
+        return t
+
     def saelens_cfg(self) -> dict[str, Any]:
         if self.all_singletons:
             return {"k": self.cfg.k, "rescale_acts_by_decoder_norm": False}
@@ -154,6 +183,7 @@ class BlockTopKSAE(TopKSAE):
             "note": ("blocktopk (synthsae): SAELens has no group encoder, so this folder does not load there. "
                      "Weights use SAELens names. Encode: pre = (x - b_dec) @ W_enc + b_enc; latents form contiguous "
                      "groups of group_sizes; score = pre for a 1-latent group, L2 norm of the group's pre otherwise; "
+                     "with group_centre, subtract group_offset (a tensor in the weights file) from each score; "
                      "keep the k top-scoring groups; code = relu(pre) in 1-latent groups, pre itself in larger ones; "
                      "decode: code @ W_dec + b_dec."),
         }
