@@ -1,12 +1,12 @@
-"""A cross-seed feature atlas: features at the level where they are identifiable (docs/atlas.md).
+"""A cross-seed feature atlas: features at the level where they are identifiable (rules in docs/atlas.md).
 
-Every live latent of S seeds ends in exactly one place: a stable rank-1 feature (latents of >= min_seeds seeds
-that match at cos >= sqrt(overlap)), a reproducible subspace (the remaining latents clustered by span with
-`cluster_by_span`, merged into one span whose rank is set by the energy rule) or the irreproducible remainder.
-A seed *holds* a feature of rank r with basis U when the top-r span G of its latents lying mostly in U has a
-principal-angle overlap ||U^T G||_F^2 / r >= `overlap` (for r = 1: a latent at signed cos >= sqrt(overlap)).
-Feature stability = the fraction of the other seeds that hold it (mean over the seeds it was built from).
-"""
+Every live latent of S seeds ends in exactly one place. The live latents are clustered by span
+(`cluster_by_span`); a component found in >= min_seeds seeds becomes a feature whose rank the energy rule sets
+(rank 1 = a stable latent direction, higher = a reproducible subspace). Chains above max_rank are re-clustered
+at a stricter rho; what does not split keeps only its rank-1 cross-seed matches. Everything else is the
+irreproducible remainder. A seed *holds* a feature of rank r with basis U when the top-r span G of its latents
+lying mostly in U has principal-angle overlap ||U^T G||_F^2 / r >= `overlap` (rank 1: a latent at signed
+cos >= sqrt(overlap)). Feature stability = the fraction of the other seeds that hold it (mean over its seeds)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from torch import Tensor
 
-from synthsae.metrics.matching import maxcos_both, unit_rows
+from synthsae.metrics.matching import unit_rows
 from synthsae.metrics.subspaces import cluster_by_span, orthonormal_basis
 
 SCHEMA = "synthsae.atlas/1"
