@@ -17,7 +17,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from synthsae.sae import register_variant
-from synthsae.sae.sparse import SparseCode, code_from_topk
+from synthsae.sae.sparse import SparseCode, code_from_topk, fast_topk, gather_pre
 from synthsae.sae.topk import TopKSAE
 
 
@@ -119,7 +119,7 @@ class BlockTopKSAE(TopKSAE):
         return torch.where(lin, pre, torch.relu(pre))
 
     def top_groups(self, pre: Float[Tensor, "S B m"]) -> Int[Tensor, "S B k"]:
-        return torch.topk(self.group_scores(pre), self.cfg.k, dim=-1, sorted=False).indices
+        return fast_topk(self.group_scores(pre), self.cfg.k)[1]
 
     def activation(self, pre: Float[Tensor, "S B m"]) -> Float[Tensor, "S B m"]:
         gidx = self.top_groups(pre)
@@ -148,17 +148,17 @@ class BlockTopKSAE(TopKSAE):
         return code, pre.reshape(S * B, m)[rows, lat]
 
     def forward(self, x: Tensor, step: int = 0, dead: Bool[Tensor, "S m"] | None = None):
-        from synthsae.sae.sparse import gather_pre
-
         S, m = self.n_seeds, self.d_sae
         B = x.shape[-2]
         bias = self.bias_eff()
         with torch.no_grad():
-            pre = self.pre_acts(x, bias.detach(), out=self.scratch("pre", (S, B, m), self.dtype))
+            pre, exact = self.selection_pre_acts(x, bias.detach())
             code, pre_sel = self.select(pre)
+            if not exact:  # low-precision selection: the values that train are recomputed in the parameter dtype
+                pre_sel = self.exact_pre(x, code, bias)
         vals = self.code_of(gather_pre(pre_sel, self.W_enc, bias, x, code), code.cols % m)
         x_hat = self.decode_code(code, vals, S, B)
-        aux = self.aux_loss(x, x_hat, pre, bias, dead)
+        aux = self.aux_loss(x, x_hat, pre, bias, dead, exact)
         del pre
         return self.sparse_output(x, x_hat, code, vals, aux, S, B)
 
