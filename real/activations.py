@@ -1,0 +1,360 @@
+"""Collect residual-stream activations after block L into safetensors shards; read them back memory-mapped.
+
+Folder layout (`acts/` of a real run, or any folder):
+- `meta.json`: model, its fingerprint, layer, d_model, window length, corpus, the outlier rule, counts;
+- `contexts.safetensors`: `tokens [n_contexts, ctx_len]` int32 (the windows, train first, eval last);
+- `shards/shard_<k>.safetensors`: `acts [n, d]`, `token_ids [n]`, `context_ids [n]`, `positions [n]` for the
+  kept tokens of a contiguous range of windows (in the file's metadata).
+Kept tokens: position > 0 and norm <= `outlier_factor` x the median norm (measured on the first batch and
+then fixed). Each shard is written atomically, so a killed collection resumes after its last shard.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from synthsae.config import ConfigError
+from synthsae.fileio import atomic_save_safetensors, atomic_write_json
+from synthsae.io import RunFileError
+
+META = "meta.json"
+CONTEXTS = "contexts.safetensors"
+SHARDS = "shards"
+FORMAT = "synthsae-activations-1"
+
+
+@dataclass
+class CollectConfig:
+    """What to collect: model, block, window length, how many tokens (train + eval), corpus and outlier rule."""
+
+    model: str = "smollm2"
+    layer: int = 15
+    ctx_len: int = 128
+    train_tokens: int = 300_000
+    eval_tokens: int = 16_384
+    batch_contexts: int = 8
+    shard_tokens: int = 65_536
+    corpus: list[str] = field(default_factory=list)  # empty = the default Debian corpus
+    corpus_seed: int = 0
+    outlier_factor: float = 10.0
+    dtype: str = "float32"  # storage dtype of the activations (float32 or float16)
+
+    def n_contexts(self) -> tuple[int, int]:
+        per = self.ctx_len - 1  # position 0 is never kept
+        return math.ceil(self.train_tokens / per), math.ceil(self.eval_tokens / per)
+
+
+def validate_collect(c: CollectConfig) -> None:
+    for name, lo in (("layer", 0), ("ctx_len", 2), ("train_tokens", 1), ("eval_tokens", 1), ("batch_contexts", 1),
+                     ("shard_tokens", 1)):
+        v = getattr(c, name)
+        if not isinstance(v, int) or isinstance(v, bool) or v < lo:
+            raise ConfigError(f"collect.{name} = {v!r}: must be an integer >= {lo}")
+    if not (isinstance(c.outlier_factor, (int, float)) and c.outlier_factor > 1):
+        raise ConfigError(f"collect.outlier_factor = {c.outlier_factor!r}: must be a number > 1")
+    if c.dtype not in ("float32", "float16"):
+        raise ConfigError(f"collect.dtype = {c.dtype!r}: must be float32 or float16")
+
+
+def _identity(c: CollectConfig, lm, contexts_hash: str, corpus_desc: str) -> dict:
+    """What a cache must match to be reused: model weights, layer, windows (hence corpus and seed)."""
+    return {"format": FORMAT, "model": c.model, "model_fingerprint": lm.fingerprint, "layer": c.layer,
+            "d_model": lm.d_model, "n_layers": lm.n_layers, "ctx_len": c.ctx_len, "contexts_hash": contexts_hash,
+            "corpus": corpus_desc, "dtype": c.dtype, "outlier_factor": c.outlier_factor}
+
+
+def _hash_tokens(t: Tensor) -> str:
+    import hashlib
+
+    return hashlib.sha256(t.numpy().tobytes()).hexdigest()[:16]
+
+
+def _mismatch(saved: dict, want: dict) -> str | None:
+    for k in ("format", "model_fingerprint", "layer", "ctx_len", "contexts_hash", "dtype", "outlier_factor"):
+        if saved.get(k) != want.get(k):
+            return f"{k}: cached {saved.get(k)!r}, requested {want.get(k)!r}"
+    return None
+
+
+def collect(c: CollectConfig, out: str | Path, *, lm=None, progress: bool = True, stop_after_shards: int | None = None,
+            force: bool = False) -> "ActivationStore":
+    """Collect (or finish collecting) activations into `out`; an existing complete cache is returned as is.
+
+    A folder holding activations of another model, layer, corpus or window length is refused (one line), and only
+    replaced with force. stop_after_shards=N stops after writing N shards in this call (as if killed; tests use it).
+    """
+    from real.corpus import default_documents, pack_contexts, read_documents
+    from real.model import check_layer, hidden_after, load_model
+
+    validate_collect(c)
+    out = Path(out)
+    lm = lm or load_model(c.model)
+    check_layer(lm, c.layer)
+    n_train, n_eval = c.n_contexts()
+    docs, corpus_desc = read_documents(c.corpus) if c.corpus else default_documents()
+    tokens = pack_contexts(docs, lm.tokenizer, n_train + n_eval, c.ctx_len, c.corpus_seed)
+    ident = _identity(c, lm, _hash_tokens(tokens), corpus_desc)
+    meta_path = out / META
+    meta: dict
+    if meta_path.is_file():
+        try:
+            meta = json.loads(meta_path.read_text())
+        except json.JSONDecodeError:
+            raise RunFileError(f"{meta_path}: not valid JSON; move the folder away or pass another --out") from None
+        bad = _mismatch(meta, ident)
+        if bad and force:
+            import shutil
+
+            shutil.rmtree(out)
+            return collect(c, out, lm=lm, progress=progress, stop_after_shards=stop_after_shards)
+        if bad:
+            raise ConfigError(f"{out}: holds activations of another collection ({bad}); pass another --out or --force")
+        if meta.get("complete"):
+            return ActivationStore(out)
+    else:
+        if out.exists() and any(out.iterdir()):
+            raise ConfigError(f"{out}: is not empty and holds no {META}; pass another --out")
+        meta = {**ident, "n_train_contexts": n_train, "n_eval_contexts": n_eval, "complete": False,
+                "config": asdict(c), "counts": {}}
+        atomic_save_safetensors({"tokens": tokens}, out / CONTEXTS)
+        atomic_write_json(meta_path, meta)
+
+    store = ActivationStore(out, require_complete=False)
+    done_ctx = store.shards[-1].ctx_end if store.shards else 0
+    counts = dict(meta.get("counts") or {})
+    for k in ("kept", "position0", "padding", "outliers"):
+        counts.setdefault(k, 0)
+    threshold = meta.get("outlier_norm_threshold")
+    dtype = torch.float16 if c.dtype == "float16" else torch.float32
+    n_ctx = n_train + n_eval
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=n_ctx * c.ctx_len, initial=done_ctx * c.ctx_len, unit="tok", unit_scale=True, file=sys.stderr,
+               desc=f"collect layer {c.layer}", disable=not progress, dynamic_ncols=True, mininterval=2.0)
+    buf: list[dict] = []
+    buf_rows, buf_start, written = 0, done_ctx, 0
+    t0 = time.perf_counter()
+    try:
+        for a in range(done_ctx, n_ctx, c.batch_contexts):
+            b = min(a + c.batch_contexts, n_ctx)
+            ids = tokens[a:b].long()
+            h = hidden_after(lm, ids, c.layer).cpu()  # [B, T, d]
+            norms = h.norm(dim=-1)
+            if threshold is None:
+                threshold = float(c.outlier_factor * norms[:, 1:].median())
+                meta["outlier_norm_threshold"] = threshold
+                meta["outlier_rule"] = f"norm > {c.outlier_factor:g} x median norm of the first batch (positions > 0)"
+            keep = torch.ones_like(norms, dtype=torch.bool)
+            keep[:, 0] = False
+            outl = (norms > threshold) & keep
+            keep &= ~outl
+            counts["position0"] += b - a
+            counts["outliers"] += int(outl.sum())
+            counts["kept"] += int(keep.sum())
+            ci, pi = torch.nonzero(keep, as_tuple=True)
+            buf.append({"acts": h[ci, pi].to(dtype), "token_ids": ids[ci, pi].int(), "context_ids": (ci + a).int(),
+                        "positions": pi.int()})
+            buf_rows += ci.numel()
+            bar.update((b - a) * c.ctx_len)
+            if progress:
+                bar.set_postfix_str(f"{counts['kept'] / max(time.perf_counter() - t0, 1e-9):.0f} kept tok/s", refresh=False)
+            if buf_rows >= c.shard_tokens or b == n_ctx:
+                _write_shard(out, len(store.shards), buf, buf_start, b)
+                store.shards.append(ShardInfo(out / SHARDS / _shard_name(len(store.shards)), buf_start, b, buf_rows))
+                meta["counts"] = counts
+                meta["complete"] = b == n_ctx
+                atomic_write_json(meta_path, meta)  # after the shard: meta never counts a shard that is not there
+                buf, buf_rows, buf_start = [], 0, b
+                written += 1
+                if stop_after_shards is not None and written >= stop_after_shards and b < n_ctx:
+                    break
+    finally:
+        bar.close()
+    return ActivationStore(out, require_complete=False)
+
+
+def _shard_name(k: int) -> str:
+    return f"shard_{k:05d}.safetensors"
+
+
+def _write_shard(out: Path, k: int, buf: list[dict], ctx_start: int, ctx_end: int) -> None:
+    tensors = {key: torch.cat([b[key] for b in buf]) for key in buf[0]}
+    atomic_save_safetensors(tensors, out / SHARDS / _shard_name(k),
+                            metadata={"ctx_start": str(ctx_start), "ctx_end": str(ctx_end)})
+
+
+# ----------------------------------------------------------------------------------------------- reading
+
+
+@dataclass
+class ShardInfo:
+    path: Path
+    ctx_start: int
+    ctx_end: int
+    rows: int
+
+
+_NP = {"F32": np.float32, "F16": np.float16, "I32": np.int32, "I64": np.int64}
+
+
+def read_header(path: Path) -> tuple[dict, int]:
+    """The safetensors JSON header of `path` and the byte offset where its data starts; one-line error if damaged."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n <= 0 or 8 + n > size:
+                raise ValueError("header length beyond the end of the file")
+            header = json.loads(f.read(n))
+        for name, t in header.items():
+            if name == "__metadata__":
+                continue
+            if t["dtype"] not in _NP:
+                raise ValueError(f"tensor {name!r} has dtype {t['dtype']}")
+            lo, hi = t["data_offsets"]
+            if 8 + n + hi > size or hi - lo != int(np.prod(t["shape"])) * np.dtype(_NP[t["dtype"]]).itemsize:
+                raise ValueError(f"tensor {name!r} runs past the end of the file (truncated?)")
+        return header, 8 + n
+    except (OSError, ValueError, KeyError, TypeError, struct.error) as exc:
+        raise RunFileError(f"{path}: corrupt activation shard ({exc}); delete it and run collect again to redo it") from None
+
+
+def mmap_tensors(path: Path) -> dict[str, np.ndarray]:
+    """Every tensor of a safetensors file as a read-only numpy memmap (nothing is read until indexed)."""
+    header, start = read_header(path)
+    out = {}
+    for name, t in header.items():
+        if name == "__metadata__":
+            continue
+        lo, _ = t["data_offsets"]
+        out[name] = np.memmap(path, dtype=_NP[t["dtype"]], mode="r", offset=start + lo, shape=tuple(t["shape"]))
+    return out
+
+
+class ActivationStore:
+    """A collected folder: metadata, windows, and memory-mapped shards split into train / eval by window id."""
+
+    def __init__(self, folder: str | Path, require_complete: bool = True):
+        self.folder = Path(folder)
+        mp = self.folder / META
+        if not mp.is_file():
+            raise RunFileError(f"{mp}: missing (not an activation folder; run `synthsae real collect` first)")
+        try:
+            self.meta = json.loads(mp.read_text())
+        except json.JSONDecodeError:
+            raise RunFileError(f"{mp}: not valid JSON") from None
+        if require_complete and not self.meta.get("complete"):
+            raise RunFileError(f"{self.folder}: collection did not finish; run the same collect command again to resume it")
+        self.shards: list[ShardInfo] = []
+        for p in sorted((self.folder / SHARDS).glob("shard_*.safetensors")):
+            header, _ = read_header(p)
+            md = header.get("__metadata__") or {}
+            try:
+                a, b = int(md["ctx_start"]), int(md["ctx_end"])
+                rows = int(header["acts"]["shape"][0])
+                if header["acts"]["shape"][1] != self.meta["d_model"]:
+                    raise ValueError("width differs from meta.json")
+            except (KeyError, ValueError, IndexError) as exc:
+                raise RunFileError(f"{p}: corrupt activation shard ({exc}); delete it and run collect again") from None
+            if self.shards and a != self.shards[-1].ctx_end:
+                raise RunFileError(f"{p}: starts at window {a}, previous shard ended at {self.shards[-1].ctx_end}")
+            self.shards.append(ShardInfo(p, a, b, rows))
+        self._maps: dict[Path, dict[str, np.ndarray]] = {}
+
+    @property
+    def d(self) -> int:
+        return int(self.meta["d_model"])
+
+    @property
+    def n_train_contexts(self) -> int:
+        return int(self.meta["n_train_contexts"])
+
+    def tokens(self) -> Tensor:
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(self.folder / CONTEXTS))["tokens"]
+        except Exception as exc:  # noqa: BLE001
+            raise RunFileError(f"{self.folder / CONTEXTS}: unreadable ({str(exc).splitlines()[0] if str(exc) else exc})") from None
+
+    def maps(self, shard: ShardInfo) -> dict[str, np.ndarray]:
+        if shard.path not in self._maps:
+            self._maps[shard.path] = mmap_tensors(shard.path)
+        return self._maps[shard.path]
+
+    def split_ranges(self, split: str) -> list[tuple[ShardInfo, int, int]]:
+        """(shard, row_lo, row_hi) pieces holding the kept tokens of the train or eval windows."""
+        cut = self.n_train_contexts
+        out = []
+        for s in self.shards:
+            if split == "train" and s.ctx_start >= cut or split == "eval" and s.ctx_end <= cut:
+                continue
+            ctx = self.maps(s)["context_ids"]
+            k = int(np.searchsorted(ctx, cut))
+            lo, hi = (0, k) if split == "train" else (k, s.rows)
+            if hi > lo:
+                out.append((s, lo, hi))
+        return out
+
+    def n_rows(self, split: str) -> int:
+        return sum(hi - lo for _, lo, hi in self.split_ranges(split))
+
+    def load(self, split: str, key: str = "acts", limit: int | None = None) -> Tensor:
+        """All rows of one field of a split (up to `limit`), as a float32 / int tensor in memory."""
+        parts, n = [], 0
+        for s, lo, hi in self.split_ranges(split):
+            if limit is not None:
+                hi = min(hi, lo + limit - n)
+            parts.append(np.asarray(self.maps(s)[key][lo:hi]))
+            n += hi - lo
+            if limit is not None and n >= limit:
+                break
+        arr = np.concatenate(parts) if parts else np.zeros((0,))
+        t = torch.from_numpy(arr.copy())
+        return t.float() if key == "acts" else t.long()
+
+    def batches(self, batch_size: int, seed: int, passes: int | None = None, scale: float = 1.0, start: int = 0):
+        """Shuffled training batches [B, d] (scaled by `scale`): a fresh permutation of all train rows per pass.
+
+        `start` skips that many batches without reading them (a resumed run continues the same stream).
+        """
+        ranges = self.split_ranges("train")
+        sizes = np.array([hi - lo for _, lo, hi in ranges])
+        offsets = np.concatenate([[0], np.cumsum(sizes)])
+        n = int(offsets[-1])
+        if n < batch_size:
+            raise ConfigError(f"train.batch_size = {batch_size}: larger than the {n} collected training tokens")
+        gen = np.random.default_rng(seed)
+        p = 0
+        while passes is None or p < passes:
+            perm = gen.permutation(n)
+            for i in range(0, n - batch_size + 1, batch_size):
+                if start > 0:
+                    start -= 1
+                    continue
+                idx = np.sort(perm[i : i + batch_size])
+                which = np.searchsorted(offsets, idx, side="right") - 1
+                rows = []
+                for r in np.unique(which):
+                    s, lo, _ = ranges[r]
+                    rows.append(self.maps(s)["acts"][lo + idx[which == r] - offsets[r]])
+                x = torch.from_numpy(np.concatenate(rows).astype(np.float32, copy=False))
+                yield x * scale if scale != 1.0 else x
+            p += 1
+
+
+def activation_scale(store: ActivationStore, n: int = 16384) -> float:
+    """SAELens's expected_average_only_in factor: sqrt(d) / mean norm, so scaled activations have mean norm sqrt(d)."""
+    x = store.load("train", limit=n)
+    return float(math.sqrt(store.d) / x.norm(dim=-1).mean().clamp_min(1e-12))

@@ -1,0 +1,143 @@
+"""Config of a real run: what to collect, which SAE, how to train it, cut-offs; presets quick / default / gpu.
+
+Saved fully resolved as the run's `real_config.json`; a resumed run must ask for the same config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from real.activations import CollectConfig, validate_collect
+from synthsae.config import AnalysisConfig, ConfigError, RunConfig, SAEConfig, TrainConfig, validate_analysis, validate_sae, validate_train
+
+PRESETS = ("quick", "default", "gpu")
+
+
+@dataclass
+class RealConfig:
+    preset: str = "default"
+    collect: CollectConfig = field(default_factory=CollectConfig)
+    sae: SAEConfig = field(default_factory=SAEConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+    passes: int = 4  # passes over the collected training tokens (train.steps is derived from it)
+    checkpoints: int = 5  # convergence: stability and FVU evaluated at this many points of training
+    splice_contexts: int = 32  # eval windows used for the spliced CE / KL ablation
+    splice_batch: int = 2  # windows per spliced forward pass (x S seeds)
+    n_draws: int = 2  # random control groups per group in the ablation
+    trigger_tokens: int = 16384  # eval tokens used for trigger statistics
+
+    def run_config(self) -> RunConfig:
+        """The synthetic-side RunConfig view the shared metrics (pooling, ablation) read cut-offs and seeds from."""
+        return RunConfig(preset=f"real-{self.preset}", sae=self.sae, train=self.train, analysis=self.analysis)
+
+
+def _quick() -> RealConfig:
+    return RealConfig(
+        preset="quick",
+        collect=CollectConfig(layer=6, ctx_len=64, train_tokens=48_000, eval_tokens=4_096, batch_contexts=16,
+                              shard_tokens=16_384),
+        sae=SAEConfig(variant="topk", d_sae=1152, k=16),
+        train=TrainConfig(seeds=3, batch_size=1024, lr=2e-3, warmup_steps=20, checkpoint_every=50,
+                          dead_window_tokens=40_000),
+        analysis=AnalysisConfig(eval_tokens=4_096, pool_refit_steps=40),
+        passes=3, checkpoints=3, splice_contexts=8, splice_batch=2, n_draws=1, trigger_tokens=4096,
+    )
+
+
+def _default() -> RealConfig:
+    return RealConfig(
+        preset="default",
+        collect=CollectConfig(layer=9, ctx_len=128, train_tokens=250_000, eval_tokens=16_384, batch_contexts=8),
+        sae=SAEConfig(variant="topk", d_sae=2304, k=32),
+        train=TrainConfig(seeds=4, batch_size=2048, lr=2e-3, warmup_steps=50, checkpoint_every=100,
+                          dead_window_tokens=200_000),
+        analysis=AnalysisConfig(eval_tokens=16_384, pool_refit_steps=150),
+        passes=5, checkpoints=5, splice_contexts=24, splice_batch=2, n_draws=2, trigger_tokens=16_384,
+    )
+
+
+def _gpu() -> RealConfig:
+    return RealConfig(
+        preset="gpu",
+        collect=CollectConfig(layer=15, ctx_len=256, train_tokens=20_000_000, eval_tokens=65_536, batch_contexts=64,
+                              shard_tokens=1_048_576, dtype="float16"),
+        sae=SAEConfig(variant="topk", d_sae=16_384, k=64),
+        train=TrainConfig(seeds=8, batch_size=4096, lr=1e-3, warmup_steps=500, checkpoint_every=1000,
+                          dead_window_tokens=2_000_000),
+        analysis=AnalysisConfig(eval_tokens=65_536, pool_refit_steps=1000),
+        passes=1, checkpoints=8, splice_contexts=128, splice_batch=4, n_draws=3, trigger_tokens=65_536,
+    )
+
+
+def preset(name: str) -> RealConfig:
+    makers = {"quick": _quick, "default": _default, "gpu": _gpu}
+    if name not in makers:
+        raise ConfigError(f"preset = {name!r}: must be one of {', '.join(PRESETS)}")
+    return makers[name]()
+
+
+def resolve(cfg: RealConfig) -> RealConfig:
+    """Derive train.steps from passes x training tokens / batch size, then validate everything."""
+    for name in ("passes", "checkpoints", "splice_contexts", "splice_batch", "n_draws", "trigger_tokens"):
+        v = getattr(cfg, name)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ConfigError(f"{name} = {v!r}: must be an integer >= 1")
+    validate_collect(cfg.collect)
+    cfg.train.steps = max(1, cfg.passes * cfg.collect.train_tokens // cfg.train.batch_size)
+    cfg.train.checkpoint_every = max(1, min(cfg.train.checkpoint_every, cfg.train.steps))
+    cfg.train.warmup_steps = min(cfg.train.warmup_steps, max(cfg.train.steps // 10, 1))
+    validate_sae(cfg.sae)
+    validate_train(cfg.train)
+    validate_analysis(cfg.analysis)
+    if cfg.train.seeds < 2:
+        raise ConfigError(f"train.seeds = {cfg.train.seeds}: stability needs at least 2 seeds")
+    return cfg
+
+
+def with_overrides(cfg: RealConfig, *, model=None, layer=None, tokens=None, seeds=None, d_sae=None, k=None,
+                   corpus=None, passes=None, lr=None, device=None) -> RealConfig:
+    """A copy of cfg with the command-line overrides applied (then resolved and validated)."""
+    cfg = dataclasses.replace(cfg, collect=dataclasses.replace(cfg.collect), sae=dataclasses.replace(cfg.sae),
+                              train=dataclasses.replace(cfg.train), analysis=dataclasses.replace(cfg.analysis))
+    if model is not None:
+        cfg.collect.model = str(model)
+    if layer is not None:
+        cfg.collect.layer = layer
+    if tokens is not None:
+        cfg.collect.train_tokens = tokens
+    if corpus:
+        cfg.collect.corpus = [str(c) for c in corpus]
+    if seeds is not None:
+        cfg.train.seeds = seeds
+    if d_sae is not None:
+        cfg.sae.d_sae = d_sae
+    if k is not None:
+        cfg.sae.k = k
+    if passes is not None:
+        cfg.passes = passes
+    if lr is not None:
+        cfg.train.lr = lr
+    if device is not None:
+        cfg.train.device = device
+    return resolve(cfg)
+
+
+def to_json(cfg: RealConfig) -> str:
+    return json.dumps(asdict(cfg), indent=2, sort_keys=True) + "\n"
+
+
+def load(path: str | Path) -> RealConfig:
+    from synthsae.io import RunFileError
+
+    try:
+        raw = json.loads(Path(path).read_text())
+        return RealConfig(preset=raw["preset"], collect=CollectConfig(**raw["collect"]), sae=SAEConfig(**raw["sae"]),
+                          train=TrainConfig(**raw["train"]), analysis=AnalysisConfig(**raw["analysis"]),
+                          **{k: raw[k] for k in ("passes", "checkpoints", "splice_contexts", "splice_batch", "n_draws",
+                                                 "trigger_tokens")})
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise RunFileError(f"{path}: not a readable real-run config ({type(exc).__name__}: {exc})") from None

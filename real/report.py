@@ -1,0 +1,222 @@
+"""report.md / report.html of a real run: the shared sections where they apply, plus fidelity, triggers and convergence.
+
+Stability, frequency, unstable clusters and pooling are the synthetic report's own sections (no truth, so no
+recovery section); the ablation section reads the spliced CE / KL; triggers and convergence exist only here.
+Each section states its rule, and every rule is tested on a planted case where it must fail.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from synthsae import figures
+from synthsae.report_render import Section, Table, fmt, pm, write_report
+
+
+def _get(d, *keys, default=None):
+    for k in keys:
+        if not isinstance(d, dict) or k not in d:
+            return default
+        d = d[k]
+    return d
+
+
+def _verdict(checks: list[bool]) -> str:
+    return "held" if all(checks) else ("partly held" if any(checks) else "did not hold")
+
+
+def fidelity_section(ab: dict | None) -> Section:
+    title = "Reconstruction spliced into the model"
+    claim = "The SAEs reconstruct the layer well enough to stand in for it: CE loss recovered >= 0.8 against zero-ablation."
+    if not ab:
+        return Section(title, claim, "not measured", "the ablation study is missing from metrics.json")
+    rec = _get(ab, "ce_recovered", "mean")
+    fvu = _get(ab, "baseline", "fvu", "mean")
+    ok = rec is not None and rec >= 0.8
+    why = (f"CE recovered {pm(rec, _get(ab, 'ce_recovered', 'std'))} (mean ± std over seeds); clean CE {fmt(ab['ce_clean'])}, "
+           f"spliced {pm(_get(ab, 'baseline', 'ce', 'mean'), _get(ab, 'baseline', 'ce', 'std'))}, zero-ablation "
+           f"{fmt(ab['ce_zero_ablation'])} nats; KL to clean {fmt(_get(ab, 'baseline', 'kl', 'mean'))}; FVU {fmt(fvu)}")
+    return Section(title, claim, "held" if ok else "did not hold", why, paragraphs=[
+        f"Rule: held if CE loss recovered >= 0.8. Spliced after block {ab['layer']} on {ab['splice_windows']} held-out "
+        f"windows ({ab['splice_tokens']} predicted tokens); positions 0 and norm outliers keep their clean activations."])
+
+
+def ablation_section(ab: dict | None, fig_dir: Path) -> Section:
+    title = "Functional asymmetry (ablation, spliced CE / KL)"
+    claim = ("Stable latents carry most of the reconstruction and next-token signal; zeroing unstable ones costs little, "
+             "also per latent, against random groups of the same size and of matched frequency.")
+    if not ab:
+        return Section(title, claim, "not measured", "the ablation study is missing from metrics.json")
+    g = ab["groups"]
+
+    def m(name, key):
+        return _get(g, name, key, "mean")
+
+    ok = [(m("stable", "share_fvu") or 0) > (m("unstable", "share_fvu") or 0),
+          (m("stable", "share_ce") or 0) > (m("unstable", "share_ce") or 0),
+          (m("stable", "delta_ce_per_latent") or 0) > (m("unstable", "delta_ce_per_latent") or 0)]
+    why = (f"share of dFVU: stable {fmt(m('stable', 'share_fvu'))}, unstable {fmt(m('unstable', 'share_fvu'))}; share of dCE: "
+           f"stable {fmt(m('stable', 'share_ce'))}, unstable {fmt(m('unstable', 'share_ce'))}; dCE per latent stable "
+           f"{fmt(m('stable', 'delta_ce_per_latent'), 5)} vs unstable {fmt(m('unstable', 'delta_ce_per_latent'), 5)} nats")
+    sec = Section(title, claim, _verdict(ok), why, paragraphs=[
+        "Rule: held if stable latents' share of the FVU cost and of the CE cost, and their CE cost per latent, all exceed "
+        f"the unstable ones'. Random groups: {ab['n_draws']} draws each; mean ± std over seeds; shares are of what zeroing "
+        "every latent costs."])
+    rows = []
+    for name, row in g.items():
+        r = [name, pm(_get(row, "size", "mean"), _get(row, "size", "std"), 1), fmt(_get(row, "mass_share", "mean"))]
+        for mt in ("fvu", "ce", "kl"):
+            r += [pm(_get(row, f"share_{mt}", "mean"), _get(row, f"share_{mt}", "std"))]
+        r += [fmt(_get(row, "delta_ce_per_latent", "mean"), 5), fmt(_get(row, "share_ce_per_mass_share", "mean"), 2)]
+        rows.append(r)
+    sec.tables.append(Table(["group", "latents", "mass share", "share of dFVU", "share of dCE", "share of dKL",
+                             "dCE / latent (nats)", "CE share / mass share"], rows,
+                            "Zero a group, splice the reconstruction in, measure next-token loss"))
+    names = list(g)
+    series = {f"share of d{mt.upper()}": ([m(n, f"share_{mt}") for n in names], [_get(g, n, f"share_{mt}", "std") for n in names])
+              for mt in ("fvu", "ce")}
+    series["mass share"] = ([m(n, "mass_share") for n in names], None)
+    sec.figures.append(figures.grouped_bars(fig_dir / "real_ablation.png", names, series, "share",
+                                            "Ablation with splicing: stable vs unstable vs random groups"))
+    return sec
+
+
+def triggers_section(tr: dict | None, trig: dict | None, lat: dict, fig_dir: Path, examples: list[str]) -> Section:
+    title = "Unstable latents fire on surface-form triggers"
+    claim = ("Unstable latents fire rarely and on single tokens: a higher surface-form score (share of their activation "
+             "mass on one token) and lower token entropy than stable latents.")
+    if not tr or not tr.get("stable") or not tr.get("unstable"):
+        return Section(title, claim, "not measured", "trigger statistics are missing from metrics.json")
+    s, u = tr["stable"], tr["unstable"]
+    if not s["n"] or not u["n"]:
+        return Section(title, claim, "not measured", f"{s['n']} stable and {u['n']} unstable live latents: need both")
+    ok = [(u["surface_score_median"] or 0) >= (s["surface_score_median"] or 0) + 0.1,
+          (u["token_entropy_median"] or 0) < (s["token_entropy_median"] or 0),
+          (u["frequency_median"] or 1) < (s["frequency_median"] or 0)]
+    why = (f"median surface-form score unstable {fmt(u['surface_score_median'])} vs stable {fmt(s['surface_score_median'])}; "
+           f"token entropy {fmt(u['token_entropy_median'], 2)} vs {fmt(s['token_entropy_median'], 2)} bits; frequency "
+           f"{fmt(u['frequency_median'], 5)} vs {fmt(s['frequency_median'], 5)}")
+    sec = Section(title, claim, _verdict(ok), why, paragraphs=[
+        "Rule: held if unstable latents' median surface-form score exceeds stable ones' by >= 0.1, their median token "
+        f"entropy is lower and their median firing frequency is lower. {tr['definition']}; on {tr['eval_tokens']} held-out tokens."])
+    rows = [[name, str(r["n"]), fmt(r["surface_score_median"]), fmt(r["frac_surface_ge_0.5"]), fmt(r["token_entropy_median"], 2),
+             fmt(r["frequency_median"], 5)] for name, r in (("stable", s), ("unstable", u))]
+    sec.tables.append(Table(["group", "live latents", "median surface score", "share with score >= 0.5",
+                             "median token entropy (bits)", "median frequency"], rows))
+    if trig is not None and "stability" in lat:
+        stab = lat["stability"]
+        score = trig["surface_score"]
+        live = trig["frequency"] > 1e-5
+        ss = live & (stab >= 0.8) & np.isfinite(score)
+        uu = live & (stab <= 0.2) & np.isfinite(score)
+        sec.figures.append(figures.histogram(fig_dir / "surface_score.png", {"stable": score[ss], "unstable": score[uu]},
+                                             "surface-form score", "Share of a latent's activation mass on its top token",
+                                             bins=np.linspace(0, 1, 21)))
+    sec.paragraphs += examples
+    return sec
+
+
+def convergence_section(train: dict | None, fig_dir: Path) -> Section:
+    title = "Convergence"
+    claim = ("The SAEs converged: between the last two checkpoints the stable share of live latents moved by < 0.02 "
+             "and the eval FVU by < 0.01.")
+    conv = (train or {}).get("convergence") or []
+    if len(conv) < 2:
+        return Section(title, claim, "not measured", "fewer than two convergence checkpoints in train.json")
+    a, b = conv[-2], conv[-1]
+    fa, fb = float(np.mean(a["fvu"])), float(np.mean(b["fvu"]))
+    ds = abs(b["frac_stable_live"] - a["frac_stable_live"])
+    ok = [ds < 0.02, abs(fb - fa) < 0.01]
+    verdict = _verdict(ok)
+    why = (f"stable share {a['frac_stable_live']:.3f} -> {b['frac_stable_live']:.3f}, FVU {fa:.3f} -> {fb:.3f} between "
+           f"{a['tokens_per_seed']} and {b['tokens_per_seed']} training tokens per seed")
+    paras = ["Rule: held if both changes are below their bounds." +
+             ("" if verdict == "held" else " This run did NOT converge: more tokens or passes would change its stability "
+                                           "numbers, so read the other sections as a snapshot, not a result.")]
+    sec = Section(title, claim, verdict, why, paragraphs=paras)
+    sec.tables.append(Table(["step", "tokens / seed", "FVU", "L0", "mean stability (live)", "stable", "unstable", "live"],
+                            [[str(c["step"]), str(c["tokens_per_seed"]), fmt(float(np.mean(c["fvu"]))), fmt(float(np.mean(c["l0"])), 1),
+                              fmt(c["mean_stability_live"]), fmt(c["frac_stable_live"]), fmt(c["frac_unstable_live"]),
+                              fmt(c["frac_live"])] for c in conv], "Stability against training tokens"))
+    x = np.array([c["tokens_per_seed"] for c in conv], dtype=float)
+    sec.figures.append(figures.scatter(fig_dir / "convergence.png", {
+        "stable share (live)": (x, np.array([c["frac_stable_live"] for c in conv])),
+        "unstable share (live)": (x, np.array([c["frac_unstable_live"] for c in conv])),
+        "FVU": (x, np.array([float(np.mean(c["fvu"])) for c in conv]))},
+        "training tokens per seed", "share / FVU", "Convergence: stability and FVU against training tokens"))
+    return sec
+
+
+def _examples(run_dir: Path, trig: dict, lat: dict, tokenizer, n_latents: int = 4) -> list[str]:
+    """A few stable and unstable latents of seed 0 with their top token and strongest contexts ([[token]] marked)."""
+    if tokenizer is None or trig is None or "stability" not in lat:
+        return []
+    from real.activations import ActivationStore
+    from real.triggers import context_snippet
+
+    try:
+        store = ActivationStore(run_dir / "acts")
+    except Exception:  # noqa: BLE001 - examples are optional
+        return []
+    tokens = store.tokens()
+    n = int(trig["top_rows"].max()) + 1 if trig["top_rows"].size else 0
+    ctx = store.load("eval", "context_ids", limit=n).numpy()
+    pos = store.load("eval", "positions", limit=n).numpy()
+    out = []
+    stab, freq = lat["stability"][0], trig["frequency"][0]
+    for name, sel in (("stable", stab >= 0.8), ("unstable", stab <= 0.2)):
+        idx = np.where(sel & (freq > 0))[0]
+        idx = idx[np.argsort(-freq[idx])][:n_latents]
+        for i in idx:
+            rows = [r for r in trig["top_rows"][0, i] if r >= 0]
+            snips = [context_snippet(tokenizer, tokens[ctx[r]], int(pos[r])) for r in rows]
+            top = tokenizer.decode([int(trig["top_token"][0, i])]) if trig["top_token"][0, i] >= 0 else "?"
+            out.append(f"{name} latent {i} (stability {stab[i]:.2f}, frequency {freq[i]:.4f}, surface score "
+                       f"{trig['surface_score'][0, i]:.2f}, top token {top!r}): " + " | ".join(snips))
+    return out
+
+
+def build_real_report(run_dir: str | Path, tokenizer=None) -> tuple[Path, Path]:
+    """figures/*.png, report.md and report.html of a real run from its saved files."""
+    from synthsae.report import clusters_section, frequency_section, load_latents, pooling_section, stability_section
+
+    run_dir = Path(run_dir)
+    mpath = run_dir / "metrics.json"
+    if not mpath.is_file():
+        raise FileNotFoundError(f"{mpath}: no metrics.json; run `synthsae real run` first")
+    metrics = json.loads(mpath.read_text())
+    train = json.loads((run_dir / "train.json").read_text()) if (run_dir / "train.json").is_file() else None
+    lat = load_latents(run_dir)
+    trig = None
+    if (run_dir / "triggers.safetensors").is_file():
+        from safetensors.numpy import load_file
+
+        trig = load_file(str(run_dir / "triggers.safetensors"))
+    fig_dir = run_dir / "figures"
+    fig_dir.mkdir(exist_ok=True)
+    an = metrics.get("analysis") or {}
+    sections = [
+        convergence_section(train, fig_dir),
+        fidelity_section(metrics.get("ablation")),
+        stability_section(an, lat, fig_dir),
+        frequency_section(an, lat, fig_dir),
+        clusters_section(an, lat, fig_dir),
+        ablation_section(metrics.get("ablation"), fig_dir),
+        triggers_section(metrics.get("triggers"), trig, lat, fig_dir, _examples(run_dir, trig, lat, tokenizer)),
+        pooling_section(metrics.get("pooling"), fig_dir),
+    ]
+    cfg = json.loads((run_dir / "real_config.json").read_text()) if (run_dir / "real_config.json").is_file() else {}
+    c, s = cfg.get("collect", {}), cfg.get("sae", {})
+    meta = json.loads((run_dir / "acts" / "meta.json").read_text()) if (run_dir / "acts" / "meta.json").is_file() else {}
+    counts = meta.get("counts", {})
+    summary = [f"Run: {run_dir}. Model {c.get('model')}, residual stream after block {c.get('layer')} "
+               f"(d = {meta.get('d_model')}); windows of {c.get('ctx_len')} tokens from {meta.get('corpus')}.",
+               f"Tokens kept {counts.get('kept')}; left out: position 0 {counts.get('position0')}, padding "
+               f"{counts.get('padding')}, norm outliers {counts.get('outliers')} ({meta.get('outlier_rule')}).",
+               f"{cfg.get('train', {}).get('seeds')} seeds of {s.get('variant')} d_sae = {s.get('d_sae')}, k = {s.get('k')}, "
+               f"{cfg.get('passes')} passes ({(train or {}).get('tokens_per_seed')} training tokens per seed); activations "
+               f"scaled by {fmt((train or {}).get('norm_scaling_factor'), 4)} (SAELens expected_average_only_in)."]
+    return write_report(run_dir, f"synthsae real report: {run_dir.name}", summary, sections)

@@ -1,0 +1,170 @@
+"""`synthsae real run`: collect -> train S seeds -> analyse -> ablate (spliced CE/KL) -> pool -> triggers -> report.
+
+Run folder: `real_config.json`, `acts/` (activation store), `seeds/seed_<k>/` (SAELens layout), `train.json`
+(with the convergence curve), `metrics.json` (keys analysis, ablation, pooling, triggers), `triggers.safetensors`,
+`pooled/`, `figures/`, `report.md`, `report.html`. Every stage is skipped when its output exists, so a killed run
+is finished by running the same command again; a finished run is only replaced with force.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from real.config import RealConfig, load, to_json
+from synthsae.config import ConfigError
+from synthsae.fileio import atomic_save_safetensors, atomic_write_text, merge_json_key
+
+CONFIG = "real_config.json"
+OUTPUTS = ("seeds", "checkpoint", "train.json", "metrics.json", "analysis_latents.safetensors", "triggers.safetensors",
+           "pooled", "figures", "report.md", "report.html", CONFIG)
+
+
+def prepare(cfg: RealConfig, out: Path, force: bool) -> None:
+    """Refuse a folder holding another config (unless force); with force remove everything but the activations
+    when they match, else everything this module writes."""
+    cpath = out / CONFIG
+    if cpath.is_file() and not force:
+        saved = cpath.read_text()
+        if saved != to_json(cfg):
+            old = load(cpath)
+            diffs = [k for k in ("preset", "collect", "sae", "train", "analysis") if getattr(old, k) != getattr(cfg, k)]
+            raise ConfigError(f"{out}: holds a real run with another config (differs in {', '.join(diffs) or 'settings'}); "
+                              "pass --force to start over or another --out")
+    if force:
+        for name in OUTPUTS:
+            p = out / name
+            if p.is_dir():
+                shutil.rmtree(p)
+            else:
+                p.unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(cpath, to_json(cfg))
+
+
+def run_real(cfg: RealConfig, out: str | Path, *, force: bool = False, lm=None, progress: bool = True, log=print,
+             collect_only: bool = False) -> dict:
+    """Every stage into `out`; returns metrics.json as a dict (or the store's meta with collect_only)."""
+    from real.activations import ActivationStore, collect
+    from real.model import load_model
+
+    out = Path(out)
+    if (out / "report.html").is_file() and not force and not collect_only:
+        raise FileExistsError(f"{out}: holds a finished real run; pass --force to overwrite it")
+    prepare(cfg, out, force)
+    t0 = time.perf_counter()
+    log(f"[1/7] loading {cfg.collect.model}")
+    lm = lm or load_model(cfg.collect.model)
+    log(f"[2/7] collecting activations after block {cfg.collect.layer} ({cfg.collect.train_tokens} train + "
+        f"{cfg.collect.eval_tokens} eval tokens) -> {out / 'acts'}")
+    store = collect(cfg.collect, out / "acts", lm=lm, progress=progress, force=force)
+    if collect_only:
+        return store.meta
+    torch.manual_seed(0)
+    mpath = out / "metrics.json"
+
+    def done(key: str) -> bool:
+        return mpath.is_file() and key in json.loads(mpath.read_text())
+
+    from real.train import FINISHED, train_real
+    from synthsae.io import load_sae_folders, seed_folders
+
+    seconds = {}
+    if not (out / FINISHED).is_file():
+        log(f"[3/7] training {cfg.train.seeds} seeds of {cfg.sae.variant} (d_sae {cfg.sae.d_sae}, k {cfg.sae.k}, "
+            f"{cfg.train.steps} steps = {cfg.passes} passes)")
+        t = time.perf_counter()
+        train_real(cfg, store, out, progress=progress)
+        seconds["train"] = time.perf_counter() - t
+    summary = json.loads((out / FINISHED).read_text())
+    scale = float(summary["norm_scaling_factor"])
+    sae = load_sae_folders(seed_folders(out))
+    from synthsae.train import pick_device
+
+    dev = pick_device(cfg.train.device)
+    sae = sae.to(dev)
+
+    from synthsae.metrics.analyze import analyze_with_latents
+    from synthsae.metrics.run_analysis import LATENTS_FILE, _sparsity, write_analysis
+
+    if not done("analysis"):
+        log("[4/7] stability, span reproducibility, clusters of unstable latents")
+        t = time.perf_counter()
+        freq, source = _sparsity(seed_folders(out))
+        res, per = analyze_with_latents(sae.W_dec.detach(), sae.W_enc.detach(), freq, None, cfg.analysis, dev, source)
+        res["settings"]["run_dir"] = str(out)
+        res["settings"]["variant"] = cfg.sae.variant
+        write_analysis(mpath, res, per)
+        seconds["analysis"] = time.perf_counter() - t
+    from safetensors.torch import load_file
+
+    stab = load_file(str(out / LATENTS_FILE))["stability"]
+
+    if not done("ablation"):
+        log(f"[5/7] ablating stable / unstable / random groups with the reconstruction spliced into the model "
+            f"({cfg.splice_contexts} windows)")
+        from real.ablate import real_ablation
+
+        t = time.perf_counter()
+        merge_json_key(mpath, "ablation", real_ablation(lm, sae, store, cfg, stab, scale, progress=progress))
+        seconds["ablation"] = time.perf_counter() - t
+
+    if not done("pooling"):
+        log("[6/7] pooling seeds (disjoint halves, widths 1x and 2x)")
+        from synthsae.pooling import pooling_study
+
+        t = time.perf_counter()
+        shutil.rmtree(out / "pooled", ignore_errors=True)
+        x = (store.load("eval", limit=cfg.analysis.eval_tokens) * scale).to(dev)
+        bs = cfg.train.batch_size
+        merge_json_key(mpath, "pooling", pooling_study(
+            (cfg.run_config(), sae, None), x=x, out_dir=out / "pooled", refit_steps=cfg.analysis.pool_refit_steps,
+            batches=lambda seed: (b.to(dev) for b in store.batches(bs, seed, scale=scale)), progress=progress))
+        seconds["pooling"] = time.perf_counter() - t
+
+    if not done("triggers"):
+        log("[7/7] triggers: top tokens, surface-form score, token entropy")
+        t = time.perf_counter()
+        merge_json_key(mpath, "triggers", trigger_stage(sae, store, cfg, stab, scale, out))
+        seconds["triggers"] = time.perf_counter() - t
+
+    from real.report import build_real_report
+
+    build_real_report(out, tokenizer=lm.tokenizer)
+    merge_json_key(mpath, "seconds", {**(json.loads(mpath.read_text()).get("seconds") or {}), **seconds,
+                                      "total_this_call": time.perf_counter() - t0})
+    return json.loads(mpath.read_text())
+
+
+def trigger_stage(sae, store, cfg: RealConfig, stab, scale: float, out: Path) -> dict:
+    """Per-latent trigger statistics on eval tokens (saved to triggers.safetensors) and their stable/unstable summary."""
+    from real.triggers import latent_token_stats
+    from synthsae.metrics.stability import classify
+
+    n = cfg.trigger_tokens
+    x = store.load("eval", limit=n) * scale
+    tok = store.load("eval", "token_ids", limit=n)
+    st = latent_token_stats(sae, x.to(sae.W_dec.device), tok)
+    atomic_save_safetensors({k: v.contiguous() for k, v in st.items()}, out / "triggers.safetensors")
+    cls = classify(stab, cfg.analysis.stable_cutoff, cfg.analysis.unstable_cutoff)
+    live = st["frequency"] > 1e-5
+    res: dict = {"eval_tokens": int(x.shape[0]),
+                 "definition": "surface_score = activation mass on the latent's top token / all its mass; "
+                               "token_entropy in bits over the token ids of its firings"}
+    for name in ("stable", "unstable"):
+        g = cls[name] & live
+        row = {"n": int(g.sum())}
+        for key in ("surface_score", "token_entropy", "frequency"):
+            v = st[key][g]
+            v = v[torch.isfinite(v)]
+            row[f"{key}_mean"] = float(v.mean()) if v.numel() else None
+            row[f"{key}_median"] = float(v.median()) if v.numel() else None
+        sv = st["surface_score"][g]
+        sv = sv[torch.isfinite(sv)]
+        row["frac_surface_ge_0.5"] = float((sv >= 0.5).float().mean()) if sv.numel() else None
+        res[name] = row
+    return res

@@ -1,0 +1,137 @@
+"""Train S seeds on stored activations with the shared trainer: shuffled, several passes, resumable, with convergence.
+
+Activations are scaled by SAELens's expected_average_only_in factor c = sqrt(d) / mean norm (so the SAEs are
+in normalised units); each seed's cfg.json says `normalize_activations = "expected_average_only_in"` and holds c
+as `metadata.norm_scaling_factor`: SAELens users call `sae.fold_activation_norm_scaling_factor(c)` to get an SAE
+on raw activations. At `checkpoints` points of training, stability (maxcos at tau) and eval FVU are recorded:
+the convergence curve the report shows.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from real.activations import ActivationStore, activation_scale
+from real.config import RealConfig
+from synthsae.fileio import atomic_path, atomic_write_json
+from synthsae.io import CFG, RunFileError, save_seed_folder
+from synthsae.sae import build_sae
+from synthsae.train import DTYPES, new_state, pick_device, train_steps
+
+CHECKPOINT = "checkpoint/state.pt"
+FINISHED = "train.json"
+
+
+def checkpoint_steps(steps: int, n: int) -> list[int]:
+    """n roughly evenly spaced steps ending at the last one."""
+    return sorted({max(1, round(steps * (i + 1) / n)) for i in range(n)})
+
+
+@torch.no_grad()
+def convergence_point(sae, x_eval, cfg: RealConfig, step: int, tokens: int) -> dict:
+    """Stability distribution and eval FVU / L0 of the seeds as they are now."""
+    from synthsae.metrics.ablation import latent_stability, latent_stats
+    from synthsae.metrics.stability import classify
+
+    stab = latent_stability(sae, tau=cfg.analysis.tau, match="maxcos")
+    freq, _ = latent_stats(sae, x_eval)
+    live = freq > 1e-5
+    cls = classify(stab, cfg.analysis.stable_cutoff, cfg.analysis.unstable_cutoff)
+    acts = sae.encode(x_eval)
+    x_hat = sae.decode(acts)
+    var = ((x_eval - x_eval.mean(0)) ** 2).sum()
+    fvu = (((x_eval - x_hat) ** 2).sum((-1, -2)) / var).tolist()
+    n_live = live.sum().clamp_min(1)
+    return {"step": step, "tokens_per_seed": tokens, "fvu": fvu, "l0": (acts > 0).float().sum(-1).mean(-1).tolist(),
+            "mean_stability_live": float(stab[live].mean()) if bool(live.any()) else None,
+            "frac_stable_live": float((cls["stable"] & live).sum() / n_live),
+            "frac_unstable_live": float((cls["unstable"] & live).sum() / n_live),
+            "frac_live": float(live.float().mean())}
+
+
+def train_real(cfg: RealConfig, store: ActivationStore, out: Path, *, resume: bool = True, progress: bool = True,
+               stop_after: int | None = None, log=None):
+    """Train cfg.train.seeds SAEs on the store's train split into out/seeds; returns (sae, scale)."""
+    out = Path(out)
+    t = cfg.train
+    device = pick_device(t.device)
+    dtype = DTYPES[t.dtype]
+    d = store.d
+    sae = build_sae(cfg.sae, d, t.resolved_init_seeds(), device=device, dtype=dtype)
+    state = new_state(sae, t)
+    ckpt = out / CHECKPOINT
+    scale = activation_scale(store)
+    x_eval = (store.load("eval", limit=min(cfg.analysis.eval_tokens, 8192)) * scale).to(device, dtype)
+    conv: list[dict] = []
+    if resume and ckpt.is_file():
+        try:
+            blob = torch.load(ckpt, map_location="cpu", weights_only=True)
+            sae.load_state_dict({k: v.to(device) for k, v in blob["model"].items()})
+            state.optimizer.load_state_dict(blob["optimizer"])
+            state.tokens_since_fired.copy_(blob["tokens_since_fired"])
+            state.step, state.history, conv = int(blob["step"]), list(blob["history"]), list(blob["convergence"])
+            scale = float(blob["scale"])
+        except Exception as exc:  # noqa: BLE001
+            raise RunFileError(f"{ckpt}: cannot resume from this checkpoint ({str(exc).splitlines()[0] if str(exc) else exc}); "
+                               "pass --force to start over") from None
+    marks = set(checkpoint_steps(t.steps, cfg.checkpoints))
+    batches = store.batches(t.batch_size, t.data_seed, scale=scale, start=state.step)
+
+    def save_ckpt(st) -> None:
+        blob = {"step": st.step, "model": {k: v.detach().cpu() for k, v in sae.state_dict().items()},
+                "optimizer": st.optimizer.state_dict(), "tokens_since_fired": st.tokens_since_fired.cpu(),
+                "history": st.history, "convergence": conv, "scale": scale}
+        with atomic_path(ckpt) as tmp:
+            torch.save(blob, tmp)
+
+    def on_step(st) -> bool:
+        if st.step in marks and not any(c["step"] == st.step for c in conv):
+            conv.append(convergence_point(sae, x_eval, cfg, st.step, st.step * t.batch_size))
+            sae.train()
+        if st.step % t.checkpoint_every == 0 and st.step < t.steps:
+            save_ckpt(st)
+        if stop_after is not None and st.step >= stop_after:
+            save_ckpt(st)
+            return False
+        return True
+
+    stats = train_steps(sae, batches, t.steps, t, progress=progress, state=state, on_step=on_step)
+    if state.step < t.steps:
+        return sae, scale
+    from synthsae.metrics.ablation import latent_stats
+
+    freq, _ = latent_stats(sae, (store.load("eval") * scale).to(device, dtype))
+    log10 = torch.log10(freq + 1e-10)
+    for s in range(sae.n_seeds):
+        folder = out / "seeds" / f"seed_{s}"
+        meta = {"variant": cfg.sae.variant, "seed_index": s, "init_seed": sae.init_seeds[s], "data_seed": t.data_seed,
+                "preset": cfg.preset, "model": cfg.collect.model, "hook_name": f"layers.{cfg.collect.layer}",
+                "hook_layer": cfg.collect.layer, "context_size": cfg.collect.ctx_len,
+                "norm_scaling_factor": scale,
+                "normalization": "inputs multiplied by norm_scaling_factor (sqrt(d_in) / mean norm of the training "
+                                 "activations); fold it with sae.fold_activation_norm_scaling_factor(c)",
+                "sae": _asdict(cfg.sae), "train": _asdict(cfg.train)}
+        save_seed_folder(folder, sae, s, meta, log10[s])
+        cj = json.loads((folder / CFG).read_text())
+        cj["normalize_activations"] = "expected_average_only_in"
+        cj["model_name"] = cfg.collect.model
+        cj["hook_name"] = f"layers.{cfg.collect.layer}"
+        atomic_write_json(folder / CFG, cj)
+    atomic_write_json(out / FINISHED, {
+        "variant": cfg.sae.variant, "init_seeds": sae.init_seeds, "steps": stats.steps, "passes": cfg.passes,
+        "tokens_per_seed": stats.steps * t.batch_size, "train_tokens_collected": store.n_rows("train"),
+        "seconds": state.seconds, "norm_scaling_factor": scale,
+        "train_final": {"fvu": stats.fvu, "l0": stats.l0, "dead_fraction": stats.dead_fraction},
+        "convergence": conv, "history": stats.history})
+    shutil.rmtree(out / "checkpoint", ignore_errors=True)
+    return sae, scale
+
+
+def _asdict(obj) -> dict:
+    from dataclasses import asdict
+
+    return asdict(obj)
