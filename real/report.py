@@ -55,6 +55,9 @@ def ablation_section(ab: dict | None, fig_dir: Path) -> Section:
     def m(name, key):
         return _get(g, name, key, "mean")
 
+    if not m("stable", "size") or not m("unstable", "size"):
+        return Section(title, claim, "not measured", f"{fmt(m('stable', 'size'), 1)} stable and "
+                       f"{fmt(m('unstable', 'size'), 1)} unstable live latents per seed: need both")
     ok = [(m("stable", "share_fvu") or 0) > (m("unstable", "share_fvu") or 0),
           (m("stable", "share_ce") or 0) > (m("unstable", "share_ce") or 0),
           (m("stable", "delta_ce_per_latent") or 0) > (m("unstable", "delta_ce_per_latent") or 0)]

@@ -24,7 +24,7 @@ OUTPUTS = ("seeds", "checkpoint", "train.json", "metrics.json", "analysis_latent
            "pooled", "figures", "report.md", "report.html", CONFIG)
 
 
-def prepare(cfg: RealConfig, out: Path, force: bool) -> None:
+def prepare(cfg: RealConfig, out: Path, force: bool, write: bool = True) -> None:
     """Refuse a folder holding another config (unless force); with force remove everything but the activations
     when they match, else everything this module writes."""
     cpath = out / CONFIG
@@ -35,6 +35,8 @@ def prepare(cfg: RealConfig, out: Path, force: bool) -> None:
             diffs = [k for k in ("preset", "collect", "sae", "train", "analysis") if getattr(old, k) != getattr(cfg, k)]
             raise ConfigError(f"{out}: holds a real run with another config (differs in {', '.join(diffs) or 'settings'}); "
                               "pass --force to start over or another --out")
+    if not write:
+        return
     if force:
         for name in OUTPUTS:
             p = out / name
@@ -55,13 +57,17 @@ def run_real(cfg: RealConfig, out: str | Path, *, force: bool = False, lm=None, 
     out = Path(out)
     if (out / "report.html").is_file() and not force and not collect_only:
         raise FileExistsError(f"{out}: holds a finished real run; pass --force to overwrite it")
-    prepare(cfg, out, force)
+    prepare(cfg, out, force, write=False)
     t0 = time.perf_counter()
     log(f"[1/7] loading {cfg.collect.model}")
     lm = lm or load_model(cfg.collect.model)
+    from real.model import check_layer
+
+    check_layer(lm, cfg.collect.layer)
     log(f"[2/7] collecting activations after block {cfg.collect.layer} ({cfg.collect.train_tokens} train + "
         f"{cfg.collect.eval_tokens} eval tokens) -> {out / 'acts'}")
     store = collect(cfg.collect, out / "acts", lm=lm, progress=progress, force=force)
+    prepare(cfg, out, force)  # only once the activations are known to match: a refused call changes nothing
     if collect_only:
         return store.meta
     torch.manual_seed(0)

