@@ -94,7 +94,15 @@ def _gguf_to_cache(gguf: Path, progress: bool) -> Path:
     try:
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model.save_pretrained(tmp, safe_serialization=True)
+        # save_pretrained refuses a model loaded from a GGUF (it is flagged as quantized): write the dequantized
+        # fp32 weights and a config without the quantization entry ourselves
+        from safetensors.torch import save_model
+
+        save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        cfg = model.config.to_dict()
+        cfg.pop("quantization_config", None)
+        cfg["torch_dtype"] = cfg["dtype"] = "float32"
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
         tok.save_pretrained(tmp)
         (tmp / "DONE").write_text(json.dumps({"gguf": str(gguf)}))
         shutil.rmtree(target, ignore_errors=True)
