@@ -136,6 +136,7 @@ def collect(c: CollectConfig, out: str | Path, *, lm=None, progress: bool = True
     for k in ("kept", "position0", "padding", "outliers"):
         counts.setdefault(k, 0)
     threshold = meta.get("outlier_norm_threshold")
+    meta["collect_seconds_before"] = float(meta.get("collect_seconds", 0.0))
     dtype = torch.float16 if c.dtype == "float16" else torch.float32
     n_ctx = n_train + n_eval
     from tqdm.auto import tqdm
@@ -174,6 +175,8 @@ def collect(c: CollectConfig, out: str | Path, *, lm=None, progress: bool = True
                 store.shards.append(ShardInfo(out / SHARDS / _shard_name(len(store.shards)), buf_start, b, buf_rows))
                 meta["counts"] = counts
                 meta["complete"] = b == n_ctx
+                meta["collect_seconds"] = float(meta.get("collect_seconds_before", 0.0)) + time.perf_counter() - t0
+                meta["model_tokens_per_second"] = (b - done_ctx) * c.ctx_len / max(time.perf_counter() - t0, 1e-9)
                 atomic_write_json(meta_path, meta)  # after the shard: meta never counts a shard that is not there
                 buf, buf_rows, buf_start = [], 0, b
                 written += 1

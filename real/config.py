@@ -29,6 +29,8 @@ class RealConfig:
     splice_batch: int = 2  # windows per spliced forward pass (x S seeds)
     n_draws: int = 2  # random control groups per group in the ablation
     trigger_tokens: int = 16384  # eval tokens used for trigger statistics
+    pool_rules: list[str] = field(default_factory=lambda: ["coverage", "coverage_freq", "union"])
+    pool_widths: list[int] = field(default_factory=lambda: [1, 2])  # pooled widths as multiples of d_sae
 
     def run_config(self) -> RunConfig:
         """The synthetic-side RunConfig view the shared metrics (pooling, ablation) read cut-offs and seeds from."""
@@ -36,27 +38,32 @@ class RealConfig:
 
 
 def _quick() -> RealConfig:
+    # small enough for a test on a busy 2-core machine: an early block (the forward pass stops there), 24k tokens
     return RealConfig(
         preset="quick",
-        collect=CollectConfig(layer=6, ctx_len=64, train_tokens=48_000, eval_tokens=4_096, batch_contexts=16,
+        collect=CollectConfig(layer=4, ctx_len=64, train_tokens=24_000, eval_tokens=2_048, batch_contexts=16,
                               shard_tokens=16_384),
-        sae=SAEConfig(variant="topk", d_sae=1152, k=16),
-        train=TrainConfig(seeds=3, batch_size=1024, lr=2e-3, warmup_steps=20, checkpoint_every=50,
-                          dead_window_tokens=40_000),
-        analysis=AnalysisConfig(eval_tokens=4_096, pool_refit_steps=40),
-        passes=3, checkpoints=3, splice_contexts=8, splice_batch=2, n_draws=1, trigger_tokens=4096,
+        sae=SAEConfig(variant="topk", d_sae=768, k=16),
+        train=TrainConfig(seeds=3, batch_size=1024, lr=3e-3, warmup_steps=10, checkpoint_every=50,
+                          dead_window_tokens=20_000),
+        analysis=AnalysisConfig(eval_tokens=2_048, pool_refit_steps=20),
+        passes=3, checkpoints=3, splice_contexts=4, splice_batch=2, n_draws=1, trigger_tokens=2048,
+        pool_rules=["coverage"], pool_widths=[1],
     )
 
 
 def _default() -> RealConfig:
+    # CPU, about 20 minutes on 2 quiet cores. Sized for convergence rather than width: at 120k tokens per seed a
+    # 576-latent SAE had 4% stable latents and a 1152-latent one 1.4% (quick runs), so a 2x dictionary, several
+    # passes and a high learning rate; block 6 keeps collection fast (the forward pass stops there).
     return RealConfig(
         preset="default",
-        collect=CollectConfig(layer=9, ctx_len=128, train_tokens=250_000, eval_tokens=16_384, batch_contexts=8),
-        sae=SAEConfig(variant="topk", d_sae=2304, k=32),
-        train=TrainConfig(seeds=4, batch_size=2048, lr=2e-3, warmup_steps=50, checkpoint_every=100,
+        collect=CollectConfig(layer=6, ctx_len=128, train_tokens=200_000, eval_tokens=16_384, batch_contexts=8),
+        sae=SAEConfig(variant="topk", d_sae=1152, k=32),
+        train=TrainConfig(seeds=4, batch_size=2048, lr=3e-3, warmup_steps=30, checkpoint_every=100,
                           dead_window_tokens=200_000),
-        analysis=AnalysisConfig(eval_tokens=16_384, pool_refit_steps=150),
-        passes=5, checkpoints=5, splice_contexts=24, splice_batch=2, n_draws=2, trigger_tokens=16_384,
+        analysis=AnalysisConfig(eval_tokens=16_384, pool_refit_steps=100),
+        passes=6, checkpoints=6, splice_contexts=16, splice_batch=2, n_draws=2, trigger_tokens=16_384,
     )
 
 
@@ -87,6 +94,13 @@ def resolve(cfg: RealConfig) -> RealConfig:
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise ConfigError(f"{name} = {v!r}: must be an integer >= 1")
     validate_collect(cfg.collect)
+    from synthsae.pooling import RULES
+
+    bad = [r for r in cfg.pool_rules if r not in RULES]
+    if bad or not cfg.pool_rules:
+        raise ConfigError(f"pool_rules = {cfg.pool_rules!r}: must be a non-empty list of {', '.join(RULES)}")
+    if not cfg.pool_widths or any(not isinstance(w, int) or w < 1 for w in cfg.pool_widths):
+        raise ConfigError(f"pool_widths = {cfg.pool_widths!r}: must be a non-empty list of integers >= 1 (multiples of d_sae)")
     cfg.train.steps = max(1, cfg.passes * cfg.collect.train_tokens // cfg.train.batch_size)
     cfg.train.checkpoint_every = max(1, min(cfg.train.checkpoint_every, cfg.train.steps))
     cfg.train.warmup_steps = min(cfg.train.warmup_steps, max(cfg.train.steps // 10, 1))
@@ -138,6 +152,6 @@ def load(path: str | Path) -> RealConfig:
         return RealConfig(preset=raw["preset"], collect=CollectConfig(**raw["collect"]), sae=SAEConfig(**raw["sae"]),
                           train=TrainConfig(**raw["train"]), analysis=AnalysisConfig(**raw["analysis"]),
                           **{k: raw[k] for k in ("passes", "checkpoints", "splice_contexts", "splice_batch", "n_draws",
-                                                 "trigger_tokens")})
+                                                 "trigger_tokens", "pool_rules", "pool_widths")})
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
         raise RunFileError(f"{path}: not a readable real-run config ({type(exc).__name__}: {exc})") from None

@@ -120,7 +120,7 @@ def run_real(cfg: RealConfig, out: str | Path, *, force: bool = False, lm=None, 
         seconds["ablation"] = time.perf_counter() - t
 
     if not done("pooling"):
-        log("[6/7] pooling seeds (disjoint halves, widths 1x and 2x)")
+        log(f"[6/7] pooling seeds (disjoint halves; rules {', '.join(cfg.pool_rules)}; widths {cfg.pool_widths} x d_sae)")
         from synthsae.pooling import pooling_study
 
         t = time.perf_counter()
@@ -129,6 +129,7 @@ def run_real(cfg: RealConfig, out: str | Path, *, force: bool = False, lm=None, 
         bs = cfg.train.batch_size
         merge_json_key(mpath, "pooling", pooling_study(
             (cfg.run_config(), sae, None), x=x, out_dir=out / "pooled", refit_steps=cfg.analysis.pool_refit_steps,
+            rules=tuple(cfg.pool_rules), widths=[w * cfg.sae.d_sae for w in cfg.pool_widths],
             batches=lambda seed: (b.to(dev) for b in store.batches(bs, seed, scale=scale)), progress=progress))
         seconds["pooling"] = time.perf_counter() - t
 
