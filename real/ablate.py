@@ -12,10 +12,16 @@ from torch import Tensor
 
 from real.splice import ce_recovered, splice_eval
 from synthsae.metrics.ablation import build_groups, latent_stats, spread, summarize
+from synthsae.results import AblationResult
+from synthsae.serialize import to_json
 
 
-def real_ablation(lm, sae, store, cfg, stability: Tensor, scale: float, progress: bool = True) -> dict:
-    """A JSON-able dict shaped like synthsae's ablation result, with metrics fvu, ce and kl, plus CE recovered."""
+PRED_NAME = "next-token KL(clean || spliced), reconstruction spliced in after the layer"
+
+
+def real_ablation(lm, sae, store, cfg, stability: Tensor, scale: float, progress: bool = True) -> tuple[AblationResult, dict]:
+    """The shared AblationResult (costs fvu, pred = next-token KL, ce) and the splice numbers (CE recovered, clean and
+    zero-ablation CE) as a JSON-able dict."""
     x = store.load("eval", limit=cfg.analysis.eval_tokens) * scale
     x = x.to(sae.W_dec.device, sae.W_dec.dtype)
     S, m = sae.W_dec.shape[0], sae.W_dec.shape[1]
@@ -35,34 +41,35 @@ def real_ablation(lm, sae, store, cfg, stability: Tensor, scale: float, progress
     res = splice_eval(lm, sae, windows, cfg.collect.layer, scale=scale,
                       threshold=store.meta.get("outlier_norm_threshold"), masks=stacked,
                       batch_contexts=cfg.splice_batch, progress=progress)
-    agg = {"fvu": res["fvu"], "ce": res["ce"], "kl": res["kl"]}
+    agg = {"fvu": res["fvu"], "pred": res["kl"], "ce": res["ce"]}
     base = {k: v[0] for k, v in agg.items()}
     full = {k: v[1] for k, v in agg.items()}
     costs = {n: {k: v[bounds[n][0] : bounds[n][1]] for k, v in agg.items()} for n in names}
     live = freq > live_threshold
+    result = AblationResult(
+        eval_tokens=int(res["n_tokens"]), eval_seed=None, tau=cfg.analysis.tau, match=cfg.analysis.match,
+        stable_cutoff=cfg.analysis.stable_cutoff, unstable_cutoff=cfg.analysis.unstable_cutoff,
+        live_threshold=live_threshold, n_draws=cfg.n_draws, prediction_cost=PRED_NAME,
+        units={"fvu": "fraction of variance unexplained on the spliced tokens",
+               "pred": "mean next-token KL(clean || spliced) per predicted token (nats)",
+               "ce": "mean next-token cross-entropy per predicted token (nats)"},
+        n_live=spread(live.sum(-1).float().tolist()),
+        baseline={k: spread(v.tolist()) for k, v in base.items()},
+        all_ablated={k: spread(v.tolist()) for k, v in full.items()},
+        groups=summarize(groups, costs, base, full, mass))
     rec = ce_recovered(base["ce"], res["ce_clean"], res["ce_zero"])
-    return {
-        "eval_tokens_fvu": res["n_tokens"],
-        "splice_windows": int(windows.shape[0]),
-        "splice_tokens": res["n_tokens"],
+    splice = {
         "layer": cfg.collect.layer,
-        "tau": cfg.analysis.tau,
-        "match": cfg.analysis.match,
-        "stable_cutoff": cfg.analysis.stable_cutoff,
-        "unstable_cutoff": cfg.analysis.unstable_cutoff,
-        "live_threshold": live_threshold,
-        "n_draws": cfg.n_draws,
-        "prediction_cost": "next-token KL(clean || spliced) and CE, reconstruction spliced in after the layer",
-        "units": {"fvu": "fraction of variance unexplained on the spliced tokens",
-                  "ce": "mean next-token cross-entropy (nats)", "kl": "mean KL(clean || spliced) (nats)",
-                  "delta_*": "cost with the group zeroed minus cost of the full reconstruction",
-                  "share_*": "delta as a fraction of the delta of zeroing every latent"},
+        "splice_windows": int(windows.shape[0]),
+        "splice_tokens": int(res["n_tokens"]),
         "ce_clean": res["ce_clean"],
         "ce_zero_ablation": res["ce_zero"],
         "kl_zero_ablation": res["kl_zero"],
-        "ce_recovered": spread(rec.tolist()),
-        "n_live": spread(live.sum(-1).float().tolist()),
-        "baseline": {k: spread(v.tolist()) for k, v in base.items()},
-        "all_ablated": {k: spread(v.tolist()) for k, v in full.items()},
-        "groups": summarize(groups, costs, base, full, mass),
+        "ce_spliced": to_json(spread(base["ce"].tolist())),
+        "kl_spliced": to_json(spread(base["pred"].tolist())),
+        "fvu_spliced": to_json(spread(base["fvu"].tolist())),
+        "ce_recovered": to_json(spread(rec.tolist())),
+        "definition": "CE recovered = (CE_zero - CE_spliced) / (CE_zero - CE_clean); zero ablation splices zeros at "
+                      "the same positions; position 0 and norm outliers keep their clean activations",
     }
+    return result, splice

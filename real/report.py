@@ -1,7 +1,8 @@
 """report.md / report.html of a real run: the shared sections where they apply, plus fidelity, triggers and convergence.
 
-Stability, frequency, unstable clusters and pooling are the synthetic report's own sections (no truth, so no
-recovery section); the ablation section reads the spliced CE / KL; triggers and convergence exist only here.
+Stability, frequency, unstable clusters, ablation and pooling are the synthetic report's own sections and verdicts
+(no truth, so no recovery section; the ablation's prediction cost is the spliced next-token KL); fidelity (CE loss
+recovered), triggers and convergence exist only here.
 Each section states its rule, and every rule is tested on a planted case where it must fail.
 """
 
@@ -28,62 +29,30 @@ def _verdict(checks: list[bool]) -> str:
     return "held" if all(checks) else ("partly held" if any(checks) else "did not hold")
 
 
-def fidelity_section(ab: dict | None) -> Section:
+def fidelity_section(sp: dict | None, ab=None) -> Section:
+    """CE loss recovered with the reconstruction spliced in; with the ablation, each group's share of the CE cost."""
     title = "Reconstruction spliced into the model"
     claim = "The SAEs reconstruct the layer well enough to stand in for it: CE loss recovered >= 0.8 against zero-ablation."
-    if not ab:
-        return Section(title, claim, "not measured", "the ablation study is missing from metrics.json")
-    rec = _get(ab, "ce_recovered", "mean")
-    fvu = _get(ab, "baseline", "fvu", "mean")
+    if not sp:
+        return Section(title, claim, "not measured", "the splice numbers are missing from metrics.json")
+    rec = _get(sp, "ce_recovered", "mean")
     ok = rec is not None and rec >= 0.8
-    why = (f"CE recovered {pm(rec, _get(ab, 'ce_recovered', 'std'))} (mean ± std over seeds); clean CE {fmt(ab['ce_clean'])}, "
-           f"spliced {pm(_get(ab, 'baseline', 'ce', 'mean'), _get(ab, 'baseline', 'ce', 'std'))}, zero-ablation "
-           f"{fmt(ab['ce_zero_ablation'])} nats; KL to clean {fmt(_get(ab, 'baseline', 'kl', 'mean'))}; FVU {fmt(fvu)}")
-    return Section(title, claim, "held" if ok else "did not hold", why, paragraphs=[
-        f"Rule: held if CE loss recovered >= 0.8. Spliced after block {ab['layer']} on {ab['splice_windows']} held-out "
-        f"windows ({ab['splice_tokens']} predicted tokens); positions 0 and norm outliers keep their clean activations."])
-
-
-def ablation_section(ab: dict | None, fig_dir: Path) -> Section:
-    title = "Functional asymmetry (ablation, spliced CE / KL)"
-    claim = ("Stable latents carry most of the reconstruction and next-token signal; zeroing unstable ones costs little, "
-             "also per latent, against random groups of the same size and of matched frequency.")
-    if not ab:
-        return Section(title, claim, "not measured", "the ablation study is missing from metrics.json")
-    g = ab["groups"]
-
-    def m(name, key):
-        return _get(g, name, key, "mean")
-
-    if not m("stable", "size") or not m("unstable", "size"):
-        return Section(title, claim, "not measured", f"{fmt(m('stable', 'size'), 1)} stable and "
-                       f"{fmt(m('unstable', 'size'), 1)} unstable live latents per seed: need both")
-    ok = [(m("stable", "share_fvu") or 0) > (m("unstable", "share_fvu") or 0),
-          (m("stable", "share_ce") or 0) > (m("unstable", "share_ce") or 0),
-          (m("stable", "delta_ce_per_latent") or 0) > (m("unstable", "delta_ce_per_latent") or 0)]
-    why = (f"share of dFVU: stable {fmt(m('stable', 'share_fvu'))}, unstable {fmt(m('unstable', 'share_fvu'))}; share of dCE: "
-           f"stable {fmt(m('stable', 'share_ce'))}, unstable {fmt(m('unstable', 'share_ce'))}; dCE per latent stable "
-           f"{fmt(m('stable', 'delta_ce_per_latent'), 5)} vs unstable {fmt(m('unstable', 'delta_ce_per_latent'), 5)} nats")
-    sec = Section(title, claim, _verdict(ok), why, paragraphs=[
-        "Rule: held if stable latents' share of the FVU cost and of the CE cost, and their CE cost per latent, all exceed "
-        f"the unstable ones'. Random groups: {ab['n_draws']} draws each; mean ± std over seeds; shares are of what zeroing "
-        "every latent costs."])
-    rows = []
-    for name, row in g.items():
-        r = [name, pm(_get(row, "size", "mean"), _get(row, "size", "std"), 1), fmt(_get(row, "mass_share", "mean"))]
-        for mt in ("fvu", "ce", "kl"):
-            r += [pm(_get(row, f"share_{mt}", "mean"), _get(row, f"share_{mt}", "std"))]
-        r += [fmt(_get(row, "delta_ce_per_latent", "mean"), 5), fmt(_get(row, "share_ce_per_mass_share", "mean"), 2)]
-        rows.append(r)
-    sec.tables.append(Table(["group", "latents", "mass share", "share of dFVU", "share of dCE", "share of dKL",
-                             "dCE / latent (nats)", "CE share / mass share"], rows,
-                            "Zero a group, splice the reconstruction in, measure next-token loss"))
-    names = list(g)
-    series = {f"share of d{mt.upper()}": ([m(n, f"share_{mt}") for n in names], [_get(g, n, f"share_{mt}", "std") for n in names])
-              for mt in ("fvu", "ce")}
-    series["mass share"] = ([m(n, "mass_share") for n in names], None)
-    sec.figures.append(figures.grouped_bars(fig_dir / "real_ablation.png", names, series, "share",
-                                            "Ablation with splicing: stable vs unstable vs random groups"))
+    why = (f"CE recovered {pm(rec, _get(sp, 'ce_recovered', 'std'))} (mean ± std over seeds); clean CE {fmt(sp['ce_clean'])}, "
+           f"spliced {pm(_get(sp, 'ce_spliced', 'mean'), _get(sp, 'ce_spliced', 'std'))}, zero-ablation "
+           f"{fmt(sp['ce_zero_ablation'])} nats; KL to clean {fmt(_get(sp, 'kl_spliced', 'mean'))}; FVU "
+           f"{fmt(_get(sp, 'fvu_spliced', 'mean'))}")
+    sec = Section(title, claim, "held" if ok else "did not hold", why, paragraphs=[
+        f"Rule: held if CE loss recovered >= 0.8. Spliced after block {sp['layer']} on {sp['splice_windows']} held-out "
+        f"windows ({sp['splice_tokens']} predicted tokens). {sp.get('definition', '')}."])
+    if ab is not None:
+        rows = []
+        for name, g in ab.groups.items():
+            c = g.costs.get("ce")
+            if c is not None:
+                rows.append([name, pm(g.size.mean, g.size.std, 1), pm(c.share.mean, c.share.std), fmt(c.per_latent.mean, 5),
+                             pm(c.share_per_mass_share.mean, c.share_per_mass_share.std, 2)])
+        sec.tables.append(Table(["group", "latents", "share of the CE cost", "dCE / latent (nats)", "CE share / mass share"],
+                                rows, "Next-token cross-entropy when a group is zeroed (share of zeroing every latent)"))
     return sec
 
 
@@ -184,13 +153,17 @@ def _examples(run_dir: Path, trig: dict, lat: dict, tokenizer, n_latents: int = 
 
 def build_real_report(run_dir: str | Path, tokenizer=None) -> tuple[Path, Path]:
     """figures/*.png, report.md and report.html of a real run from its saved files."""
-    from synthsae.report import clusters_section, frequency_section, load_latents, pooling_section, stability_section
+    from synthsae.metrics_file import read_metrics
+    from synthsae.report import (ablation_section, clusters_section, frequency_section, load_latents, pooling_section,
+                                 stability_section)
+    from synthsae.verdicts import all_verdicts
 
     run_dir = Path(run_dir)
     mpath = run_dir / "metrics.json"
     if not mpath.is_file():
         raise FileNotFoundError(f"{mpath}: no metrics.json; run `synthsae real run` first")
-    metrics = json.loads(mpath.read_text())
+    m = read_metrics(mpath)
+    raw = json.loads(mpath.read_text())
     train = json.loads((run_dir / "train.json").read_text()) if (run_dir / "train.json").is_file() else None
     lat = load_latents(run_dir)
     trig = None
@@ -200,16 +173,16 @@ def build_real_report(run_dir: str | Path, tokenizer=None) -> tuple[Path, Path]:
         trig = load_file(str(run_dir / "triggers.safetensors"))
     fig_dir = run_dir / "figures"
     fig_dir.mkdir(exist_ok=True)
-    an = metrics.get("analysis") or {}
+    v = all_verdicts(m.analysis, m.ablation, m.pooling)  # stability, frequency, recovery, clusters, ablation, pooling
     sections = [
         convergence_section(train, fig_dir),
-        fidelity_section(metrics.get("ablation")),
-        stability_section(an, lat, fig_dir),
-        frequency_section(an, lat, fig_dir),
-        clusters_section(an, lat, fig_dir),
-        ablation_section(metrics.get("ablation"), fig_dir),
-        triggers_section(metrics.get("triggers"), trig, lat, fig_dir, _examples(run_dir, trig, lat, tokenizer)),
-        pooling_section(metrics.get("pooling"), fig_dir),
+        fidelity_section(raw.get("splice"), m.ablation),
+        stability_section(v[0], m.analysis, lat, fig_dir),
+        frequency_section(v[1], m.analysis, lat, fig_dir),
+        clusters_section(v[3], m.analysis, lat, fig_dir),
+        ablation_section(v[4], m.ablation, fig_dir),
+        triggers_section(raw.get("triggers"), trig, lat, fig_dir, _examples(run_dir, trig, lat, tokenizer)),
+        pooling_section(v[5], m.pooling, fig_dir),
     ]
     cfg = json.loads((run_dir / "real_config.json").read_text()) if (run_dir / "real_config.json").is_file() else {}
     c, s = cfg.get("collect", {}), cfg.get("sae", {})

@@ -18,6 +18,7 @@ import torch
 from real.config import RealConfig, load, to_json
 from synthsae.config import ConfigError
 from synthsae.fileio import atomic_save_safetensors, atomic_write_text, merge_json_key
+from synthsae.metrics_file import write_stage
 
 CONFIG = "real_config.json"
 OUTPUTS = ("seeds", "checkpoint", "train.json", "metrics.json", "analysis_latents.safetensors", "triggers.safetensors",
@@ -74,6 +75,10 @@ def run_real(cfg: RealConfig, out: str | Path, *, force: bool = False, lm=None, 
     mpath = out / "metrics.json"
 
     def done(key: str) -> bool:
+        from synthsae.metrics_file import STAGES, stage_done
+
+        if key in STAGES:
+            return stage_done(mpath, key)
         return mpath.is_file() and key in json.loads(mpath.read_text())
 
     from real.train import FINISHED, train_real
@@ -102,8 +107,8 @@ def run_real(cfg: RealConfig, out: str | Path, *, force: bool = False, lm=None, 
         t = time.perf_counter()
         freq, source = _sparsity(seed_folders(out))
         res, per = analyze_with_latents(sae.W_dec.detach(), sae.W_enc.detach(), freq, None, cfg.analysis, dev, source)
-        res["settings"]["run_dir"] = str(out)
-        res["settings"]["variant"] = cfg.sae.variant
+        res.settings.run_dir = str(out)
+        res.settings.variant = cfg.sae.variant
         write_analysis(mpath, res, per)
         seconds["analysis"] = time.perf_counter() - t
     from safetensors.torch import load_file
@@ -116,7 +121,9 @@ def run_real(cfg: RealConfig, out: str | Path, *, force: bool = False, lm=None, 
         from real.ablate import real_ablation
 
         t = time.perf_counter()
-        merge_json_key(mpath, "ablation", real_ablation(lm, sae, store, cfg, stab, scale, progress=progress))
+        ab, splice = real_ablation(lm, sae, store, cfg, stab, scale, progress=progress)
+        merge_json_key(mpath, "splice", splice)
+        write_stage(mpath, "ablation", ab)  # last: its presence marks the stage done
         seconds["ablation"] = time.perf_counter() - t
 
     if not done("pooling"):
@@ -127,7 +134,7 @@ def run_real(cfg: RealConfig, out: str | Path, *, force: bool = False, lm=None, 
         shutil.rmtree(out / "pooled", ignore_errors=True)
         x = (store.load("eval", limit=cfg.analysis.eval_tokens) * scale).to(dev)
         bs = cfg.train.batch_size
-        merge_json_key(mpath, "pooling", pooling_study(
+        write_stage(mpath, "pooling", pooling_study(
             (cfg.run_config(), sae, None), x=x, out_dir=out / "pooled", refit_steps=cfg.analysis.pool_refit_steps,
             rules=tuple(cfg.pool_rules), widths=[w * cfg.sae.d_sae for w in cfg.pool_widths],
             batches=lambda seed: (b.to(dev) for b in store.batches(bs, seed, scale=scale)), progress=progress))
