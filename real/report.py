@@ -17,6 +17,9 @@ from synthsae import figures
 from synthsae.report_render import Section, Table, fmt, pm, write_report
 
 
+CONV_STAB_REL, CONV_STAB_ABS, CONV_FVU_REL = 0.05, 0.001, 0.02  # convergence bounds (last two checkpoints)
+
+
 def _get(d, *keys, default=None):
     for k in keys:
         if not isinstance(d, dict) or k not in d:
@@ -93,18 +96,19 @@ def triggers_section(tr: dict | None, trig: dict | None, lat: dict, fig_dir: Pat
 
 def convergence_section(train: dict | None, fig_dir: Path) -> Section:
     title = "Convergence"
-    claim = ("The SAEs converged: between the last two checkpoints the stable share of live latents moved by < 0.02 "
-             "and the eval FVU by < 0.01.")
+    claim = (f"The SAEs converged: between the last two checkpoints the mean stability of live latents changed by less "
+             f"than {CONV_STAB_REL:.0%} of itself (or {CONV_STAB_ABS} absolute) and the eval FVU by less than "
+             f"{CONV_FVU_REL:.0%} of itself.")
     conv = (train or {}).get("convergence") or []
     if len(conv) < 2:
         return Section(title, claim, "not measured", "fewer than two convergence checkpoints in train.json")
     a, b = conv[-2], conv[-1]
     fa, fb = float(np.mean(a["fvu"])), float(np.mean(b["fvu"]))
-    ds = abs(b["frac_stable_live"] - a["frac_stable_live"])
-    ok = [ds < 0.02, abs(fb - fa) < 0.01]
+    sa, sb = a["mean_stability_live"] or 0.0, b["mean_stability_live"] or 0.0
+    ok = [abs(sb - sa) <= max(CONV_STAB_REL * max(sa, sb), CONV_STAB_ABS), abs(fb - fa) <= CONV_FVU_REL * max(fa, fb)]
     verdict = _verdict(ok)
-    why = (f"stable share {a['frac_stable_live']:.3f} -> {b['frac_stable_live']:.3f}, FVU {fa:.3f} -> {fb:.3f} between "
-           f"{a['tokens_per_seed']} and {b['tokens_per_seed']} training tokens per seed")
+    why = (f"mean stability {sa:.4f} -> {sb:.4f}, stable share {a['frac_stable_live']:.4f} -> {b['frac_stable_live']:.4f}, "
+           f"FVU {fa:.4f} -> {fb:.4f} between {a['tokens_per_seed']} and {b['tokens_per_seed']} training tokens per seed")
     paras = ["Rule: held if both changes are below their bounds." +
              ("" if verdict == "held" else " This run did NOT converge: more tokens or passes would change its stability "
                                            "numbers, so read the other sections as a snapshot, not a result.")]

@@ -254,6 +254,8 @@ def test_real_verdict_rules_fail_on_planted_counter_examples(tmp_path):
     assert convergence_section(conv(0.2, 0.199, 0.30, 0.305), tmp_path).verdict == "held"
     sec = convergence_section(conv(0.3, 0.2, 0.05, 0.15), tmp_path)
     assert sec.verdict == "did not hold" and "did NOT converge" in sec.paragraphs[0]
+    # small absolute numbers still rising by 10%: not converged (an absolute bound alone would pass this)
+    assert convergence_section(conv(0.1454, 0.1416, 0.0256, 0.0282), tmp_path).verdict == "did not hold"
 
     def sp(rec):
         spr = lambda v: {"mean": v, "std": 0.0, "per_seed": [v]}  # noqa: E731
