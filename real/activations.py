@@ -139,7 +139,7 @@ def collect(c: CollectConfig, out: str | Path, *, lm=None, progress: bool = True
     meta["collect_seconds_before"] = float(meta.get("collect_seconds", 0.0))
     dtype = torch.float16 if c.dtype == "float16" else torch.float32
     n_ctx = n_train + n_eval
-    from tqdm.auto import tqdm
+    from synthsae.progress import progress_bar as tqdm
 
     bar = tqdm(total=n_ctx * c.ctx_len, initial=done_ctx * c.ctx_len, unit="tok", unit_scale=True, file=sys.stderr,
                desc=f"collect layer {c.layer}", disable=not progress, dynamic_ncols=True, mininterval=2.0)

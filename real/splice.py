@@ -53,7 +53,7 @@ def splice_eval(
     masks[g, s] are the latents of seed s zeroed in variant g (None = one variant, nothing zeroed). Returns
     {"ce": [G, S], "kl": [G, S], "fvu": [G, S], "ce_clean", "ce_zero", "kl_zero", "n_tokens"}.
     """
-    from tqdm.auto import tqdm
+    from synthsae.progress import progress_bar as tqdm
 
     from real.model import hidden_after, logits_with
 
