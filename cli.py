@@ -959,5 +959,35 @@ def _print_real_verdicts(run_dir: Path) -> None:
     console.print(table)
 
 
+# ----------------------------------------------------------------------------------------------- bench (issue 13)
+
+
+@app.command("bench")
+@user_errors
+def bench_cmd(
+    variants: Optional[str] = typer.Option(None, "--variants", help="comma-separated variants (default: every registered one, plug-ins included)"),
+    suite: str = typer.Option("quick", "--suite", help="quick (tiny, CPU minutes), standard (default + superposed, CPU), full (paper + synthbench16k, GPU)"),
+    out: Path = typer.Option(Path("runs/bench"), "--out", help="bench folder (cells, leaderboard.md, leaderboard.html)"),
+    resume: bool = typer.Option(False, "--resume", help="reuse the stored cells of --out: finish a killed bench or add variants"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
+) -> None:
+    """A leaderboard of SAE variants at matched L0: truth recovery, seed stability, pooled baselines, cost."""
+    from synthsae.bench import check_out, get_suite, resolve_variants, run_bench
+
+    names = [v.strip() for v in variants.split(",") if v.strip()] if variants is not None else None
+    if names is not None and not names:
+        raise UserError("--variants: give at least one variant name")
+    resolve_variants(names)
+    check_out(out, get_suite(suite), resume)  # before any work: a refused bench leaves the folder untouched
+    try:
+        res = run_bench(names, suite, out, resume=resume, progress=not quiet,
+                        log=lambda m: console.print(m, highlight=False))
+    except KeyboardInterrupt:
+        err_console.print(f"interrupted: `synthsae bench --resume --suite {suite} --out {out}` finishes the bench")
+        raise typer.Exit(code=130) from None
+    console.print(f"trained {len(res.trained)} cell(s) in {res.seconds:.0f}s; leaderboard: {out / 'leaderboard.md'} "
+                  f"and {out / 'leaderboard.html'}", highlight=False)
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(app())

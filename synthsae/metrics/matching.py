@@ -75,37 +75,42 @@ def topk_cos(
     return vals, idx
 
 
-def hungarian_dense(a: Float[Tensor, "m d"], b: Float[Tensor, "n d"]) -> tuple[Int[Tensor, " m"], Float[Tensor, " m"]]:
-    """One-to-one assignment maximising total cosine (scipy linear_sum_assignment on the full matrix).
+def hungarian_dense(
+    a: Float[Tensor, "m d"], b: Float[Tensor, "n d"], absolute: bool = False
+) -> tuple[Int[Tensor, " m"], Float[Tensor, " m"]]:
+    """One-to-one assignment maximising total cosine (|cos| when absolute; scipy linear_sum_assignment).
 
     Returns partner[m] (-1 where a row is left unmatched because n < m) and the matched cosine (nan there).
     """
     c = (a @ b.T).double().cpu().numpy()
+    if absolute:
+        c = np.abs(c)
     rows, cols = linear_sum_assignment(c, maximize=True)
     return _pack(rows, cols, c[rows, cols], a.shape[0], a.device)
 
 
 def hungarian_sparse(
-    a: Float[Tensor, "m d"], b: Float[Tensor, "n d"], k: int = 32, chunk: int = DEFAULT_CHUNK
+    a: Float[Tensor, "m d"], b: Float[Tensor, "n d"], k: int = 32, chunk: int = DEFAULT_CHUNK, absolute: bool = False
 ) -> tuple[Int[Tensor, " m"], Float[Tensor, " m"]]:
     """One-to-one assignment on a sparse candidate graph (top-k partners of every row in both directions).
 
     The diagonal pairs (i, i) are always added so that a full matching exists; edge cost is 2 - cos > 0, and
     scipy's min_weight_full_bipartite_matching solves it. Exact whenever the optimum uses candidate edges only
-    (always when k >= n). Requires m <= n (swap the arguments otherwise).
+    (always when k >= n). Requires m <= n (swap the arguments otherwise). absolute=True matches on |cos|.
     """
     m, n = a.shape[0], b.shape[0]
     if m > n:
-        pb, cb = hungarian_sparse(b, a, k, chunk)
+        pb, cb = hungarian_sparse(b, a, k, chunk, absolute)
         partner = torch.full((m,), -1, dtype=torch.long, device=a.device)
         cosv = torch.full((m,), float("nan"), device=a.device)
         ok = pb >= 0
         partner[pb[ok]] = torch.nonzero(ok).squeeze(1)
         cosv[pb[ok]] = cb[ok].to(cosv.dtype)
         return partner, cosv
-    va, ia = topk_cos(a, b, k, chunk)  # row candidates
-    vb, ib = topk_cos(b, a, min(k, m), chunk)  # column candidates (b rows choose a rows)
+    va, ia = topk_cos(a, b, k, chunk, absolute)  # row candidates
+    vb, ib = topk_cos(b, a, min(k, m), chunk, absolute)  # column candidates (b rows choose a rows)
     diag = (a * b[:m]).sum(dim=1)
+    diag = diag.abs() if absolute else diag
     rows = torch.cat([torch.arange(m, device=a.device).repeat_interleave(va.shape[1]), ib.reshape(-1),
                       torch.arange(m, device=a.device)])
     cols = torch.cat([ia.reshape(-1), torch.arange(n, device=a.device).repeat_interleave(vb.shape[1]),
@@ -119,7 +124,8 @@ def hungarian_sparse(
     rows_i, match = min_weight_full_bipartite_matching(graph)  # row rows_i[j] -> column match[j]
     rows_i, match = np.asarray(rows_i, dtype=np.int64), np.asarray(match, dtype=np.int64)
     ti, tm = torch.from_numpy(rows_i).to(a.device), torch.from_numpy(match).to(a.device)
-    cos_m = (a[ti] * b[tm]).sum(dim=1).double().cpu().numpy()
+    cos_m = (a[ti] * b[tm]).sum(dim=1)
+    cos_m = (cos_m.abs() if absolute else cos_m).double().cpu().numpy()
     return _pack(rows_i, match, cos_m, m, a.device)
 
 
@@ -132,12 +138,12 @@ def _pack(rows: np.ndarray, cols: np.ndarray, cos: np.ndarray, m: int, device: t
 
 
 def hungarian(
-    a: Float[Tensor, "m d"], b: Float[Tensor, "n d"], sparse: bool | None = None, k: int = 32
+    a: Float[Tensor, "m d"], b: Float[Tensor, "n d"], sparse: bool | None = None, k: int = 32, absolute: bool = False
 ) -> tuple[Int[Tensor, " m"], Float[Tensor, " m"]]:
-    """One-to-one matching of unit rows: dense solver for small m, sparse candidate graph from m >= 16k."""
+    """One-to-one matching of unit rows (on |cos| when absolute): dense solver for small m, sparse from m >= 16k."""
     if sparse is None:
         sparse = max(a.shape[0], b.shape[0]) >= SPARSE_HUNGARIAN_FROM
-    return hungarian_sparse(a, b, k) if sparse else hungarian_dense(a, b)
+    return hungarian_sparse(a, b, k, absolute=absolute) if sparse else hungarian_dense(a, b, absolute)
 
 
 def strict_match(

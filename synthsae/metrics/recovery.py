@@ -29,6 +29,16 @@ def atom_recovery(dec: Float[Tensor, "m d"], atoms: Float[Tensor, "n d"], thresh
     }
 
 
+def matched_mcc(dec: Float[Tensor, "m d"], atoms: Float[Tensor, "n d"]) -> float:
+    """SynthSAEBench's MCC: one-to-one Hungarian matching of latents and atoms on |cos|, mean over the
+    min(m, n) matched pairs (a dictionary narrower than the truth is not charged for the atoms it has no
+    latent for, unlike `atom_recovery`'s mcc, which averages over every atom)."""
+    D, A = unit_rows(dec.float()), unit_rows(atoms.to(dec).float())
+    _, cos = hungarian(D, A, absolute=True)
+    cos = cos[~torch.isnan(cos)]
+    return float(cos.mean()) if cos.numel() else float("nan")
+
+
 def atom_latents(dec: Float[Tensor, "m d"], atoms: Float[Tensor, "n d"], threshold: float = ATOM_RECOVERED) -> Int[Tensor, " m"]:
     """For each latent, the atom it recovers (best atom cosine >= threshold), else -1."""
     v, i = maxcos(unit_rows(dec.float()), unit_rows(atoms.to(dec).float()))

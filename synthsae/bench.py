@@ -1,0 +1,433 @@
+"""`synthsae bench`: every registered SAE variant on a suite's truths at matched L0, several seeds each.
+
+Layout of a bench folder (one cell = one (preset, L0, variant) run folder holding its S seed folders):
+
+    OUT/suite.json                                  the suite the folder was made with (a resume must match it)
+    OUT/cells/<preset>/l0_<L0>/<variant>/           an ordinary run folder (config.toml, seeds/, train.json ...)
+        calibration.json, calibration/probe_<i>/    penalty variants: the probes that set the penalty for L0
+        bench.json                                  the cell's leaderboard numbers (written last)
+    OUT/cells/<preset>/l0_<L0>/<variant>@wide/      the single-SAE-at-pooled-width baseline (its own run)
+    OUT/leaderboard.md, leaderboard.html, figures/pareto.png
+
+A cell is trained once and kept: a later bench with more variants trains only the new cells, and `resume`
+finishes a killed bench from the first cell without bench.json (training itself resumes from its checkpoint).
+Numbers come from the project's metric functions through `cell_numbers` (one adapter, see there).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from synthsae.config import ConfigError, RunConfig, preset, validate
+from synthsae.fileio import atomic_write_json
+
+BENCH_SCHEMA = "synthsae.bench/1"
+WIDE = "@wide"  # suffix of the wide single-SAE baseline cell
+
+
+@dataclass(frozen=True)
+class PresetSpec:
+    """One truth of a suite: a named preset, optional overrides, and the L0 targets the variants are matched at."""
+
+    label: str
+    preset: str
+    l0s: tuple[float, ...]
+    truth: tuple[tuple[str, object], ...] = ()  # TruthConfig overrides
+    sae: tuple[tuple[str, object], ...] = ()  # SAEConfig overrides (width)
+
+
+@dataclass(frozen=True)
+class Suite:
+    """What a bench trains: truths x L0 targets x seeds, with a shorter schedule than a study where needed."""
+
+    name: str
+    presets: tuple[PresetSpec, ...]
+    seeds: int = 4  # two disjoint halves of seeds -> pooled / bagging stability between halves
+    steps: int | None = None  # None = the preset's
+    batch_size: int | None = None
+    eval_tokens: int | None = None
+    pool_refit_steps: int | None = None
+    pool_width: int = 2  # pooled SAE, bag (halves of S = 4 seeds) and wide single SAE share width pool_width x d_sae
+    wide_seeds: int = 2
+    max_probes: int = 5  # penalty calibration: at most this many one-seed probe runs per cell
+    l0_tolerance: float = 0.1  # stop calibrating once |L0 / target - 1| <= this
+
+
+SUITES: dict[str, Suite] = {
+    "quick": Suite("quick", (PresetSpec("tiny", "tiny", (3.0, 6.0)),), seeds=4, steps=500, eval_tokens=8192,
+                   pool_refit_steps=100, max_probes=4, l0_tolerance=0.15),
+    "standard": Suite("standard", (
+        PresetSpec("default", "default", (6.0, 12.0)),
+        PresetSpec("default_superposed", "default", (6.0, 12.0), truth=(("subspace_orthogonal", [False]),)),
+    ), seeds=4, steps=1500, pool_refit_steps=150),
+    "full": Suite("full", (
+        PresetSpec("paper", "paper", (24.0, 32.0)),
+        PresetSpec("synthbench16k", "synthbench16k", (25.0, 34.0), sae=(("d_sae", 4096),)),
+    ), seeds=4),
+}
+
+PENALTY_KNOBS = ("l1_coeff", "l0_coeff")
+
+
+# ----------------------------------------------------------------------------------------------- variants
+
+
+def sparsity_knob(variant: str) -> str:
+    """The SAEConfig field that sets a variant's L0: "k" (TopK family), "l0_coeff" (JumpReLU) or "l1_coeff".
+
+    A plug-in may say so itself with a class attribute `sparsity_knob`; otherwise TopK subclasses use k,
+    JumpReLU subclasses l0_coeff and everything else is treated as an L1 penalty.
+    """
+    from synthsae.sae import get_variant
+    from synthsae.sae.dense import JumpReLUSAE
+    from synthsae.sae.topk import TopKSAE
+
+    cls = get_variant(variant)
+    knob = getattr(cls, "sparsity_knob", None)
+    if knob is not None:
+        if knob not in ("k", *PENALTY_KNOBS):
+            raise ConfigError(f"{variant}.sparsity_knob = {knob!r}: must be one of k, {', '.join(PENALTY_KNOBS)}")
+        return knob
+    if issubclass(cls, TopKSAE):
+        return "k"
+    if issubclass(cls, JumpReLUSAE):
+        return "l0_coeff"
+    return "l1_coeff"
+
+
+def resolve_variants(names: list[str] | None) -> list[str]:
+    """The variants to bench (default: every registered one); unknown names are a one-line ConfigError."""
+    from synthsae.sae import registered_variants
+
+    known = registered_variants()
+    if not names:
+        return known
+    for n in names:
+        if n not in known:
+            raise ConfigError(f"--variants: {n!r} is not a registered variant; known variants are {', '.join(known)}")
+    return list(dict.fromkeys(names))
+
+
+def get_suite(name: str) -> Suite:
+    if name not in SUITES:
+        raise ConfigError(f"--suite = {name!r}: must be one of {', '.join(SUITES)}")
+    return SUITES[name]
+
+
+# ----------------------------------------------------------------------------------------------- cells
+
+
+def l0_tag(l0: float) -> str:
+    return f"l0_{l0:g}"
+
+
+def cell_dir(out: Path, spec: PresetSpec, l0: float, variant: str, wide: bool = False) -> Path:
+    return Path(out) / "cells" / spec.label / l0_tag(l0) / (variant + (WIDE if wide else ""))
+
+
+def cell_config(suite: Suite, spec: PresetSpec, variant: str, l0: float, wide: bool = False) -> RunConfig:
+    """The run config of one cell (before penalty calibration): the preset with the suite's schedule and L0."""
+    cfg = preset(spec.preset)
+    for key, value in spec.truth:
+        setattr(cfg.truth, key, copy.deepcopy(value))
+    for key, value in spec.sae:
+        setattr(cfg.sae, key, value)
+    cfg.sae.variant = variant
+    if wide:
+        cfg.sae.d_sae *= suite.pool_width
+        cfg.sae.matryoshka_prefixes = []
+    t = cfg.train
+    t.seeds = suite.wide_seeds if wide else suite.seeds
+    t.init_seeds = []
+    if suite.steps is not None:
+        t.steps = suite.steps
+        t.checkpoint_every = min(t.checkpoint_every, max(1, suite.steps // 3))
+        cfg.sae.l1_warmup_steps = min(cfg.sae.l1_warmup_steps, max(1, suite.steps // 5))
+    if suite.batch_size is not None:
+        t.batch_size = suite.batch_size
+    if suite.eval_tokens is not None:
+        cfg.analysis.eval_tokens = suite.eval_tokens
+    if suite.pool_refit_steps is not None:
+        cfg.analysis.pool_refit_steps = suite.pool_refit_steps
+    if sparsity_knob(variant) == "k":
+        cfg.sae.k = max(1, int(round(l0)))
+    return validate(cfg)
+
+
+def _eval_l0(run_dir: Path) -> float:
+    from synthsae.train import load_train_summary
+
+    l0 = load_train_summary(run_dir)["eval"]["l0"]
+    return float(sum(l0) / len(l0))
+
+
+def _next_coef(probes: list[dict], target: float, start: float) -> float:
+    """Next penalty to probe (L0 falls as the penalty grows): interpolate in log-log space between the closest
+    probes on either side of the target when there are both, else extrapolate (bounded to x10 per step)."""
+    if not probes:
+        return start
+    lt = math.log(target)
+    pts = [(math.log(p["coef"]), math.log(max(p["l0"], 1e-3))) for p in probes]
+    above = [p for p in pts if p[1] > lt]
+    below = [p for p in pts if p[1] <= lt]
+    if above and below:
+        (c0, y0), (c1, y1) = min(above, key=lambda p: p[1]), max(below, key=lambda p: p[1])
+        w = (y0 - lt) / (y0 - y1) if y0 != y1 else 0.5
+        return math.exp(c0 + min(0.8, max(0.2, w)) * (c1 - c0))  # stay inside the bracket
+    near = sorted(pts, key=lambda p: abs(p[1] - lt))[:2]
+    c0, y0 = near[0]
+    slope = -1.0  # L0 ~ 1 / penalty until two probes say otherwise
+    if len(near) == 2 and near[1][0] != c0:
+        slope = min(-0.2, max(-5.0, (near[1][1] - y0) / (near[1][0] - c0)))
+    return math.exp(c0 + max(-math.log(10), min(math.log(10), (lt - y0) / slope)))
+
+
+def calibrate(cfg: RunConfig, target: float, knob: str, folder: Path, suite: Suite, *, progress: bool,
+              train: Callable) -> dict:
+    """Set cfg.sae.<knob> so that the eval L0 of one seed trained with the cell's schedule is near `target`.
+
+    Each probe is a one-seed run under folder/calibration/probe_<i> and is recorded in calibration.json as
+    soon as it finishes, so a killed calibration resumes without repeating probes. Returns the record.
+    """
+    path = folder / "calibration.json"
+    rec = json.loads(path.read_text()) if path.is_file() else {"knob": knob, "target": target, "probes": []}
+    start = float(getattr(cfg.sae, knob))
+    while True:
+        probes = rec["probes"]
+        if probes:
+            best = min(probes, key=lambda p: abs(math.log(max(p["l0"], 1e-3) / target)))
+            if abs(best["l0"] / target - 1) <= suite.l0_tolerance or len(probes) >= suite.max_probes:
+                break
+        coef = _next_coef(probes, target, start)
+        pcfg = copy.deepcopy(cfg)
+        pcfg.train.seeds, pcfg.train.init_seeds = 1, [cfg.train.resolved_init_seeds()[0]]
+        setattr(pcfg.sae, knob, coef)
+        pdir = folder / "calibration" / f"probe_{len(probes)}"
+        if not (pdir / "train.json").is_file():
+            train(pcfg, pdir, resume=True, progress=progress)
+        probes.append({"coef": coef, "l0": _eval_l0(pdir)})
+        atomic_write_json(path, rec)
+    rec["chosen"] = best["coef"]
+    rec["probe_l0"] = best["l0"]
+    atomic_write_json(path, rec)
+    setattr(cfg.sae, knob, best["coef"])
+    return rec
+
+
+def train_cell(suite: Suite, spec: PresetSpec, variant: str, l0: float, out: Path, *, wide: bool = False,
+               progress: bool = True, train: Callable | None = None) -> tuple[RunConfig, Path, dict | None]:
+    """Calibrate (penalty variants) and train one cell unless its train.json exists; returns its config."""
+    from synthsae.config import load as load_config
+    from synthsae.train import train_run
+
+    train = train or train_run
+    folder = cell_dir(out, spec, l0, variant, wide)
+    folder.mkdir(parents=True, exist_ok=True)
+    if (folder / "train.json").is_file():
+        cal = folder / "calibration.json"
+        return load_config(folder / "config.toml"), folder, json.loads(cal.read_text()) if cal.is_file() else None
+    cfg = cell_config(suite, spec, variant, l0, wide)
+    knob = sparsity_knob(variant)
+    cal = calibrate(cfg, l0, knob, folder, suite, progress=progress, train=train) if knob != "k" else None
+    train(cfg, folder, resume=True, progress=progress)
+    return cfg, folder, cal
+
+
+# ----------------------------------------------------------------------------------------------- numbers
+
+
+def adapt_analysis(res: dict) -> dict:
+    """The leaderboard's view of one `analyze_run` result (the one place that reads the analysis layout)."""
+    st = res["stability"]["mean_alive"]
+    truth = res.get("truth", {})
+    atoms = truth.get("atoms", {})
+    geo = truth.get("blocks_by_geometry", {})
+    rec = next((v for k, v in atoms.items() if k.startswith("frac_recovered_") and isinstance(v, dict)), None)
+    return {
+        "stability": st["value"], "stability_null": st["baseline"],
+        "atom_recovery": rec["value"] if rec else None, "atom_recovery_chance": rec["baseline"] if rec else None,
+        "subspace_recovery_orthogonal": (geo.get("orthogonal") or {}).get("mean_recovery"),
+        "subspace_recovery_superposed": (geo.get("superposed") or {}).get("mean_recovery"),
+    }
+
+
+def _mcc(dec_rows: list[torch.Tensor], truth) -> tuple[float | None, float | None]:
+    """SynthSAEBench MCC averaged over dictionaries, and the same for random dictionaries of the same shapes."""
+    from synthsae.metrics.recovery import matched_mcc
+
+    if truth is None or truth.n_atoms == 0:
+        return None, None
+    atoms = truth.atoms.float().cpu()
+    g = torch.Generator().manual_seed(12345)
+    vals = [matched_mcc(d.float().cpu(), atoms) for d in dec_rows]
+    chance = matched_mcc(torch.randn(dec_rows[0].shape, generator=g), atoms)
+    return sum(vals) / len(vals), chance
+
+
+def _halves_stability(dec_a, dec_b, live_a, live_b, tau: float, rule: str, enc_a=None, enc_b=None) -> float:
+    """Mean over both directions of the fraction of live latents matched (score >= tau) in the other dictionary."""
+    from synthsae.pooling import match_scores
+
+    vals = []
+    for da, db, la, ea, eb in ((dec_a, dec_b, live_a, enc_a, enc_b), (dec_b, dec_a, live_b, enc_b, enc_a)):
+        sc = match_scores(da, db, rule, ea, eb)
+        vals.append(float((sc[la] >= tau).float().mean()) if la.any() else float("nan"))
+    return sum(vals) / 2
+
+
+@torch.no_grad()
+def bagging_numbers(sae, truth, x: torch.Tensor, halves: tuple[list[int], list[int]], tau: float) -> dict:
+    """Bagging = a half's dictionaries concatenated with codes divided by the half's size (the mean of their
+    reconstructions): EV, L0 (sum over the half), SynthSAEBench MCC and maxcos stability between the two bags."""
+    from synthsae.pooling import evaluate
+    from synthsae.sae.base import batch_fvu
+
+    ev_single = evaluate(sae, x)
+    x_hat = sae.decode(sae.encode(x))  # [S, B, d]
+    out: dict = {"ev": [], "l0": []}
+    decs, lives = [], []
+    for half in halves:
+        mean_hat = x_hat[half].mean(dim=0, keepdim=True)
+        out["ev"].append(1.0 - float(batch_fvu(x, mean_hat)[0]))
+        out["l0"].append(float(ev_single["l0"][half].sum()))
+        decs.append(torch.cat([sae.W_dec[s] for s in half]).detach().float().cpu())
+        lives.append(torch.cat([ev_single["freq"][s] > 0 for s in half]).cpu())
+    mcc, chance = _mcc(decs, truth)
+    return {
+        "width": int(decs[0].shape[0]), "ev": sum(out["ev"]) / 2, "l0": sum(out["l0"]) / 2,
+        "dead_fraction": float(1 - torch.cat(lives).float().mean()), "mcc": mcc, "mcc_chance": chance,
+        "stability": _halves_stability(decs[0], decs[1], lives[0], lives[1], tau, "maxcos"),
+    }
+
+
+def cell_numbers(folder: Path, *, pool: bool = True, progress: bool = False) -> dict:
+    """Every leaderboard number of one trained cell, from the project's metric functions.
+
+    EV, L0 and dead fraction: train.json's held-out evaluation. Stability (maxcos and strict), atom recovery,
+    subspace recovery: `analyze_run` (the numbers `synthsae analyze` prints). MCC: SynthSAEBench's Hungarian on
+    |cos|. Pooled SAE and bagging: `pooling_study` and the seeds' dictionaries, judged between disjoint halves.
+    """
+    from synthsae.io import load_run
+    from synthsae.metrics.ablation import eval_sample
+    from synthsae.metrics.run_analysis import EVAL_DATA_SEED_OFFSET, analyze_run, with_overrides
+    from synthsae.pooling import _seed_halves, pooling_study
+    from synthsae.train import load_train_summary
+
+    t0 = time.perf_counter()
+    cfg, sae, truth = load_run(folder)
+    summ = load_train_summary(folder)
+    ev = summ["eval"]
+    S = sae.n_seeds
+    row: dict = {
+        "variant": cfg.sae.variant, "d_sae": cfg.sae.d_sae, "seeds": S, "k": cfg.sae.k,
+        "ev": 1.0 - sum(ev["fvu"]) / S, "l0": sum(ev["l0"]) / S,
+        "dead_fraction": sum(ev["never_fired_fraction"]) / S,
+        "train_seconds": summ["seconds"],
+        "throughput": summ["steps"] * cfg.train.batch_size * S / max(summ["seconds"], 1e-9),
+    }
+    maxcos = adapt_analysis(analyze_run(folder, device="cpu")[0])
+    strict = adapt_analysis(analyze_run(folder, with_overrides(cfg.analysis, match="strict"), device="cpu")[0])
+    row.update(maxcos)
+    row["stability_strict"], row["stability_strict_null"] = strict["stability"], strict["stability_null"]
+    row["mcc"], row["mcc_chance"] = _mcc([sae.W_dec[s].detach() for s in range(S)], truth)
+    if pool and S >= 4:
+        width = cfg.sae.d_sae * 2
+        pooled = pooling_study((cfg, sae, truth), widths=[width], rules=("coverage",),
+                               refit_steps=cfg.analysis.pool_refit_steps, out_dir=folder / "pooled", device="cpu",
+                               progress=progress)
+        v = pooled["variants"][f"coverage_w{width}"]
+        from synthsae.io import load_sae_folders
+
+        pdec = load_sae_folders([Path(pooled["folders"][f"coverage_w{width}_all"])]).W_dec[0].detach()
+        mcc, chance = _mcc([pdec], truth)
+        row["pooled"] = {
+            "width": v["pools"]["all"]["width"], "ev": v["pools"]["all"]["ev"], "l0": v["pools"]["all"]["l0"],
+            "dead_fraction": 1 - v["pools"]["all"]["n_live"] / max(v["pools"]["all"]["width"], 1),
+            "stability": v["stability_pool_vs_pool"]["mean"], "stability_null": v.get("random_baseline"),
+            "mcc": mcc, "mcc_chance": chance, "seconds": pooled["seconds"],
+        }
+        row["pooled_stability"] = row["pooled"]["stability"]
+        x = eval_sample(truth, cfg.analysis.eval_tokens, cfg.train.data_seed + EVAL_DATA_SEED_OFFSET)
+        row["bagging"] = bagging_numbers(sae, truth, x, _seed_halves(min(S, 4)), cfg.analysis.tau)
+    row["metric_seconds"] = time.perf_counter() - t0
+    return row
+
+
+# ----------------------------------------------------------------------------------------------- the bench
+
+
+@dataclass
+class BenchResult:
+    out: Path
+    rows: list[dict]
+    trained: list[str] = field(default_factory=list)  # cells trained by this call (relative paths)
+    seconds: float = 0.0
+
+
+def check_out(out: Path, suite: Suite, resume: bool) -> None:
+    """A bench folder is reused only with resume and only for the same suite (so cells stay comparable)."""
+    marker = out / "suite.json"
+    if out.exists() and any(out.iterdir()) and not resume:
+        raise FileExistsError(f"{out}: is not empty (an earlier bench?); pass --resume to finish it or add variants to it")
+    if marker.is_file():
+        saved = json.loads(marker.read_text())
+        if saved.get("suite") != asdict(suite):
+            raise ConfigError(f"--suite = {suite.name!r}: {out} holds a bench of suite {saved.get('name')!r} "
+                              "with other settings; use another --out")
+
+
+def run_bench(variants: list[str] | None, suite_name: str, out: str | Path, *, resume: bool = False,
+              progress: bool = True, log: Callable[[str], None] = lambda m: None, pool: bool = True) -> BenchResult:
+    """Train and measure every missing cell, then write the leaderboard from every cell stored under `out`."""
+    from synthsae.bench_report import write_leaderboard
+
+    t0 = time.perf_counter()
+    suite = get_suite(suite_name)
+    names = resolve_variants(variants)
+    out = Path(out)
+    check_out(out, suite, resume)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "suite.json", {"schema": BENCH_SCHEMA, "name": suite.name, "suite": asdict(suite)})
+    trained: list[str] = []
+    jobs = [(spec, l0, v, wide) for spec in suite.presets for l0 in spec.l0s for v in names for wide in (False, True)]
+    for i, (spec, l0, variant, wide) in enumerate(jobs, 1):
+        folder = cell_dir(out, spec, l0, variant, wide)
+        if (folder / "bench.json").is_file():
+            continue
+        log(f"[{i}/{len(jobs)}] {spec.label} L0 {l0:g} {variant}{WIDE if wide else ''}")
+        was_trained = (folder / "train.json").is_file()
+        _, folder, cal = train_cell(suite, spec, variant, l0, out, wide=wide, progress=progress)
+        if not was_trained:
+            trained.append(str(folder.relative_to(out)))
+        row = cell_numbers(folder, pool=pool and not wide, progress=progress)
+        row.update({"preset": spec.label, "l0_target": l0, "wide": wide, "calibration": cal,
+                    "calibration_seconds": _probe_seconds(folder)})
+        # wall time from what is stored (so a resumed cell reports its whole cost): probes + training + metrics
+        row["wall_seconds"] = row["calibration_seconds"] + row["train_seconds"] + row["metric_seconds"]
+        atomic_write_json(folder / "bench.json", {"schema": BENCH_SCHEMA, **row})
+    rows = collect_rows(out)
+    write_leaderboard(out, rows, suite)
+    return BenchResult(out, rows, trained, time.perf_counter() - t0)
+
+
+def _probe_seconds(folder: Path) -> float:
+    from synthsae.train import load_train_summary
+
+    return float(sum(load_train_summary(p)["seconds"] for p in sorted(folder.glob("calibration/probe_*"))
+                     if (p / "train.json").is_file()))
+
+
+def collect_rows(out: Path) -> list[dict]:
+    """Every stored cell's bench.json under out/cells (whatever variants earlier calls benched)."""
+    rows = []
+    for path in sorted(Path(out).glob("cells/*/*/*/bench.json")):
+        rows.append(json.loads(path.read_text()))
+    return rows
