@@ -62,7 +62,7 @@ class Suite:
 
 
 SUITES: dict[str, Suite] = {
-    "quick": Suite("quick", (PresetSpec("tiny", "tiny", (3.0, 6.0)),), seeds=4, steps=500, eval_tokens=8192,
+    "quick": Suite("quick", (PresetSpec("tiny", "tiny", (3.0, 6.0)),), seeds=4, steps=400, eval_tokens=4096,
                    pool_refit_steps=100, max_probes=4, l0_tolerance=0.15),
     "standard": Suite("standard", (
         PresetSpec("default", "default", (6.0, 12.0)),
@@ -236,6 +236,9 @@ def train_cell(suite: Suite, spec: PresetSpec, variant: str, l0: float, out: Pat
         return load_config(folder / "config.toml"), folder, json.loads(cal.read_text()) if cal.is_file() else None
     cfg = cell_config(suite, spec, variant, l0, wide)
     knob = sparsity_knob(variant)
+    narrow = cell_dir(out, spec, l0, variant) / "calibration.json"
+    if wide and knob != "k" and narrow.is_file():  # start from the narrow cell's penalty: fewer probes
+        setattr(cfg.sae, knob, float(json.loads(narrow.read_text())["chosen"]))
     cal = calibrate(cfg, l0, knob, folder, suite, progress=progress, train=train) if knob != "k" else None
     train(cfg, folder, resume=True, progress=progress)
     return cfg, folder, cal
@@ -379,7 +382,7 @@ def check_out(out: Path, suite: Suite, resume: bool) -> None:
         raise FileExistsError(f"{out}: is not empty (an earlier bench?); pass --resume to finish it or add variants to it")
     if marker.is_file():
         saved = json.loads(marker.read_text())
-        if saved.get("suite") != asdict(suite):
+        if saved.get("suite") != json.loads(json.dumps(asdict(suite))):
             raise ConfigError(f"--suite = {suite.name!r}: {out} holds a bench of suite {saved.get('name')!r} "
                               "with other settings; use another --out")
 

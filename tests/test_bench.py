@@ -1,0 +1,228 @@
+"""`synthsae bench`: a plug-in variant on the quick leaderboard, numbers equal to `synthsae analyze`, resume
+trains nothing already stored, penalty calibration, bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from synthsae.bench import SUITES, _next_coef, calibrate, cell_config, sparsity_knob
+from synthsae.bench_report import COLUMNS, pareto_front
+
+PLUGIN = textwrap.dedent('''
+    """A plug-in variant shipped outside synthsae: ReLU codes, plain L1 penalty read from sae.l1_coeff."""
+    from synthsae.sae.base import SAE, batch_scale
+
+
+    class ToyL1SAE(SAE):
+        variant = "toy_l1"
+        sparsity_knob = "l1_coeff"
+
+        def forward(self, x, step=0, dead=None):
+            acts = self.encode(x)
+            x_hat = self.decode(acts)
+            pen = self.cfg.l1_coeff * acts.sum(dim=2).mean(dim=1) / batch_scale(x, self.n_seeds)
+            return self.output(x, x_hat, acts, aux=pen)
+''')
+
+
+def install_plugin(root: Path) -> None:
+    """A module plus a dist-info folder declaring it under the `synthsae.variants` entry-point group."""
+    (root / "synthsae_toyplugin.py").write_text(PLUGIN)
+    info = root / "synthsae_toyplugin-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: synthsae-toyplugin\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[synthsae.variants]\ntoy_l1 = synthsae_toyplugin:ToyL1SAE\n")
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    """One quick bench of the plug-in and topk through the CLI (shared by the tests below)."""
+    from cli import app
+
+    root = tmp_path_factory.mktemp("plugin")
+    install_plugin(root)
+    sys.path.insert(0, str(root))  # importlib.metadata scans sys.path: the entry point is now visible
+    out = tmp_path_factory.mktemp("bench") / "b"
+    res = CliRunner().invoke(app, ["bench", "--variants", "toy_l1,topk", "--suite", "quick", "--out", str(out), "--quiet"])
+    assert res.exit_code == 0, res.output
+    yield out
+    sys.path.remove(str(root))
+
+
+def md_rows(md: str) -> list[list[str]]:
+    return [[c.strip() for c in line.strip().strip("|").split("|")] for line in md.splitlines()
+            if line.startswith("| ") and not line.startswith("| variant")]
+
+
+def test_plugin_variant_on_quick_leaderboard_every_column_filled(bench):
+    md = (bench / "leaderboard.md").read_text()
+    rows = md_rows(md)
+    heads = [h for h, _, _ in COLUMNS]
+    toy = [r for r in rows if r[0] == "toy_l1" and r[1] == "variant"]
+    assert len(toy) == len(SUITES["quick"].presets[0].l0s)  # one row per L0 target
+    for r in toy:
+        missing = [h for h, v in zip(heads, r) if v in ("-", "")]
+        assert not missing, f"empty columns for toy_l1: {missing}"
+    kinds = {r[1] for r in rows}
+    assert {"variant", "baseline: bagging", "baseline: pooled SAE", "baseline: single SAE at pooled width"} <= kinds
+    assert {r[0] for r in rows if r[1] == "variant"} == {"toy_l1", "topk"}
+    page = (bench / "leaderboard.html").read_text()
+    assert "toy_l1" in page and page.count("onclick='sortTable(this)'") == len(heads) * len(toy)
+    assert "data:image/png;base64," in page and (bench / "figures" / "pareto.png").stat().st_size > 1000
+    # the plug-in is an L1 variant: its penalty was calibrated, and the L0 it reached is reported, near the target
+    for l0 in SUITES["quick"].presets[0].l0s:
+        cell = json.loads((bench / "cells" / "tiny" / f"l0_{l0:g}" / "toy_l1" / "bench.json").read_text())
+        assert cell["calibration"]["knob"] == "l1_coeff" and len(cell["calibration"]["probes"]) >= 1
+        assert abs(cell["l0"] / l0 - 1) < 0.5, (l0, cell["l0"], cell["calibration"])
+        topk = json.loads((bench / "cells" / "tiny" / f"l0_{l0:g}" / "topk" / "bench.json").read_text())
+        assert topk["k"] == round(l0) and abs(topk["l0"] - l0) < 0.05
+
+
+def test_leaderboard_numbers_equal_synthsae_analyze(bench):
+    from cli import app
+
+    cell = bench / "cells" / "tiny" / "l0_3" / "toy_l1"
+    row = json.loads((cell / "bench.json").read_text())
+    for match, key in (("maxcos", "stability"), ("strict", "stability_strict")):
+        res = CliRunner().invoke(app, ["analyze", str(cell), "--match", match, "--json", "--device", "cpu"])
+        assert res.exit_code == 0, res.output
+        ana = json.loads(res.output[res.output.index("{"):])
+        assert row[key] == pytest.approx(ana["stability"]["mean_alive"]["value"], abs=1e-12)
+        assert row[key + "_null"] == pytest.approx(ana["stability"]["mean_alive"]["baseline"], abs=1e-12)
+        if match == "maxcos":
+            atoms = ana["truth"]["atoms"]["frac_recovered_0.9"]
+            assert row["atom_recovery"] == pytest.approx(atoms["value"]) and row["atom_recovery_chance"] == pytest.approx(atoms["baseline"])
+            geo = ana["truth"]["blocks_by_geometry"]
+            assert row["subspace_recovery_orthogonal"] == pytest.approx(geo["orthogonal"]["mean_recovery"])
+            assert row["subspace_recovery_superposed"] == pytest.approx(geo["superposed"]["mean_recovery"])
+    md = (bench / "leaderboard.md").read_text()
+    line = next(r for r in md_rows(md.split("## tiny, L0 target 3")[1].split("##")[0]) if r[:2] == ["toy_l1", "variant"])
+    heads = [h for h, _, _ in COLUMNS]
+    assert line[heads.index("stability maxcos")] == f"{row['stability']:.3f}"
+    train = json.loads((cell / "train.json").read_text())["eval"]
+    assert line[heads.index("EV")] == f"{1 - sum(train['fvu']) / len(train['fvu']):.3f}"
+
+
+def test_killed_bench_resumes_without_retraining_stored_cells(bench, tmp_path, monkeypatch):
+    from cli import app
+    import synthsae.train as train_mod
+
+    out = tmp_path / "b"
+    shutil.copytree(bench, out)
+    cells = out / "cells" / "tiny"
+    # killed after topk L0 6 trained but before it was measured, and while toy_l1@wide at L0 6 was training
+    (cells / "l0_6" / "topk" / "bench.json").unlink()
+    killed = cells / "l0_6" / "toy_l1@wide"
+    for name in ("bench.json", "train.json"):
+        (killed / name).unlink()
+    shutil.rmtree(killed / "seeds")
+    (out / "leaderboard.md").unlink()
+    before = {p: p.read_bytes() for p in cells.glob("*/*/train.json")}
+    calls = []
+    real = train_mod.train_run
+
+    def counting(cfg, folder, **kw):
+        calls.append(Path(folder))
+        return real(cfg, folder, **kw)
+
+    monkeypatch.setattr(train_mod, "train_run", counting)
+    res = CliRunner().invoke(app, ["bench", "--variants", "toy_l1,topk", "--suite", "quick", "--out", str(out),
+                                   "--resume", "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert calls == [killed], calls  # its calibration probes were stored: only the killed training reruns
+    for p, data in before.items():
+        assert p.read_bytes() == data, p
+    assert (out / "leaderboard.md").is_file() and (cells / "l0_6" / "topk" / "bench.json").is_file()
+    # a second resume trains nothing at all
+    calls.clear()
+    res = CliRunner().invoke(app, ["bench", "--variants", "topk", "--suite", "quick", "--out", str(out), "--resume", "--quiet"])
+    assert res.exit_code == 0 and calls == []
+    assert "toy_l1" in (out / "leaderboard.md").read_text()  # every stored cell stays on the board
+
+
+@pytest.mark.parametrize("args, field", [
+    (["--suite", "huge"], "--suite"),
+    (["--variants", "nope"], "--variants"),
+    (["--variants", ","], "--variants"),
+])
+def test_bad_bench_flags_exit_2_with_one_line(tmp_path, args, field):
+    from cli import app
+
+    res = CliRunner().invoke(app, ["bench", "--out", str(tmp_path / "b"), *args])
+    assert res.exit_code == 2 and field in res.output and len(res.output.strip().splitlines()) == 1
+    assert not (tmp_path / "b").exists()
+
+
+def test_existing_bench_not_touched_without_resume(bench):
+    from cli import app
+
+    before = (bench / "leaderboard.md").read_bytes()
+    res = CliRunner().invoke(app, ["bench", "--variants", "topk", "--suite", "quick", "--out", str(bench)])
+    assert res.exit_code == 2 and "--resume" in res.output
+    assert (bench / "leaderboard.md").read_bytes() == before
+    res = CliRunner().invoke(app, ["bench", "--variants", "topk", "--suite", "standard", "--out", str(bench), "--resume"])
+    assert res.exit_code == 2 and "suite" in res.output
+    assert (bench / "leaderboard.md").read_bytes() == before
+
+
+# ----------------------------------------------------------------------------------------------- calibration
+
+
+def fake_train(l0_of_coef):
+    """A stand-in for train_run that writes the train.json a run with that penalty would (no training)."""
+
+    def train(cfg, folder, **kw):
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        l0 = l0_of_coef(cfg.sae.l1_coeff)
+        (folder / "train.json").write_text(json.dumps({"eval": {"l0": [l0]}, "seconds": 0.0}))
+
+    return train
+
+
+def test_calibration_hits_the_target_l0(tmp_path):
+    suite = SUITES["quick"]
+    spec = suite.presets[0]
+    cfg = cell_config(suite, spec, "relu", 3.0)
+    rec = calibrate(cfg, 3.0, "l1_coeff", tmp_path, suite, progress=False,
+                    train=fake_train(lambda c: 12.0 * (0.3 / c) ** 2.5))
+    assert abs(rec["probe_l0"] / 3.0 - 1) <= suite.l0_tolerance
+    assert cfg.sae.l1_coeff == rec["chosen"]
+    # resumable: a second call reads the stored probes and trains nothing
+    rec2 = calibrate(cell_config(suite, spec, "relu", 3.0), 3.0, "l1_coeff", tmp_path, suite, progress=False,
+                     train=lambda *a, **k: pytest.fail("retrained a stored probe"))
+    assert rec2["chosen"] == rec["chosen"]
+
+
+def test_calibration_that_cannot_reach_the_target_says_so(tmp_path):
+    """A variant whose L0 ignores the penalty: calibration stops at max_probes and reports the L0 it got."""
+    suite = SUITES["quick"]
+    cfg = cell_config(suite, suite.presets[0], "relu", 3.0)
+    rec = calibrate(cfg, 3.0, "l1_coeff", tmp_path, suite, progress=False, train=fake_train(lambda c: 10.0))
+    assert len(rec["probes"]) == suite.max_probes and rec["probe_l0"] == 10.0
+
+
+def test_next_coef_stays_inside_a_bracket():
+    probes = [{"coef": 0.3, "l0": 12.0}, {"coef": 1.2, "l0": 0.5}]
+    c = _next_coef(probes, 3.0, 0.3)
+    assert 0.3 < c < 1.2
+    assert _next_coef([{"coef": 0.3, "l0": 12.0}], 3.0, 0.3) == pytest.approx(1.2)  # L0 ~ 1/penalty first guess
+
+
+def test_sparsity_knobs_of_shipped_variants():
+    assert {v: sparsity_knob(v) for v in ("topk", "batchtopk", "matryoshka", "relu", "gated", "jumprelu")} == {
+        "topk": "k", "batchtopk": "k", "matryoshka": "k", "relu": "l1_coeff", "gated": "l1_coeff", "jumprelu": "l0_coeff"}
+
+
+def test_pareto_front():
+    pts = [(0.5, 0.5), (0.6, 0.4), (0.4, 0.6), (0.45, 0.45), (0.6, 0.3)]
+    assert pareto_front(pts) == [2, 0, 1]
+    assert not math.isnan(pts[0][0])
