@@ -57,6 +57,22 @@ class TruthConfig:
     n_classes: int = 64  # width C of the fixed random readout head W_head [d, C]
     head_scale: float = 2.0  # std of the head logits for a typical sample
     seed: int = 0  # seed of the truth itself (directions, probabilities, head), not of the data stream
+    # SynthSAEBench-style statistics (all off by default, so the other presets sample exactly as before)
+    zipf_min_prob: float = 0.0  # > 0: firing probability of rank j ~ (j+1)^-exponent rescaled to [zipf_min_prob, max_prob]; target_l0 unused
+    magnitude_mean_rare: float = 0.0  # > 0: a component's mean magnitude falls linearly from magnitude_mean (most frequent) to this (rarest)
+    hierarchy_roots: int = 0  # > 0: trees of atoms; the most frequent atoms are the roots, their children the next ones breadth-first
+    hierarchy_branching: int = 4  # children per parent
+    hierarchy_depth: int = 3  # levels below a root; a child fires only when its parent fires
+    hierarchy_exclusive: bool = True  # siblings are mutually exclusive (one of the drawn children fires, uniformly)
+    hierarchy_scale_children: bool = True  # a child's magnitude is multiplied by its parent's magnitude / the parent's mean
+    corr_rank: int = 0  # > 0: low-rank Gaussian-copula correlation of every component's firing (factor entries ~ N(0, corr_scale^2))
+    corr_scale: float = 0.1
+
+    @property
+    def n_hierarchy(self) -> int:
+        """Atoms inside the hierarchy trees (roots and every level below)."""
+        b, per_tree = self.hierarchy_branching, sum(self.hierarchy_branching ** i for i in range(self.hierarchy_depth + 1))
+        return self.hierarchy_roots * per_tree if b >= 1 else self.hierarchy_roots
 
     @property
     def n_blocks(self) -> int:
@@ -192,23 +208,44 @@ def _preset_paper() -> RunConfig:
 
 
 def _preset_synthbench16k() -> RunConfig:
-    # SynthSAEBench-16k statistics (16,384 rank-1 features in 768 dims, Zipf firing, mean L0 ~ 34)
-    # plus planted subspaces in superposition with them.
+    # SynthSAEBench-16k (v2) statistics: 16,384 rank-1 features in 768 dims, Zipf exponent 0.5 rescaled to
+    # [5e-4, 0.4], 128 trees (branching 4, depth 3) with mutually exclusive children scaled by their parent,
+    # low-rank firing correlation (rank 25, scale 0.1), mean magnitudes 5 -> 4 from frequent to rare.
+    # No planted subspaces (see synthbench16k_subspaces); SAE width 4096 as SynthSAEBench recommends.
     truth = TruthConfig(
         d=768,
         n_atoms=16384,
-        subspace_ranks=[2, 3, 4, 6, 8] * 4,
-        subspace_orthogonal=[False] * 20,
-        target_l0=34.0,
+        subspace_ranks=[],
+        subspace_orthogonal=[False],
+        target_l0=34.0,  # unused: zipf_min_prob sets the probabilities (expected L0 ~ 34 after the hierarchy)
         zipf_exponent=0.5,
+        max_prob=0.4,
+        zipf_min_prob=5e-4,
+        magnitude_mean=5.0,
+        magnitude_mean_rare=4.0,
+        magnitude_log_std=0.11,  # ~ SynthSAEBench's std 0.5 at mean 4.5
+        hierarchy_roots=128,
+        hierarchy_branching=4,
+        hierarchy_depth=3,
+        corr_rank=25,
+        corr_scale=0.1,
         n_classes=1024,
     )
     return RunConfig(
         preset="synthbench16k",
         truth=truth,
-        sae=SAEConfig(d_sae=16384, k=34),
+        sae=SAEConfig(d_sae=4096, k=25),
         train=TrainConfig(seeds=4, steps=30000, batch_size=4096),
     )
+
+
+def _preset_synthbench16k_subspaces() -> RunConfig:
+    # synthbench16k plus 20 planted subspaces (ranks 2..8) in superposition with its features.
+    cfg = _preset_synthbench16k()
+    cfg.preset = "synthbench16k_subspaces"
+    cfg.truth.subspace_ranks = [2, 3, 4, 6, 8] * 4
+    cfg.truth.subspace_orthogonal = [False] * 20
+    return cfg
 
 
 PRESETS = {
@@ -216,6 +253,7 @@ PRESETS = {
     "default": _preset_default,
     "paper": _preset_paper,
     "synthbench16k": _preset_synthbench16k,
+    "synthbench16k_subspaces": _preset_synthbench16k_subspaces,
 }
 
 
@@ -316,6 +354,22 @@ def validate_truth(t: TruthConfig, prefix: str = "truth") -> None:
     _check_int(f"{prefix}.n_classes", t.n_classes, 2)
     _check_float(f"{prefix}.head_scale", t.head_scale, 0.0)
     _check_int(f"{prefix}.seed", t.seed, 0)
+    if t.zipf_min_prob != 0.0:
+        _check_float(f"{prefix}.zipf_min_prob", t.zipf_min_prob, 0.0, lo_open=True)
+        if t.zipf_min_prob >= t.max_prob:
+            raise _err(f"{prefix}.zipf_min_prob", t.zipf_min_prob, f"must be 0 (off) or below max_prob = {t.max_prob}")
+    _check_float(f"{prefix}.magnitude_mean_rare", t.magnitude_mean_rare, 0.0)
+    _check_int(f"{prefix}.hierarchy_roots", t.hierarchy_roots, 0)
+    _check_int(f"{prefix}.hierarchy_branching", t.hierarchy_branching, 2, 16)
+    _check_int(f"{prefix}.hierarchy_depth", t.hierarchy_depth, 1, 8)
+    if t.hierarchy_roots and t.n_hierarchy > t.n_atoms:
+        raise _err(f"{prefix}.hierarchy_roots", t.hierarchy_roots,
+                   f"{t.hierarchy_roots} trees of branching {t.hierarchy_branching} and depth {t.hierarchy_depth} need "
+                   f"{t.n_hierarchy} atoms; n_atoms = {t.n_atoms}")
+    _check_int(f"{prefix}.corr_rank", t.corr_rank, 0)
+    _check_float(f"{prefix}.corr_scale", t.corr_scale, 0.0)
+    if t.corr_rank > 0 and t.cofire_corr > 0:
+        raise _err(f"{prefix}.corr_rank", t.corr_rank, "must be 0 when cofire_corr > 0 (one correlation model at a time)")
 
 
 def block_orthogonal_flags(t: TruthConfig) -> list[bool]:

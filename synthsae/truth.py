@@ -33,6 +33,12 @@ class Truth:
     group: Int[Tensor, " c"]  # co-firing group per component (-1 = independent)
     bias: Float[Tensor, " d"]
     W_head: Float[Tensor, "d C"]  # fixed random readout head standing in for next-token prediction
+    # SynthSAEBench-style extras (None when the config leaves them off)
+    draw_probs: Float[Tensor, " c"] | None = None  # per-component Bernoulli threshold before the hierarchy prunes
+    hierarchy: Int[Tensor, " h"] | None = None  # component index of every tree node, breadth first
+    parent: Int[Tensor, " c"] | None = None  # parent component (-1 = none)
+    mag_median: Float[Tensor, " c"] | None = None  # per-component median magnitude (magnitude_mean_rare > 0)
+    corr_factor: Float[Tensor, "c rc"] | None = None  # low-rank copula factor (corr_rank > 0)
 
     @property
     def d(self) -> int:
@@ -69,6 +75,11 @@ class Truth:
         moved = {k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in self.__dict__.items()}
         return Truth(**moved)
 
+    def mean_magnitude(self) -> Float[Tensor, " c"]:
+        """Expected magnitude of every component when it fires (log-normal: median * exp(sigma^2 / 2))."""
+        med = self.mag_median if self.mag_median is not None else torch.full_like(self.probs, self.cfg.magnitude_mean)
+        return med * math.exp(self.cfg.magnitude_log_std ** 2 / 2)
+
     def tensors(self) -> dict[str, Tensor]:
         """The DESIGN.md layout of truth.safetensors (readable without our code)."""
         na, nb = self.n_atoms, self.n_blocks
@@ -85,6 +96,8 @@ class Truth:
             "cofire_group": self.group,
             "bias": self.bias,
             "W_head": self.W_head,
+            **{k: getattr(self, k) for k in ("draw_probs", "hierarchy", "parent", "mag_median", "corr_factor")
+               if getattr(self, k) is not None},
         }
 
 
@@ -193,10 +206,15 @@ def build_truth(cfg: TruthConfig, device: torch.device | str = "cpu") -> Truth:
 
     order = _frequency_ranks(cfg, gen)
     weights = (order.double() + 1.0) ** (-cfg.zipf_exponent)
+    if cfg.zipf_min_prob > 0:  # SynthSAEBench: the Zipf curve rescaled to [zipf_min_prob, max_prob]
+        weights = _minmax_probs(weights, cfg.zipf_min_prob, cfg.max_prob)
     if cfg.subspace_prob_per_dim:  # a rank-r block fires r times as often as an atom in its Zipf slot, so each of
         ranks_t = torch.tensor(cfg.subspace_ranks, dtype=torch.float64)  # its directions gets an atom's share of data
         weights[cfg.n_atoms : cfg.n_atoms + cfg.n_blocks] *= ranks_t
-    probs = _zipf_probs(weights, cfg.target_l0, cfg.max_prob)
+    if cfg.zipf_min_prob > 0:
+        probs = weights.clamp(max=cfg.max_prob)
+    else:
+        probs = _zipf_probs(weights, cfg.target_l0, cfg.max_prob)
 
     c = cfg.n_components
     group = torch.full((c,), -1, dtype=torch.long)
@@ -208,7 +226,12 @@ def build_truth(cfg: TruthConfig, device: torch.device | str = "cpu") -> Truth:
     typical_norm = math.sqrt(cfg.target_l0) * cfg.magnitude_mean
     W_head = torch.randn(d, cfg.n_classes, generator=gen, dtype=torch.float64) * (cfg.head_scale / typical_norm)
 
+    extras = _synthbench_extras(cfg, order, probs, gen)  # draws from gen only when those options are on
     f32 = dict(dtype=torch.float32, device=device)
+    extras = {k: v.to(device=device, dtype=torch.float32 if v.is_floating_point() else torch.long)
+              for k, v in extras.items()}
+    if "probs" in extras:
+        probs = extras.pop("probs")
     return Truth(
         cfg=cfg,
         atoms=atoms.to(**f32),
@@ -221,7 +244,77 @@ def build_truth(cfg: TruthConfig, device: torch.device | str = "cpu") -> Truth:
         group=group.to(device),
         bias=bias.to(**f32),
         W_head=W_head.to(**f32),
+        **extras,
     )
+
+
+def _minmax_probs(weights: Tensor, p_min: float, p_max: float) -> Tensor:
+    """Zipf weights mapped linearly onto [p_min, p_max] (the most frequent gets p_max, the rarest p_min)."""
+    lo, hi = float(weights.min()), float(weights.max())
+    if hi == lo:
+        return torch.full_like(weights, p_max)
+    return p_min + (p_max - p_min) * (weights - lo) / (hi - lo)
+
+
+def hierarchy_levels(cfg: TruthConfig) -> list[tuple[int, int]]:
+    """(start, count) of every tree level inside the breadth-first node list."""
+    levels, start, count = [], 0, cfg.hierarchy_roots
+    for _ in range(cfg.hierarchy_depth + 1):
+        levels.append((start, count))
+        start, count = start + count, count * cfg.hierarchy_branching
+    return levels
+
+
+def _kept_given_parent(q: Float[Tensor, "g B"]) -> Float[Tensor, "g B"]:
+    """P(child i fires | parent fires) when every sibling is drawn with prob q and one drawn sibling is kept,
+    uniformly: q_i * E[1 / (1 + number of other drawn siblings)], by enumerating the others' outcomes."""
+    g, B = q.shape
+    out = torch.zeros_like(q)
+    combos = torch.tensor([[(m >> j) & 1 for j in range(B - 1)] for m in range(2 ** (B - 1))], dtype=q.dtype)
+    for i in range(B):
+        others = torch.cat([q[:, :i], q[:, i + 1 :]], dim=1)  # [g, B-1]
+        p = torch.where(combos[None].bool(), others[:, None], 1 - others[:, None]).prod(dim=2)  # [g, 2^(B-1)]
+        out[:, i] = q[:, i] * (p / (1.0 + combos.sum(dim=1))[None]).sum(dim=1)
+    return out
+
+
+def _synthbench_extras(cfg: TruthConfig, order: Tensor, probs: Tensor, gen: torch.Generator) -> dict[str, Tensor]:
+    """Hierarchy (nodes, parents, draw thresholds, marginal firing rates), per-component magnitudes, copula factor.
+
+    Children's draw thresholds are raised to make up for firing only under their parent and (exclusive siblings)
+    for losing to a sibling, capped at 1; `probs` becomes the resulting marginal rate of every component (exact
+    without correlation), so the expected L0 stays sum(probs).
+    """
+    out: dict[str, Tensor] = {}
+    c = probs.numel()
+    if cfg.magnitude_mean_rare > 0:
+        frac = order.double() / max(c - 1, 1)
+        out["mag_median"] = cfg.magnitude_mean + (cfg.magnitude_mean_rare - cfg.magnitude_mean) * frac
+    if cfg.hierarchy_roots > 0:
+        na, B = cfg.n_atoms, cfg.hierarchy_branching
+        nodes = torch.argsort(order[:na])[: cfg.n_hierarchy]  # atoms from most to least frequent, breadth first
+        parent = torch.full((c,), -1, dtype=torch.long)
+        q = probs.clone()
+        eff = probs.clone()
+        levels = hierarchy_levels(cfg)
+        for (ps, pn), (cs, cn) in zip(levels[:-1], levels[1:]):
+            par, kids = nodes[ps : ps + pn], nodes[cs : cs + cn].view(pn, B)
+            parent[kids] = par[:, None].expand(pn, B)
+            p_par, p_kid = probs[par][:, None], probs[kids]
+            if cfg.hierarchy_exclusive:
+                draw = p_kid / p_par * (1 + (p_kid.sum(dim=1, keepdim=True) - p_kid) / p_par)
+                draw = draw.clamp(max=1.0)
+                kept = _kept_given_parent(draw)
+            else:
+                draw = kept = (p_kid / p_par).clamp(max=1.0)
+            q[kids] = draw
+            eff[kids] = eff[par][:, None] * kept
+        out.update(hierarchy=nodes, parent=parent, draw_probs=q, probs=eff)
+    if cfg.corr_rank > 0:
+        f = torch.randn(c, cfg.corr_rank, generator=gen, dtype=torch.float64) * cfg.corr_scale
+        norm = f.norm(dim=1, keepdim=True)
+        out["corr_factor"] = f * (0.95 / norm).clamp(max=1.0)  # shared variance below 1 for every component
+    return out
 
 
 # ----------------------------------------------------------------------------------------------- sampling
@@ -230,6 +323,8 @@ def build_truth(cfg: TruthConfig, device: torch.device | str = "cpu") -> Truth:
 def _fire(truth: Truth, n: int, gen: torch.Generator) -> Bool[Tensor, "n c"]:
     """Bernoulli firing with the configured marginals; co-firing through a Gaussian copula per group."""
     c, dev = truth.n_components, truth.device
+    if truth.corr_factor is not None or truth.draw_probs is not None:
+        return _fire_synthbench(truth, n, gen)
     if truth.cfg.cofire_corr <= 0 or truth.cfg.cofire_groups == 0:
         return torch.rand(n, c, generator=gen, device=dev) < truth.probs
     rho = truth.cfg.cofire_corr
@@ -239,6 +334,54 @@ def _fire(truth: Truth, n: int, gen: torch.Generator) -> Bool[Tensor, "n c"]:
     z = torch.where(grouped, math.sqrt(rho) * shared[:, truth.group.clamp_min(0)] + math.sqrt(1 - rho) * own, own)
     u = 0.5 * (1 + torch.erf(z / math.sqrt(2)))  # uniform marginals, correlated inside a group
     return u < truth.probs
+
+
+def _fire_synthbench(truth: Truth, n: int, gen: torch.Generator) -> Bool[Tensor, "n c"]:
+    """Draw with the low-rank copula (if any) at the draw thresholds, then prune down the hierarchy: a child
+    stays only under a firing parent and, for exclusive siblings, one drawn sibling (uniformly) is kept."""
+    c, dev = truth.n_components, truth.device
+    thr = truth.draw_probs if truth.draw_probs is not None else truth.probs
+    if truth.corr_factor is not None:
+        F = truth.corr_factor
+        shared = torch.randn(n, F.shape[1], generator=gen, device=dev) @ F.T
+        z = torch.randn(n, c, generator=gen, device=dev).mul_((1 - F.pow(2).sum(dim=1)).clamp_min(0).sqrt()).add_(shared)
+        z_thr = torch.erfinv((2 * thr.double() - 1).clamp(-1, 1)).mul(math.sqrt(2)).to(z.dtype)  # Phi^-1(thr)
+        active = z < z_thr  # N(0, 1) marginals: fires with probability thr, correlated through F
+    else:
+        active = torch.rand(n, c, generator=gen, device=dev) < thr
+    if truth.hierarchy is None:
+        return active
+    cfg, nodes, B = truth.cfg, truth.hierarchy, truth.cfg.hierarchy_branching
+    h = active[:, nodes]  # tree nodes in breadth-first order: every level is a contiguous block of columns
+    for (ps, pn), (cs, cn) in zip(hierarchy_levels(cfg)[:-1], hierarchy_levels(cfg)[1:]):
+        on = h[:, cs : cs + cn].view(n, pn, B) & h[:, ps : ps + pn, None]
+        if cfg.hierarchy_exclusive:
+            score = torch.rand(n, pn, B, generator=gen, device=dev).masked_fill_(~on, -1.0)
+            on = on & (torch.arange(B, device=dev) == score.argmax(dim=2, keepdim=True))
+        h[:, cs : cs + cn] = on.reshape(n, cn)
+    active[:, nodes] = h
+    return active
+
+
+def _scale_children(truth: Truth, rows: Tensor, cols: Tensor, amp: Tensor) -> Tensor:
+    """Multiply each firing child's magnitude by its parent's (already scaled) magnitude / the parent's mean,
+    level by level from the roots down. Entries are sorted by (row, col), so a parent is found by bisection."""
+    c = truth.n_components
+    key = rows * c + cols
+    mean = truth.mean_magnitude()
+    nodes = truth.hierarchy
+    level_of = torch.full((c,), -1, dtype=torch.long, device=amp.device)
+    for lvl, (s, n) in enumerate(hierarchy_levels(truth.cfg)):
+        level_of[nodes[s : s + n]] = lvl
+    lv = level_of[cols]
+    for lvl in range(1, truth.cfg.hierarchy_depth + 1):
+        sel = torch.nonzero(lv == lvl).squeeze(1)
+        if sel.numel() == 0:
+            continue
+        pcols = truth.parent[cols[sel]]
+        pidx = torch.searchsorted(key, rows[sel] * c + pcols)
+        amp[sel] = amp[sel] * amp[pidx] / mean[pcols]
+    return amp
 
 
 def _sparse_rows_matmul(rows: Tensor, cols: Tensor, vals: Tensor, n: int, dense: Tensor) -> Tensor:
@@ -263,6 +406,10 @@ def sample(truth: Truth, n: int, gen: torch.Generator, details: bool = True) -> 
     cfg = truth.cfg
     rows, cols = torch.nonzero(active, as_tuple=True)  # O(n * L0) from here on, not O(n * c)
     amp = cfg.magnitude_mean * torch.exp(cfg.magnitude_log_std * torch.randn(rows.numel(), generator=gen, device=dev))
+    if truth.mag_median is not None:
+        amp = amp / cfg.magnitude_mean * truth.mag_median[cols]
+    if truth.hierarchy is not None and cfg.hierarchy_scale_children:
+        amp = _scale_children(truth, rows, cols, amp)
     magnitude = torch.zeros(n, truth.n_components, device=dev) if details else None
     if details:
         magnitude[rows, cols] = amp

@@ -64,7 +64,8 @@ def test_default_preset_shape() -> None:
 
 def test_synthbench_statistics() -> None:
     t = preset("synthbench16k").truth
-    assert t.n_atoms == 16384 and t.d == 768 and abs(t.target_l0 - 34) < 1 and t.n_blocks > 0
+    assert t.n_atoms == 16384 and t.d == 768 and t.hierarchy_roots == 128 and t.n_blocks == 0
+    assert preset("synthbench16k_subspaces").truth.n_blocks > 0
 
 
 def test_toml_round_trip(tmp_path: Path) -> None:
