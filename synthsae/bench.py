@@ -6,7 +6,7 @@ Layout of a bench folder (one cell = one (preset, L0, variant) run folder holdin
     OUT/cells/<preset>/l0_<L0>/<variant>/           an ordinary run folder (config.toml, seeds/, train.json ...)
         calibration.json, calibration/probe_<i>/    penalty variants: the probes that set the penalty for L0
         bench.json                                  the cell's leaderboard numbers (written last)
-    OUT/cells/<preset>/l0_<L0>/<variant>@wide/      the single-SAE-at-pooled-width baseline (its own run)
+    OUT/cells/<preset>/l0_<L0>/<variant>@wide/      baseline: one SAE as wide as a bag of half the seeds (its own run)
     OUT/leaderboard.md, leaderboard.html, figures/pareto.png
 
 A cell is trained once and kept: a later bench with more variants trains only the new cells, and `resume`
@@ -55,7 +55,7 @@ class Suite:
     batch_size: int | None = None
     eval_tokens: int | None = None
     pool_refit_steps: int | None = None
-    pool_width: int = 2  # pooled SAE, bag (halves of S = 4 seeds) and wide single SAE share width pool_width x d_sae
+    wide_factor: int = 2  # the wide single SAE has wide_factor x d_sae latents: the width of a bag of S / 2 = 2 seeds
     wide_seeds: int = 2
     max_probes: int = 5  # penalty calibration: at most this many one-seed probe runs per cell
     l0_tolerance: float = 0.1  # stop calibrating once |L0 / target - 1| <= this
@@ -63,7 +63,7 @@ class Suite:
 
 SUITES: dict[str, Suite] = {
     "quick": Suite("quick", (PresetSpec("tiny", "tiny", (3.0, 6.0)),), seeds=4, steps=400, eval_tokens=4096,
-                   pool_refit_steps=100, max_probes=4, l0_tolerance=0.15),
+                   pool_refit_steps=100, max_probes=6, l0_tolerance=0.15),
     "standard": Suite("standard", (
         PresetSpec("default", "default", (6.0, 12.0)),
         PresetSpec("default_superposed", "default", (6.0, 12.0), truth=(("subspace_orthogonal", [False]),)),
@@ -142,7 +142,7 @@ def cell_config(suite: Suite, spec: PresetSpec, variant: str, l0: float, wide: b
         setattr(cfg.sae, key, value)
     cfg.sae.variant = variant
     if wide:
-        cfg.sae.d_sae *= suite.pool_width
+        cfg.sae.d_sae *= suite.wide_factor
         cfg.sae.matryoshka_prefixes = []
     t = cfg.train
     t.seeds = suite.wide_seeds if wide else suite.seeds
@@ -181,7 +181,7 @@ def _next_coef(probes: list[dict], target: float, start: float) -> float:
     if above and below:
         (c0, y0), (c1, y1) = min(above, key=lambda p: p[1]), max(below, key=lambda p: p[1])
         w = (y0 - lt) / (y0 - y1) if y0 != y1 else 0.5
-        return math.exp(c0 + min(0.8, max(0.2, w)) * (c1 - c0))  # stay inside the bracket
+        return math.exp(c0 + min(0.9, max(0.1, w)) * (c1 - c0))  # strictly inside the bracket
     near = sorted(pts, key=lambda p: abs(p[1] - lt))[:2]
     c0, y0 = near[0]
     slope = -1.0  # L0 ~ 1 / penalty until two probes say otherwise
@@ -247,23 +247,55 @@ def train_cell(suite: Suite, spec: PresetSpec, variant: str, l0: float, out: Pat
 # ----------------------------------------------------------------------------------------------- numbers
 
 
-def adapt_analysis(res: dict) -> dict:
-    """The leaderboard's view of one `analyze_run` result (the one place that reads the analysis layout)."""
-    st = res["stability"]["mean_alive"]
-    truth = res.get("truth", {})
-    atoms = truth.get("atoms", {})
-    geo = truth.get("blocks_by_geometry", {})
-    rec = next((v for k, v in atoms.items() if k.startswith("frac_recovered_") and isinstance(v, dict)), None)
+def adapt_analysis(res) -> dict:
+    """The leaderboard's view of one `analyze_run` AnalysisResult (the one place that reads its layout).
+
+    Stability is over live latents with the rotated-seeds null; dead = never fired on the analysis' held-out
+    sample; subspace recovery is the mean over every planted block of a geometry (a block with no latent counts 0).
+    """
+    truth = res.truth
+    atoms = truth.atoms if truth is not None else None
+    geo = {g.geometry: g for g in truth.by_geometry} if truth is not None else {}
     return {
-        "stability": st["value"], "stability_null": st["baseline"],
-        "atom_recovery": rec["value"] if rec else None, "atom_recovery_chance": rec["baseline"] if rec else None,
-        "subspace_recovery_orthogonal": (geo.get("orthogonal") or {}).get("mean_recovery"),
-        "subspace_recovery_superposed": (geo.get("superposed") or {}).get("mean_recovery"),
+        "stability": res.stability.mean.value, "stability_null": res.stability.mean.baseline,
+        "stability_over": res.stability.over,
+        "dead_fraction": res.frequency.frac_dead if res.frequency is not None else None,
+        "atom_recovery": atoms.frac_recovered.value if atoms else None,
+        "atom_recovery_chance": atoms.frac_recovered.baseline if atoms else None,
+        "subspace_recovery_orthogonal": geo["orthogonal"].mean_recovery if "orthogonal" in geo else None,
+        "subspace_recovery_superposed": geo["superposed"].mean_recovery if "superposed" in geo else None,
     }
 
 
+def adapt_pooling(pooled, truth, dec: torch.Tensor) -> tuple[dict, dict | None]:
+    """The pooled-SAE and bagging baseline rows from one PoolingResult (primary pool; stability between halves)."""
+    from synthsae.io import load_sae_folders
+
+    v = pooled.variants[pooled.primary]
+    allp = v.pools["all"]
+    pdec = load_sae_folders([Path(allp.folder)]).W_dec[0].detach() if allp.folder else None
+    mcc, chance = _mcc([pdec], truth) if pdec is not None else (None, None)
+    pool_row = {
+        "width": allp.width, "ev": allp.ev, "l0": allp.l0, "dead_fraction": 1 - allp.n_live / max(allp.width, 1),
+        "stability": v.stability_pool_vs_pool.mean if v.stability_pool_vs_pool else None,
+        "stability_null": v.stability_null.mean if v.stability_null else None,
+        "mcc": mcc, "mcc_chance": chance, "seconds": pooled.seconds, "rule": v.name,
+    }
+    bag = pooled.bagging
+    if bag is None or pooled.halves is None:
+        return pool_row, None
+    bags = [torch.cat([dec[s] for s in pooled.halves[h]]) for h in ("A", "B")]
+    mcc, chance = _mcc(bags, truth)
+    bag_row = {
+        "width": bag.width, "ev": bag.ev_halves.mean, "l0": bag.l0_halves.mean,
+        "stability": bag.stability_between_halves.mean, "stability_null": bag.stability_null.mean,
+        "mcc": mcc, "mcc_chance": chance,
+    }
+    return pool_row, bag_row
+
+
 def _mcc(dec_rows: list[torch.Tensor], truth) -> tuple[float | None, float | None]:
-    """SynthSAEBench MCC averaged over dictionaries, and the same for random dictionaries of the same shapes."""
+    """SynthSAEBench MCC averaged over dictionaries, and the same for a random dictionary of the first's shape."""
     from synthsae.metrics.recovery import matched_mcc
 
     if truth is None or truth.n_atoms == 0:
@@ -275,53 +307,16 @@ def _mcc(dec_rows: list[torch.Tensor], truth) -> tuple[float | None, float | Non
     return sum(vals) / len(vals), chance
 
 
-def _halves_stability(dec_a, dec_b, live_a, live_b, tau: float, rule: str, enc_a=None, enc_b=None) -> float:
-    """Mean over both directions of the fraction of live latents matched (score >= tau) in the other dictionary."""
-    from synthsae.pooling import match_scores
-
-    vals = []
-    for da, db, la, ea, eb in ((dec_a, dec_b, live_a, enc_a, enc_b), (dec_b, dec_a, live_b, enc_b, enc_a)):
-        sc = match_scores(da, db, rule, ea, eb)
-        vals.append(float((sc[la] >= tau).float().mean()) if la.any() else float("nan"))
-    return sum(vals) / 2
-
-
-@torch.no_grad()
-def bagging_numbers(sae, truth, x: torch.Tensor, halves: tuple[list[int], list[int]], tau: float) -> dict:
-    """Bagging = a half's dictionaries concatenated with codes divided by the half's size (the mean of their
-    reconstructions): EV, L0 (sum over the half), SynthSAEBench MCC and maxcos stability between the two bags."""
-    from synthsae.pooling import evaluate
-    from synthsae.sae.base import batch_fvu
-
-    ev_single = evaluate(sae, x)
-    x_hat = sae.decode(sae.encode(x))  # [S, B, d]
-    out: dict = {"ev": [], "l0": []}
-    decs, lives = [], []
-    for half in halves:
-        mean_hat = x_hat[half].mean(dim=0, keepdim=True)
-        out["ev"].append(1.0 - float(batch_fvu(x, mean_hat)[0]))
-        out["l0"].append(float(ev_single["l0"][half].sum()))
-        decs.append(torch.cat([sae.W_dec[s] for s in half]).detach().float().cpu())
-        lives.append(torch.cat([ev_single["freq"][s] > 0 for s in half]).cpu())
-    mcc, chance = _mcc(decs, truth)
-    return {
-        "width": int(decs[0].shape[0]), "ev": sum(out["ev"]) / 2, "l0": sum(out["l0"]) / 2,
-        "dead_fraction": float(1 - torch.cat(lives).float().mean()), "mcc": mcc, "mcc_chance": chance,
-        "stability": _halves_stability(decs[0], decs[1], lives[0], lives[1], tau, "maxcos"),
-    }
-
-
 def cell_numbers(folder: Path, *, pool: bool = True, progress: bool = False) -> dict:
     """Every leaderboard number of one trained cell, from the project's metric functions.
 
-    EV, L0 and dead fraction: train.json's held-out evaluation. Stability (maxcos and strict), atom recovery,
-    subspace recovery: `analyze_run` (the numbers `synthsae analyze` prints). MCC: SynthSAEBench's Hungarian on
-    |cos|. Pooled SAE and bagging: `pooling_study` and the seeds' dictionaries, judged between disjoint halves.
+    EV and L0: train.json's held-out evaluation. Stability (maxcos and strict), dead fraction, atom and subspace
+    recovery: `analyze_run` (what `synthsae analyze` reports). MCC: SynthSAEBench's Hungarian on |cos|. Pooled
+    SAE and bagging: `pooling_study` (primary pool, judged between disjoint halves of the seeds).
     """
     from synthsae.io import load_run
-    from synthsae.metrics.ablation import eval_sample
-    from synthsae.metrics.run_analysis import EVAL_DATA_SEED_OFFSET, analyze_run, with_overrides
-    from synthsae.pooling import _seed_halves, pooling_study
+    from synthsae.metrics.run_analysis import analyze_run, with_overrides
+    from synthsae.pooling import pooling_study
     from synthsae.train import load_train_summary
 
     t0 = time.perf_counter()
@@ -332,34 +327,20 @@ def cell_numbers(folder: Path, *, pool: bool = True, progress: bool = False) -> 
     row: dict = {
         "variant": cfg.sae.variant, "d_sae": cfg.sae.d_sae, "seeds": S, "k": cfg.sae.k,
         "ev": 1.0 - sum(ev["fvu"]) / S, "l0": sum(ev["l0"]) / S,
-        "dead_fraction": sum(ev["never_fired_fraction"]) / S,
         "train_seconds": summ["seconds"],
         "throughput": summ["steps"] * cfg.train.batch_size * S / max(summ["seconds"], 1e-9),
     }
-    maxcos = adapt_analysis(analyze_run(folder, device="cpu")[0])
+    row.update(adapt_analysis(analyze_run(folder, device="cpu")[0]))
     strict = adapt_analysis(analyze_run(folder, with_overrides(cfg.analysis, match="strict"), device="cpu")[0])
-    row.update(maxcos)
     row["stability_strict"], row["stability_strict_null"] = strict["stability"], strict["stability_null"]
-    row["mcc"], row["mcc_chance"] = _mcc([sae.W_dec[s].detach() for s in range(S)], truth)
-    if pool and S >= 4:
-        width = cfg.sae.d_sae * 2
-        pooled = pooling_study((cfg, sae, truth), widths=[width], rules=("coverage",),
+    dec = sae.W_dec.detach().float().cpu()
+    row["mcc"], row["mcc_chance"] = _mcc(list(dec), truth)
+    if pool and S >= 2:
+        pooled = pooling_study((cfg, sae, truth), widths=[cfg.sae.d_sae], rules=(cfg.analysis.pool_primary,),
                                refit_steps=cfg.analysis.pool_refit_steps, out_dir=folder / "pooled", device="cpu",
                                progress=progress)
-        v = pooled["variants"][f"coverage_w{width}"]
-        from synthsae.io import load_sae_folders
-
-        pdec = load_sae_folders([Path(pooled["folders"][f"coverage_w{width}_all"])]).W_dec[0].detach()
-        mcc, chance = _mcc([pdec], truth)
-        row["pooled"] = {
-            "width": v["pools"]["all"]["width"], "ev": v["pools"]["all"]["ev"], "l0": v["pools"]["all"]["l0"],
-            "dead_fraction": 1 - v["pools"]["all"]["n_live"] / max(v["pools"]["all"]["width"], 1),
-            "stability": v["stability_pool_vs_pool"]["mean"], "stability_null": v.get("random_baseline"),
-            "mcc": mcc, "mcc_chance": chance, "seconds": pooled["seconds"],
-        }
+        row["pooled"], row["bagging"] = adapt_pooling(pooled, truth, dec)
         row["pooled_stability"] = row["pooled"]["stability"]
-        x = eval_sample(truth, cfg.analysis.eval_tokens, cfg.train.data_seed + EVAL_DATA_SEED_OFFSET)
-        row["bagging"] = bagging_numbers(sae, truth, x, _seed_halves(min(S, 4)), cfg.analysis.tau)
     row["metric_seconds"] = time.perf_counter() - t0
     return row
 

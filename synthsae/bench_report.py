@@ -43,11 +43,15 @@ NOTES = """\
   planted atoms, mean over matched pairs), mean over seeds; chance = a Gaussian random dictionary of the same shape.
 - **atoms cos>=0.9**, **subspace recovery**, **stability** (maxcos and strict, live latents, tau from the config)
   and their nulls are what `synthsae analyze` reports for the cell's run folder.
-- **pooled stability**: stability between two pooled SAEs built from disjoint halves of the seeds.
-- **baseline** rows (not variants): *bagging* = a half's dictionaries concatenated (codes divided by the half's
-  size, so the reconstruction is the mean of the seeds'), stability between the two halves' bags; *pooled* = the
-  pooled SAE of all seeds (stability: pool of half A vs pool of half B); *wide* = a single SAE of the same variant
-  trained at the pooled width (stability between its seeds). The three share one width.
+- **stability** is over live latents; its **null** is the rotated-seeds null (every seed's dictionary turned
+  by its own random rotation, then matched the same way). **dead**: never fired on the analysis' held-out sample.
+- **pooled stability**: stability between the two primary pooled SAEs (config `analysis.pool_primary`, at the
+  variant's width) built from disjoint halves of the seeds.
+- **baseline** rows (not variants): *pooled* = the primary pooled SAE of all seeds (its stability: pool of half A
+  vs pool of half B, null: against a rotated partner); the single SAE at the pooled width is the variant row
+  itself; *bagging* = a half's dictionaries concatenated (the mean of their reconstructions), stability between
+  the two halves' bags; *wide* = one SAE of the same variant as wide as a bag, trained at the same L0 target
+  (stability between its seeds). Throughput and wall time of baselines: '-' (no training) or their own run.
 """
 
 
@@ -57,7 +61,7 @@ def leaderboard_rows(rows: list[dict]) -> list[dict]:
     for r in rows:
         base = {"preset": r["preset"], "l0_target": r["l0_target"], "variant": r["variant"]}
         if r.get("wide"):
-            out.append({**r, **base, "name": f"{r['variant']} wide", "kind": "baseline: single SAE at pooled width",
+            out.append({**r, **base, "name": f"{r['variant']} wide", "kind": "baseline: single SAE at bag width",
                         "width": r["d_sae"], "pooled_stability": None})
             continue
         out.append({**r, **base, "name": r["variant"], "kind": "variant", "width": r["d_sae"]})
