@@ -167,7 +167,7 @@ class AtomResult:
     """Recovery of planted rank-1 atoms. Baselines: a Gaussian random dictionary of the same shape."""
 
     n_atoms: int = doc("planted atoms")
-    mcc: Chance = doc("mean Hungarian-matched |cos| between atoms and latents (unmatched count 0), mean over seeds")
+    mcc: Chance = doc("mean Hungarian-matched (signed) cosine between atoms and latents (unmatched count 0), mean over seeds")
     mcc_per_seed: list[float] = doc("MCC per seed", factory=list)
     mean_best_cos: Chance = doc("mean over atoms of the best cosine of any latent")
     frac_recovered: Chance = doc("fraction of atoms with a latent at cos >= atom_recovered_cos")
