@@ -6,6 +6,6 @@ recovery      atom_recovery, atom_latents, block_projection, block_members, subs
 subspaces     subspace_overlap (+ baseline), span_projection, span_reproducibility, cluster_by_span,
               describe_clusters, effective_rank, rotation_null, random_points_null
 frequency     firing_frequency, FrequencyCounter, spearman, frequency_vs_stability
-analyze       analyze / analyze_with_latents: everything for S SAEs as one JSON-able dict
+analyze       analyze / analyze_with_latents: everything for S SAEs as one typed AnalysisResult (rotated-seeds null)
 run_analysis  analyze_run / analyze_folders (from disk), write_analysis (metrics.json key "analysis")
 """
