@@ -69,16 +69,26 @@ def save_seed_folder(folder: str | os.PathLike[str], sae: SAE, s: int, metadata:
     return folder
 
 
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object file, or a one-line RunFileError naming it."""
+    if not path.is_file():
+        raise RunFileError(f"{path}: missing")
+    try:
+        obj = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RunFileError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(obj, dict):
+        raise RunFileError(f"{path}: expected a JSON object, found {type(obj).__name__}")
+    return obj
+
+
 def _read_cfg(folder: Path) -> dict[str, Any]:
     path = folder / CFG
     if not folder.is_dir():
         raise RunFileError(f"{folder}: no such seed folder")
     if not path.is_file():
         raise RunFileError(f"{path}: missing (a seed folder needs {CFG}, {WEIGHTS})")
-    try:
-        cfg = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RunFileError(f"{path}: not valid JSON ({exc})") from None
+    cfg = read_json(path)
     for key in ("d_in", "d_sae"):
         if not isinstance(cfg.get(key), int):
             raise RunFileError(f"{path}: field {key!r} missing or not an integer")

@@ -3,7 +3,6 @@ building one of our single-seed SAEs from canonical tensors."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,19 +44,6 @@ class LoadedSAE:
     frequency_source: str | None
     provenance: Provenance
     init_seed: int | None = None  # the training seed when the files record one
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    """A JSON object file, or a one-line RunFileError naming it."""
-    if not path.is_file():
-        raise RunFileError(f"{path}: missing")
-    try:
-        obj = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RunFileError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(obj, dict):
-        raise RunFileError(f"{path}: expected a JSON object, found {type(obj).__name__}")
-    return obj
 
 
 def read_safetensors(path: Path) -> dict[str, Tensor]:

@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 
 from synthsae.io import RunFileError
-from synthsae.loaders.common import LoadedSAE, Provenance, build_sae, need_scalar, need_tensor, read_json
+from synthsae.loaders.common import LoadedSAE, Provenance, build_sae, need_scalar, need_tensor
+from synthsae.io import read_json
 
 CFG, WEIGHTS = "config.json", "ae.pt"
 # dict_class -> our variant

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from synthsae.io import RunFileError, load_sae_folders
+from synthsae.io import RunFileError, load_sae_folders, read_json
 from synthsae.metrics.frequency import frequency_from_log10  # the one dead-latent rule (floor = never fired)
 from synthsae.loaders.common import (
     LoadedSAE,
@@ -21,7 +21,6 @@ from synthsae.loaders.common import (
     need_int,
     need_scalar,
     need_tensor,
-    read_json,
     read_safetensors,
 )
 

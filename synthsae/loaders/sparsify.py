@@ -10,7 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from synthsae.io import RunFileError
-from synthsae.loaders.common import LoadedSAE, Provenance, build_sae, need_int, need_tensor, read_json, read_safetensors
+from synthsae.loaders.common import LoadedSAE, Provenance, build_sae, need_int, need_tensor, read_safetensors
+from synthsae.io import read_json
 
 CFG, WEIGHTS = "cfg.json", "sae.safetensors"
 

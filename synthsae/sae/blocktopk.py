@@ -13,11 +13,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from jaxtyping import Bool, Float, Int
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from synthsae.sae import register_variant
-from synthsae.sae.sparse import SparseCode, code_from_topk, fast_topk, gather_pre
+from synthsae.sae.sparse import SparseCode, code_from_topk, fast_topk
 from synthsae.sae.topk import TopKSAE
 
 
@@ -118,6 +118,9 @@ class BlockTopKSAE(TopKSAE):
         lin = self._linear if cols is None else self._linear[cols]
         return torch.where(lin, pre, torch.relu(pre))
 
+    def selected_code(self, pre: Tensor, code: SparseCode) -> Tensor:
+        return self.code_of(pre, code.cols % self.d_sae)
+
     def top_groups(self, pre: Float[Tensor, "S B m"]) -> Int[Tensor, "S B k"]:
         return fast_topk(self.group_scores(pre), self.cfg.k)[1]
 
@@ -146,21 +149,6 @@ class BlockTopKSAE(TopKSAE):
         offsets = torch.cumsum(counts, 0) - counts
         code = SparseCode(rows=rows, cols=cols, offsets=offsets, n_rows=S * B, n_cols=S * m)
         return code, pre.reshape(S * B, m)[rows, lat]
-
-    def forward(self, x: Tensor, step: int = 0, dead: Bool[Tensor, "S m"] | None = None):
-        S, m = self.n_seeds, self.d_sae
-        B = x.shape[-2]
-        bias = self.bias_eff()
-        with torch.no_grad():
-            pre, exact = self.selection_pre_acts(x, bias.detach())
-            code, pre_sel = self.select(pre)
-            if not exact:  # low-precision selection: the values that train are recomputed in the parameter dtype
-                pre_sel = self.exact_pre(x, code, bias)
-        vals = self.code_of(gather_pre(pre_sel, self.W_enc, bias, x, code), code.cols % m)
-        x_hat = self.decode_code(code, vals, S, B)
-        aux = self.aux_loss(x, x_hat, pre, bias, dead, exact)
-        del pre
-        return self.sparse_output(x, x_hat, code, vals, aux, S, B)
 
     # ------------------------------------------------------------------------------------------- files
 

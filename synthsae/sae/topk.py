@@ -60,6 +60,10 @@ class TopKSAE(SAE):
     def decode_code(self, code: SparseCode, vals: Tensor, S: int, B: int) -> Float[Tensor, "S B d"]:
         return sparse_decode(vals, self.W_dec, code).view(S, B, self.d_in) + self.b_dec.unsqueeze(1)
 
+    def selected_code(self, pre: Tensor, code: SparseCode) -> Tensor:
+        """Code values of the selected latents from their pre-activations (ReLU; a hook for variants)."""
+        return torch.relu(pre)
+
     def forward(self, x: Tensor, step: int = 0, dead: Bool[Tensor, "S m"] | None = None) -> SAEOutput:
         S, m = self.n_seeds, self.d_sae
         B = x.shape[-2]
@@ -69,7 +73,7 @@ class TopKSAE(SAE):
             code, pre_sel = self.select(pre)
             if not exact:
                 pre_sel = self.exact_pre(x, code, bias)
-        vals = torch.relu(gather_pre(pre_sel, self.W_enc, bias, x, code))
+        vals = self.selected_code(gather_pre(pre_sel, self.W_enc, bias, x, code), code)
         x_hat = self.decode_code(code, vals, S, B)
         aux = self.aux_loss(x, x_hat, pre, bias, dead, exact)
         del pre
