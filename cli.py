@@ -794,7 +794,7 @@ def compare_cmd(
 @app.command("atlas")
 @user_errors
 def atlas_cmd(
-    paths: list[Path] = typer.Argument(..., help="a run directory, or several SAE folders (SAELens layout), one per seed"),
+    paths: list[Path] = typer.Argument(..., help="a run directory (synthetic or `synthsae real run`), or several SAE folders (SAELens layout), one per seed"),
     out: Optional[Path] = typer.Option(None, "--out", help="folder for atlas.safetensors / atlas.json / metrics.json (default: the run folder, or beside the first SAE folder)"),
     overlap: float = typer.Option(0.9, "--overlap", help="principal-angle overlap at which a seed holds a feature's span"),
     energy: float = typer.Option(0.5, "--energy", help="energy rule: a subspace keeps the directions spanned by this share of its seeds (docs/atlas.md)"),
@@ -805,9 +805,10 @@ def atlas_cmd(
 ) -> None:
     """Cross-seed feature atlas: stable latents, reproducible subspaces and the irreproducible remainder.
 
-    Stored as metrics.json's "atlas" stage (read by `synthsae report`) and as
-    atlas.json + atlas.safetensors.
+    Stored as metrics.json's "atlas" stage (read by `synthsae report` / `synthsae real report`) and as
+    atlas.json + atlas.safetensors. On a real run it also splices the features and the remainder into the model.
     """
+    from real.atlas import is_real_run
     from synthsae.metrics.atlas import AtlasConfig
     from synthsae.metrics.atlas_run import ATLAS_FILE, ATLAS_JSON, atlas_of, write_atlas
     from synthsae.metrics.run_analysis import is_run_dir
@@ -817,19 +818,27 @@ def atlas_cmd(
     for p in paths:
         if not p.exists():
             raise UserError(f"{str(p)!r}: no such file or directory")
-    run = len(paths) == 1 and is_run_dir(paths[0])
+    real = len(paths) == 1 and is_real_run(paths[0])
+    run = real or (len(paths) == 1 and is_run_dir(paths[0]))
     if not run:
         bad = [str(p) for p in paths if not (p / "sae_weights.safetensors").is_file()]
         if bad:
-            raise UserError(f"{bad[0]!r}: neither a run directory (config.toml + seeds/) nor an SAE folder "
-                            "(sae_weights.safetensors)")
+            raise UserError(f"{bad[0]!r}: neither a run directory (config.toml or real_config.json, and seeds/) nor an "
+                            "SAE folder (sae_weights.safetensors)")
         if len(paths) < 2:
             raise UserError("one SAE folder is one seed: give at least two folders (or a run directory)")
+    if real and out is not None:
+        raise UserError("--out: a real run's atlas is one of its stages and is written into the run folder")
     target = out or (paths[0] if run else paths[0].parent)
     _check_metrics_target(target / "metrics.json")
     acfg = AtlasConfig(overlap=overlap, energy=energy, min_seeds=min_seeds, max_rank=max_rank)
-    res, atlas = atlas_of(paths, acfg, device)
-    write_atlas(target, res, atlas)
+    if real:
+        from real.atlas import atlas_of_real_run
+
+        res = atlas_of_real_run(paths[0], acfg, device)
+    else:
+        res, atlas = atlas_of(paths, acfg, device)
+        write_atlas(target, res, atlas)
     t, j = target / ATLAS_FILE, target / ATLAS_JSON
     if as_json:
         typer.echo(j.read_text())

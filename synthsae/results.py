@@ -562,7 +562,8 @@ class AtlasCE:
     ce_recovered_full: Spread = doc("(CE_zero - CE_full) / (CE_zero - CE_clean)")
     ce_recovered_features_only: Spread = doc("the same with only the features' latents kept")
     ce_recovered_remainder_only: Spread = doc("the same with only the remainder's latents kept")
-    ce_share_features: Spread = doc("Shapley share of the CE gain carried by the features: (g(F) + g(all) - g(R)) / (2 g(all)), g(T) = CE_no_latents - CE(only T kept)")
+    ce_share_features: Spread = doc("Shapley share of the CE gain carried by the features: (g(F) + g(all) - g(R)) / (2 g(all)), "
+                                    "g(T) = CE_no_latents - CE(only T kept) (null for a seed with g(all) <= 0)")
     ce_share_remainder: Spread = doc("1 - ce_share_features")
     kl_features_only: Spread = doc("KL(clean || spliced) with only the features' latents kept (nats per token)")
     kl_remainder_only: Spread = doc("the same with only the remainder's latents kept")
