@@ -794,8 +794,8 @@ def compare_cmd(
 @app.command("atlas")
 @user_errors
 def atlas_cmd(
-    paths: list[Path] = typer.Argument(..., help="a run directory, or several SAE folders (SAELens layout), one per seed"),
-    out: Optional[Path] = typer.Option(None, "--out", help="folder for atlas.safetensors / atlas.json (default: the run folder, or beside the first SAE folder)"),
+    paths: list[Path] = typer.Argument(..., help="a run directory (synthetic or `synthsae real run`), or several SAE folders (SAELens layout), one per seed"),
+    out: Optional[Path] = typer.Option(None, "--out", help="folder for atlas.safetensors / atlas.json / metrics.json (default: the run folder, or beside the first SAE folder)"),
     overlap: float = typer.Option(0.9, "--overlap", help="principal-angle overlap at which a seed holds a feature's span"),
     energy: float = typer.Option(0.5, "--energy", help="energy rule: a subspace keeps the directions spanned by this share of its seeds (docs/atlas.md)"),
     min_seeds: int = typer.Option(0, "--min-seeds", help="seeds a feature must be found in (0 = half the seeds, at least 2)"),
@@ -803,9 +803,14 @@ def atlas_cmd(
     device: str = typer.Option("auto", "--device", help="auto (CUDA when available), cpu, cuda, cuda:N"),
     as_json: bool = typer.Option(False, "--json", help="print atlas.json instead of a summary"),
 ) -> None:
-    """Cross-seed feature atlas: stable latents, reproducible subspaces and the irreproducible remainder."""
+    """Cross-seed feature atlas: stable latents, reproducible subspaces and the irreproducible remainder.
+
+    Stored as metrics.json's "atlas" stage (read by `synthsae report` / `synthsae real report`) and as
+    atlas.json + atlas.safetensors. On a real run it also splices the features and the remainder into the model.
+    """
+    from real.atlas import is_real_run
     from synthsae.metrics.atlas import AtlasConfig
-    from synthsae.metrics.atlas_run import atlas_of, write_atlas
+    from synthsae.metrics.atlas_run import ATLAS_FILE, ATLAS_JSON, atlas_of, write_atlas
     from synthsae.metrics.run_analysis import is_run_dir
 
     if device != "auto" and not (device == "cpu" or device.startswith("cuda")):
@@ -813,47 +818,65 @@ def atlas_cmd(
     for p in paths:
         if not p.exists():
             raise UserError(f"{str(p)!r}: no such file or directory")
-    run = len(paths) == 1 and is_run_dir(paths[0])
+    real = len(paths) == 1 and is_real_run(paths[0])
+    run = real or (len(paths) == 1 and is_run_dir(paths[0]))
     if not run:
         bad = [str(p) for p in paths if not (p / "sae_weights.safetensors").is_file()]
         if bad:
-            raise UserError(f"{bad[0]!r}: neither a run directory (config.toml + seeds/) nor an SAE folder (sae_weights.safetensors)")
+            raise UserError(f"{bad[0]!r}: neither a run directory (config.toml or real_config.json, and seeds/) nor an "
+                            "SAE folder (sae_weights.safetensors)")
         if len(paths) < 2:
             raise UserError("one SAE folder is one seed: give at least two folders (or a run directory)")
-    res, atlas = atlas_of(paths, AtlasConfig(overlap=overlap, energy=energy, min_seeds=min_seeds, max_rank=max_rank), device)
+    if real and out is not None:
+        raise UserError("--out: a real run's atlas is one of its stages and is written into the run folder")
     target = out or (paths[0] if run else paths[0].parent)
-    t, j = write_atlas(target, res, atlas)
+    _check_metrics_target(target / "metrics.json")
+    acfg = AtlasConfig(overlap=overlap, energy=energy, min_seeds=min_seeds, max_rank=max_rank)
+    if real:
+        from real.atlas import atlas_of_real_run
+
+        res = atlas_of_real_run(paths[0], acfg, device)
+    else:
+        res, atlas = atlas_of(paths, acfg, device)
+        write_atlas(target, res, atlas)
+    t, j = target / ATLAS_FILE, target / ATLAS_JSON
     if as_json:
         typer.echo(j.read_text())
         return
     print_atlas(res)
-    console.print(f"wrote {t} and {j}", highlight=False)
+    console.print(f"wrote {t}, {j} and {target / 'metrics.json'} (key \"atlas\")", highlight=False)
 
 
-def print_atlas(res: dict) -> None:
-    """A few lines: feature counts, ranks, EV split, held-out judgement, planted blocks, group stability."""
-    console.print(f"{res['n_features']} features from {res['n_seeds']} seeds: {res['n_stable_rank1']} stable rank-1, "
-                  f"{res['n_subspaces']} subspaces (ranks {res['rank_histogram']}), {res['n_remainder_latents']} latents "
-                  f"left irreproducible; mean feature stability {_f(res['mean_feature_stability'])}", highlight=False)
-    if res.get("ev_share_features") is not None:
-        console.print(f"EV share: features {_f(res['ev_share_features'])}, remainder {_f(res['ev_share_remainder'])}; "
-                      f"EV-weighted feature stability {_f(res['ev_weighted_feature_stability'])}", highlight=False)
-    h = res.get("heldout")
-    if h:
-        mn = h["mean"]
-        console.print(f"held-out halves: feature stability {_f(mn.get('feature_stability_heldout'))} "
-                      f"(EV-weighted {_f(mn.get('feature_stability_heldout_ev_weighted'))}) vs latent stability "
-                      f"{_f(mn.get('latent_stability_heldout'))} (tau {h['latent_tau']})", highlight=False)
-        if h.get("goal"):
-            g = h["goal"]
-            console.print(f"goal (stability >= {g['feature_stability_goal']} with >= {g['ev_goal']} of EV): "
-                          f"{'held' if g['held'] else 'did not hold'}", highlight=False)
-    for b in res.get("planted_blocks", []):
-        console.print(f"block {b['block']} (rank {b['rank']}, {'orthogonal' if b.get('orthogonal') else 'superposed'}): "
-                      f"best feature {b['best_feature']} rank {b.get('feature_rank', '-')} overlap {_f(b['overlap'])} "
-                      f"stability {_f(b.get('feature_stability'))}", highlight=False)
-    if res.get("group_stability"):
-        console.print(f"group stability {_f(res['group_stability']['mean'])} over {res['group_stability']['n_live_groups']} live groups",
+def print_atlas(res) -> None:
+    """A few lines of an AtlasResult: feature counts, ranks, EV split, CE split, held-out judgement, planted blocks,
+    group stability."""
+    console.print(f"{res.n_features} features from {res.n_seeds} seeds: {res.n_stable_rank1} stable rank-1, "
+                  f"{res.n_subspaces} subspaces (ranks {res.rank_histogram}), {res.n_remainder_latents} latents "
+                  f"left irreproducible; mean feature stability {_f(res.mean_feature_stability)}", highlight=False)
+    if res.ev_share_features is not None:
+        console.print(f"EV share: features {_f(res.ev_share_features)}, remainder {_f(res.ev_share_remainder)}; "
+                      f"EV-weighted feature stability {_f(res.ev_weighted_feature_stability)}", highlight=False)
+    if res.ce is not None:
+        c = res.ce
+        console.print(f"CE (nats): full {_f(c.ce_full.mean)} (recovered {_f(c.ce_recovered_full.mean)}), features only "
+                      f"{_f(c.ce_features_only.mean)}, remainder only {_f(c.ce_remainder_only.mean)}; CE share of the "
+                      f"features {_f(c.ce_share_features.mean)}", highlight=False)
+    h = res.heldout
+    if h is not None:
+        mn = h.mean
+        console.print(f"held-out halves: feature stability {_f(mn.feature_stability_heldout)} "
+                      f"(EV-weighted {_f(mn.feature_stability_heldout_ev_weighted)}) vs latent stability "
+                      f"{_f(mn.latent_stability_heldout)} (tau {h.latent_tau})", highlight=False)
+        if h.goal is not None:
+            g = h.goal
+            console.print(f"goal (stability >= {g.feature_stability_goal} with >= {g.ev_goal} of EV): "
+                          f"{'held' if g.held else 'did not hold'}", highlight=False)
+    for b in res.planted_blocks:
+        console.print(f"block {b.block} (rank {b.rank}, {'orthogonal' if b.orthogonal else 'superposed'}): "
+                      f"best feature {b.best_feature} rank {b.feature_rank if b.feature_rank is not None else '-'} "
+                      f"overlap {_f(b.overlap)} stability {_f(b.feature_stability)}", highlight=False)
+    if res.group_stability is not None:
+        console.print(f"group stability {_f(res.group_stability.mean)} over {res.group_stability.n_live_groups} live groups",
                       highlight=False)
 
 

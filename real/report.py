@@ -155,6 +155,43 @@ def _examples(run_dir: Path, trig: dict, lat: dict, tokenizer, n_latents: int = 
     return out
 
 
+def atlas_section(at) -> Section:
+    """The atlas stage (an AtlasResult): the synthetic report's atlas section (verdict on held-out seeds, kinds), plus
+    the rank histogram and the EV and spliced CE the reproducible features carry against the remainder."""
+    from synthsae.metrics.atlas_run import atlas_verdict
+    from synthsae.report import atlas_sections
+
+    if at is None:
+        v = atlas_verdict(None)
+        return Section(v.title, v.claim, "not measured",
+                       "no atlas stage in metrics.json (`synthsae real run` or `synthsae atlas RUN_DIR` adds it)")
+    (sec,) = atlas_sections(at)
+    if at.rank_histogram:
+        sec.tables.append(Table(["rank", "features"], [[r, str(n)] for r, n in at.rank_histogram.items()],
+                                "Features by rank (rank 1: stable latent directions; > 1: reproducible subspaces)"))
+    c = at.ce
+    if c is None:
+        sec.paragraphs.append("Spliced CE of the features against the remainder: not measured.")
+        return sec
+    rem_ev = None if at.ev_share_remainder is None else at.ev_share_remainder + (at.ev_share_dead or 0.0)
+    sp = lambda s: pm(s.mean, s.std)  # noqa: E731
+    sec.tables.append(Table(
+        ["latents kept", "EV share", "CE share", "CE (nats)", "CE recovered", "KL to clean (nats)"],
+        [[f"reproducible features ({at.n_stable_rank1} stable rank-1, {at.n_subspaces} subspaces)",
+          fmt(at.ev_share_features), sp(c.ce_share_features), sp(c.ce_features_only), sp(c.ce_recovered_features_only),
+          sp(c.kl_features_only)],
+         [f"irreproducible remainder ({at.n_remainder_latents} latents; dead latents with it)", fmt(rem_ev),
+          sp(c.ce_share_remainder), sp(c.ce_remainder_only), sp(c.ce_recovered_remainder_only), sp(c.kl_remainder_only)],
+         ["all (the full reconstruction)", "1", "1", sp(c.ce_full), sp(c.ce_recovered_full), "-"],
+         ["none (b_dec only)", "0", "0", sp(c.ce_no_latents), "-", "-"]],
+        "What the reproducible features and the remainder carry, each spliced in alone (mean ± std over seeds)"))
+    sec.paragraphs.append(
+        f"CE spliced after block {c.layer} on {c.splice_windows} held-out windows ({c.splice_tokens} predicted tokens): "
+        f"clean {fmt(c.ce_clean)}, zero-ablation {fmt(c.ce_zero_ablation)} nats. {c.definition}. EV share: the Shapley "
+        "share of each latent in its seed's explained variance, summed (docs/atlas.md).")
+    return sec
+
+
 def build_real_report(run_dir: str | Path, tokenizer=None) -> tuple[Path, Path]:
     """figures/*.png, report.md and report.html of a real run from its saved files."""
     from synthsae.metrics_file import read_metrics
@@ -187,6 +224,7 @@ def build_real_report(run_dir: str | Path, tokenizer=None) -> tuple[Path, Path]:
         ablation_section(v[4], m.ablation, fig_dir),
         triggers_section(raw.get("triggers"), trig, lat, fig_dir, _examples(run_dir, trig, lat, tokenizer)),
         pooling_section(v[5], m.pooling, fig_dir),
+        atlas_section(m.atlas),
     ]
     cfg = json.loads((run_dir / "real_config.json").read_text()) if (run_dir / "real_config.json").is_file() else {}
     c, s = cfg.get("collect", {}), cfg.get("sae", {})

@@ -1,9 +1,10 @@
-"""`synthsae real run`: collect -> train S seeds -> analyse -> ablate (spliced CE/KL) -> pool -> triggers -> report.
+"""`synthsae real run`: collect -> train S seeds -> analyse -> ablate (spliced CE/KL) -> pool -> atlas -> triggers -> report.
 
 Run folder: `real_config.json`, `acts/` (activation store), `seeds/seed_<k>/` (SAELens layout), `train.json`
-(with the convergence curve), `metrics.json` (keys analysis, ablation, pooling, triggers), `triggers.safetensors`,
-`pooled/`, `figures/`, `report.md`, `report.html`. Every stage is skipped when its output exists, so a killed run
-is finished by running the same command again; a finished run is only replaced with force.
+(with the convergence curve), `metrics.json` (keys analysis, ablation, pooling, atlas, triggers),
+`atlas.safetensors` / `atlas.json`, `triggers.safetensors`, `pooled/`, `figures/`, `report.md`, `report.html`.
+Every stage is skipped when its output exists, so a killed run is finished by running the same command again; a
+finished run is only replaced with force.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from synthsae.metrics_file import write_stage
 
 CONFIG = "real_config.json"
 OUTPUTS = ("seeds", "checkpoint", "train.json", "metrics.json", "analysis_latents.safetensors", "triggers.safetensors",
-           "pooled", "figures", "report.md", "report.html", CONFIG)
+           "atlas.safetensors", "atlas.json", "pooled", "figures", "report.md", "report.html", CONFIG)
 
 
 def prepare(cfg: RealConfig, out: Path, force: bool, write: bool = True) -> None:
@@ -60,12 +61,12 @@ def run_real(cfg: RealConfig, out: str | Path, *, force: bool = False, lm=None, 
         raise FileExistsError(f"{out}: holds a finished real run; pass --force to overwrite it")
     prepare(cfg, out, force, write=False)
     t0 = time.perf_counter()
-    log(f"[1/7] loading {cfg.collect.model}")
+    log(f"[1/8] loading {cfg.collect.model}")
     lm = lm or load_model(cfg.collect.model)
     from real.model import check_layer
 
     check_layer(lm, cfg.collect.layer)
-    log(f"[2/7] collecting activations after block {cfg.collect.layer} ({cfg.collect.train_tokens} train + "
+    log(f"[2/8] collecting activations after block {cfg.collect.layer} ({cfg.collect.train_tokens} train + "
         f"{cfg.collect.eval_tokens} eval tokens) -> {out / 'acts'}")
     store = collect(cfg.collect, out / "acts", lm=lm, progress=progress, force=force)
     prepare(cfg, out, force)  # only once the activations are known to match: a refused call changes nothing
@@ -86,7 +87,7 @@ def run_real(cfg: RealConfig, out: str | Path, *, force: bool = False, lm=None, 
 
     seconds = {}
     if not (out / FINISHED).is_file():
-        log(f"[3/7] training {cfg.train.seeds} seeds of {cfg.sae.variant} (d_sae {cfg.sae.d_sae}, k {cfg.sae.k}, "
+        log(f"[3/8] training {cfg.train.seeds} seeds of {cfg.sae.variant} (d_sae {cfg.sae.d_sae}, k {cfg.sae.k}, "
             f"{cfg.train.steps} steps = {cfg.passes} passes)")
         t = time.perf_counter()
         train_real(cfg, store, out, progress=progress)
@@ -103,7 +104,7 @@ def run_real(cfg: RealConfig, out: str | Path, *, force: bool = False, lm=None, 
     from synthsae.metrics.run_analysis import LATENTS_FILE, _sparsity, write_analysis
 
     if not done("analysis"):
-        log("[4/7] stability, span reproducibility, clusters of unstable latents")
+        log("[4/8] stability, span reproducibility, clusters of unstable latents")
         t = time.perf_counter()
         freq, source = _sparsity(seed_folders(out))
         res, per = analyze_with_latents(sae.W_dec.detach(), sae.W_enc.detach(), freq, None, cfg.analysis, dev, source)
@@ -116,7 +117,7 @@ def run_real(cfg: RealConfig, out: str | Path, *, force: bool = False, lm=None, 
     stab = load_file(str(out / LATENTS_FILE))["stability"]
 
     if not done("ablation"):
-        log(f"[5/7] ablating stable / unstable / random groups with the reconstruction spliced into the model "
+        log(f"[5/8] ablating stable / unstable / random groups with the reconstruction spliced into the model "
             f"({cfg.splice_contexts} windows)")
         from real.ablate import real_ablation
 
@@ -127,7 +128,7 @@ def run_real(cfg: RealConfig, out: str | Path, *, force: bool = False, lm=None, 
         seconds["ablation"] = time.perf_counter() - t
 
     if not done("pooling"):
-        log(f"[6/7] pooling seeds (disjoint halves; rules {', '.join(cfg.pool_rules)}; widths {cfg.pool_widths} x d_sae)")
+        log(f"[6/8] pooling seeds (disjoint halves; rules {', '.join(cfg.pool_rules)}; widths {cfg.pool_widths} x d_sae)")
         from synthsae.pooling import pooling_study
 
         t = time.perf_counter()
@@ -140,8 +141,16 @@ def run_real(cfg: RealConfig, out: str | Path, *, force: bool = False, lm=None, 
             batches=lambda seed: (b.to(dev) for b in store.batches(bs, seed, scale=scale)), progress=progress))
         seconds["pooling"] = time.perf_counter() - t
 
+    if not done("atlas"):
+        log("[7/8] feature atlas: stable directions, reproducible subspaces, remainder; spliced CE of each")
+        from real.atlas import real_atlas
+
+        t = time.perf_counter()
+        real_atlas(lm, sae, store, cfg, scale, out, progress=progress)
+        seconds["atlas"] = time.perf_counter() - t
+
     if not done("triggers"):
-        log("[7/7] triggers: top tokens, surface-form score, token entropy")
+        log("[8/8] triggers: top tokens, surface-form score, token entropy")
         t = time.perf_counter()
         merge_json_key(mpath, "triggers", trigger_stage(sae, store, cfg, stab, scale, out))
         seconds["triggers"] = time.perf_counter() - t

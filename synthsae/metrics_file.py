@@ -11,10 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from synthsae.fileio import merge_json_key
-from synthsae.results import AblationResult, AnalysisResult, PoolingResult, SourcesResult
+from synthsae.results import AblationResult, AnalysisResult, AtlasResult, PoolingResult, SourcesResult
 from synthsae.serialize import from_json, to_json
 
-STAGES = {"analysis": AnalysisResult, "ablation": AblationResult, "pooling": PoolingResult, "sources": SourcesResult}
+STAGES = {"analysis": AnalysisResult, "ablation": AblationResult, "pooling": PoolingResult, "sources": SourcesResult,
+          "atlas": AtlasResult}
+RERUN = {"analysis": "analyze", "sources": "analyze", "ablation": "ablate", "pooling": "pool", "atlas": "atlas"}
 
 
 class MetricsError(ValueError):
@@ -29,6 +31,7 @@ class Metrics:
     ablation: AblationResult | None = None
     pooling: PoolingResult | None = None
     sources: SourcesResult | None = None  # SAE folders loaded from other libraries (synthsae.loaders)
+    atlas: AtlasResult | None = None  # cross-seed feature atlas (synthsae atlas, real run's atlas stage)
 
 
 def write_stage(path: str | Path, key: str, result) -> None:
@@ -55,7 +58,7 @@ def read_metrics(path: str | Path) -> Metrics:
             setattr(out, key, from_json(cls, raw[key], key))
         except (ValueError, TypeError) as e:
             raise MetricsError(f"{path}: {e} (written by another synthsae version? rerun that stage, e.g. "
-                               f"`synthsae {'analyze' if key in ('analysis', 'sources') else 'ablate' if key == 'ablation' else 'pool'}`)") from None
+                               f"`synthsae {RERUN[key]}`)") from None
     return out
 
 

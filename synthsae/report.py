@@ -15,7 +15,7 @@ from synthsae import figures
 from synthsae.metrics.run_analysis import LATENTS_FILE
 from synthsae.metrics_file import Metrics, read_metrics
 from synthsae.report_render import Section, Table, fmt, pm, write_report
-from synthsae.results import AblationResult, AnalysisResult, PoolingResult, SourcesResult, Spread, Verdict
+from synthsae.results import AblationResult, AnalysisResult, AtlasResult, PoolingResult, SourcesResult, Spread, Verdict
 from synthsae.verdicts import all_verdicts
 
 
@@ -252,40 +252,42 @@ def pooling_section(v: Verdict, po: PoolingResult | None, fig_dir: Path) -> Sect
     return sec
 
 
-def atlas_sections(run_dir: Path) -> list[Section]:
-    """The feature atlas (issue 15) when `synthsae atlas RUN_DIR` wrote atlas.json; none otherwise."""
-    import json
+def atlas_sections(at: AtlasResult | None) -> list[Section]:
+    """The feature atlas (issue 15) when metrics.json holds an "atlas" stage (`synthsae atlas RUN_DIR`); none otherwise."""
+    from synthsae.metrics.atlas_run import atlas_verdict
 
-    from synthsae.metrics.atlas_run import ATLAS_JSON, atlas_verdict
-
-    path = run_dir / ATLAS_JSON
-    if not path.is_file():
+    if at is None:
         return []
-    res = json.loads(path.read_text())
-    sec = _section(atlas_verdict(res))
+    sec = _section(atlas_verdict(at))
     sec.paragraphs.append(
-        f"{res['n_features']} features from {res['n_seeds']} seeds: {res['n_stable_rank1']} stable rank-1 directions, "
-        f"{res['n_subspaces']} reproducible subspaces (ranks {res['rank_histogram']}), {res['n_remainder_latents']} "
-        f"latents in the irreproducible remainder. EV share: features {fmt(res.get('ev_share_features'))}, remainder "
-        f"{fmt(res.get('ev_share_remainder'))}. Rules: docs/atlas.md.")
-    h = res.get("heldout")
-    if h:
-        rows = [[f"{r['build_seeds']} -> {r['judge_seeds']}", str(r["n_features"]), fmt(r["feature_stability_heldout"]),
-                 fmt(r.get("feature_stability_heldout_ev_weighted")), fmt(r.get("ev_share_features")),
-                 fmt(r["latent_stability_heldout"]["mean"]), fmt(r["latent_stability_heldout"].get("ev_weighted"))]
-                for r in h["halves"]]
+        f"{at.n_features} features from {at.n_seeds} seeds: {at.n_stable_rank1} stable rank-1 directions, "
+        f"{at.n_subspaces} reproducible subspaces (ranks {at.rank_histogram}), {at.n_remainder_latents} "
+        f"latents in the irreproducible remainder. EV share: features {fmt(at.ev_share_features)}, remainder "
+        f"{fmt(at.ev_share_remainder)}. Rules: docs/atlas.md.")
+    if at.kinds:
+        sec.tables.append(Table(["where latents end", "features", "latents (all seeds)", "EV share", "mean stability",
+                                 "EV-weighted stability"],
+                                [[k.kind, str(k.n_features), str(k.n_latents), fmt(k.ev_share), fmt(k.mean_stability),
+                                  fmt(k.ev_weighted_stability)] for k in at.kinds],
+                                "Stable rank-1 features, reproducible subspaces, the remainder and dead latents"))
+    h = at.heldout
+    if h is not None:
+        rows = [[f"{r.build_seeds} -> {r.judge_seeds}", str(r.n_features), fmt(r.feature_stability_heldout),
+                 fmt(r.feature_stability_heldout_ev_weighted), fmt(r.ev_share_features),
+                 fmt(r.latent_stability_heldout.mean), fmt(r.latent_stability_heldout.ev_weighted)]
+                for r in h.halves]
         sec.tables.append(Table(["atlas seeds -> judged on", "features", "feature stability", "EV-weighted",
-                                 "EV share of features", f"latent stability (tau {h['latent_tau']})", "EV-weighted"],
+                                 "EV share of features", f"latent stability (tau {h.latent_tau})", "EV-weighted"],
                                 rows, "Held-out judgement: the atlas of one half of the seeds against the other half"))
-    if res.get("planted_blocks"):
+    if at.planted_blocks:
         sec.tables.append(Table(["block", "rank", "geometry", "best feature", "its rank", "overlap", "its stability"],
-                                [[str(b["block"]), str(b["rank"]), "orthogonal" if b.get("orthogonal") else "superposed",
-                                  str(b["best_feature"]), str(b.get("feature_rank", "-")), fmt(b["overlap"]),
-                                  fmt(b.get("feature_stability"))] for b in res["planted_blocks"]],
+                                [[str(b.block), str(b.rank), "orthogonal" if b.orthogonal else "superposed",
+                                  str(b.best_feature), fmt(b.feature_rank), fmt(b.overlap),
+                                  fmt(b.feature_stability)] for b in at.planted_blocks],
                                 "Planted blocks against the atlas (overlap ||B^T U||^2 / max rank: 1 = the same span)"))
-    if res.get("group_stability"):
-        g = res["group_stability"]
-        sec.paragraphs.append(f"blocktopk group-level stability: {fmt(g['mean'])} over {g['n_live_groups']} live groups.")
+    if at.group_stability is not None:
+        g = at.group_stability
+        sec.paragraphs.append(f"blocktopk group-level stability: {fmt(g.mean)} over {g.n_live_groups} live groups.")
     return [sec]
 
 
@@ -355,7 +357,7 @@ def build_report(run_dir: str | Path, title: str | None = None) -> tuple[Path, P
     m = _metrics(run_dir)
     fig_dir = run_dir / "figures"
     fig_dir.mkdir(exist_ok=True)
-    sections = build_sections(m, load_latents(run_dir), fig_dir) + atlas_sections(run_dir)
+    sections = build_sections(m, load_latents(run_dir), fig_dir) + atlas_sections(m.atlas)
     return write_report(run_dir, title or f"synthsae report: {run_dir.name}", _summary(run_dir, m), sections)
 
 

@@ -1,4 +1,4 @@
-"""Typed results of the study's stages (analysis, ablation, pooling): what metrics.json holds, field by field.
+"""Typed results of the study's stages (analysis, ablation, pooling, atlas): what metrics.json holds, field by field.
 
 Every stage returns one of these dataclasses; `synthsae.serialize` writes them to JSON (and generates the JSON
 schema from the same classes), `synthsae.verdicts` turns them into verdicts, `report.py` lays them out. Each
@@ -391,6 +391,227 @@ class PoolingResult:
     clusters: list[PoolClusters] = doc("clusters per pool", factory=list)
     variants: dict[str, PoolVariant] = doc("every pooled SAE built, primary first", factory=dict)
     seconds: float = doc("wall time", 0.0)
+
+
+# ----------------------------------------------------------------------------------------------- atlas
+
+
+@dataclass(kw_only=True)
+class AtlasSettings:
+    """The atlas's cut-offs (synthsae.metrics.atlas.AtlasConfig, docs/atlas.md) and what they resolved to."""
+
+    overlap: float = doc("principal-angle overlap (mean squared cosine) at which a seed holds a feature's span")
+    rho: float = doc("span clustering: projection norm of a latent onto its neighbours' span that links them")
+    k_max: int = doc("span clustering: at most this many neighbours per other seed")
+    energy: float = doc("energy rule: a feature keeps the directions spanned by >= this share of its seeds")
+    seed_energy: float = doc("energy rule: a seed spans the directions holding >= this share of its members' energy")
+    member_share: float = doc("holding test: a latent counts when >= this share of its squared norm lies in the span")
+    min_seeds: int = doc("seeds a feature must be found in and held by (0 = max(2, ceil(S / 2)))")
+    max_rank: int = doc("highest rank of a feature; higher spans are chains (0 = d // 4)")
+    min_seeds_resolved: int = doc("min_seeds as used")
+    max_rank_resolved: int = doc("max_rank as used")
+    n_chained_clusters_rejected: int = doc("clusters above max_rank that did not split at the strictest rho", 0)
+    n_unheld_clusters_rejected: int = doc("clusters whose span fewer than min_seeds seeds hold (sent to the remainder)", 0)
+
+
+@dataclass(kw_only=True)
+class AtlasSource:
+    """What the atlas was built from."""
+
+    run_dir: Optional[str] = doc("run folder (null: SAE folders)", None)
+    folders: Optional[list[str]] = doc("SAE folders, one per seed (null: a run folder)", None)
+    variant: Optional[str] = doc("SAE variant", None)
+    data: str = doc("where firing frequencies and EV shares came from", "none")
+
+
+@dataclass(kw_only=True)
+class AtlasKind:
+    """One kind of place a latent can end in: 'stable' (rank-1 features), 'subspace' (rank > 1 features),
+    'remainder' (live latents in no feature) or 'dead'."""
+
+    kind: str = doc("stable, subspace, remainder or dead")
+    n_features: int = doc("features of this kind (0 for remainder and dead)")
+    n_latents: int = doc("latents of all seeds in them")
+    ev_share: Optional[float] = doc("share of the seeds' explained variance they carry, mean over seeds (null: no data)", None)
+    mean_stability: Optional[float] = doc("mean feature stability (null: no feature of this kind)", None)
+    ev_weighted_stability: Optional[float] = doc("feature stability weighted by EV share (null: no data or feature)", None)
+
+
+@dataclass(kw_only=True)
+class AtlasLatentHeldout:
+    """Latent-level stability of the build seeds against the held-out seeds (maxcos at the run's tau)."""
+
+    mean: Optional[float] = doc("mean over live latents of the fraction of held-out seeds with a match", None)
+    ev_weighted: Optional[float] = doc("the same weighted by each latent's EV share (null: no data)", None)
+
+
+@dataclass(kw_only=True)
+class AtlasHalf:
+    """The atlas of one half of the seeds judged on the other half."""
+
+    build_seeds: list[int] = doc("seed positions the atlas was built from", factory=list)
+    judge_seeds: list[int] = doc("held-out seed positions it was judged on", factory=list)
+    n_features: int = doc("features of the half's atlas")
+    n_subspaces: int = doc("of them, rank > 1")
+    feature_stability_heldout: Optional[float] = doc("mean over features of the fraction of held-out seeds holding it (null: no feature)", None)
+    feature_stability_in_sample: Optional[float] = doc("mean in-sample feature stability (null: no feature)", None)
+    latent_stability_heldout: AtlasLatentHeldout = doc("latent-level stability against the same held-out seeds")
+    latent_stability_heldout_at_sqrt_overlap: Optional[float] = doc("latent-level stability at tau = sqrt(overlap)", None)
+    ev_share_features: Optional[float] = doc("EV share of the half's features (null: no data; 0: no feature)", None)
+    feature_stability_heldout_ev_weighted: Optional[float] = doc("held-out feature stability weighted by EV share (null: no data)", None)
+    ev_share_features_heldout_ge_goal: Optional[float] = doc("EV share of features held by >= the goal share of held-out seeds (null: no data)", None)
+
+
+@dataclass(kw_only=True)
+class AtlasHeldoutMean:
+    """Means over the two halves (null where not measured)."""
+
+    feature_stability_heldout: Optional[float] = doc("held-out feature stability", None)
+    feature_stability_heldout_ev_weighted: Optional[float] = doc("held-out feature stability weighted by EV share", None)
+    ev_share_features: Optional[float] = doc("EV share of the features", None)
+    ev_share_features_heldout_ge_goal: Optional[float] = doc("EV share of features held by >= the goal share of held-out seeds", None)
+    latent_stability_heldout: Optional[float] = doc("held-out latent stability at the run's tau", None)
+    latent_stability_heldout_ev_weighted: Optional[float] = doc("the same weighted by EV share", None)
+
+
+@dataclass(kw_only=True)
+class AtlasGoal:
+    """Issue 15's goal: features held by >= 90% of held-out seeds (EV-weighted) carrying >= 95% of the EV."""
+
+    feature_stability_goal: float = doc("goal for the EV-weighted held-out feature stability")
+    ev_goal: float = doc("goal for the features' EV share")
+    feature_stability_ev_weighted: float = doc("measured EV-weighted held-out feature stability")
+    ev_share_features: float = doc("measured EV share of the features")
+    held: bool = doc("both goals met")
+
+
+@dataclass(kw_only=True)
+class AtlasPooled:
+    """The pooled SAE's held-out stability from the run's pooling stage, for comparison."""
+
+    variant: str = doc("pooled variant (coverage at the run's width)")
+    stability_vs_heldout: Spread = doc("per live latent, fraction of the other half's single seeds it is matched in")
+    ev_halves: Optional[Spread] = doc("EV of pools A and B", None)
+    tau: Optional[float] = doc("the pooling's match threshold", None)
+
+
+@dataclass(kw_only=True)
+class AtlasHeldout:
+    """Judgement on held-out seeds (>= 4 seeds): the atlas of each half against the other half."""
+
+    halves: list[AtlasHalf] = doc("both directions", factory=list)
+    mean: AtlasHeldoutMean = doc("means over the halves")
+    latent_tau: float = doc("tau of the latent-level comparison (the run's analysis tau)")
+    goal: Optional[AtlasGoal] = doc("the goal (null: no data for EV shares)", None)
+    pooled: Optional[AtlasPooled] = doc("the pooled SAE's held-out stability (null: no pooling stage)", None)
+
+
+@dataclass(kw_only=True)
+class AtlasBlockMatch:
+    """One planted block against its best atlas feature (synthetic runs)."""
+
+    block: int = doc("block index")
+    rank: int = doc("planted rank")
+    orthogonal: bool = doc("orthogonal to every other component", False)
+    best_feature: int = doc("feature of largest overlap (-1: none)")
+    overlap: float = doc("||B^T U||^2 / max(r_B, r_U) of that feature (1 only for the same span)")
+    features_inside: int = doc("features lying inside the block (containment >= 0.9)")
+    feature_rank: Optional[int] = doc("rank of the best feature", None)
+    rank_right: Optional[bool] = doc("its rank equals the block's", None)
+    feature_stability: Optional[float] = doc("its stability", None)
+    feature_kind: Optional[str] = doc("its kind", None)
+
+
+@dataclass(kw_only=True)
+class AtlasGroupBlock:
+    """blocktopk groups lying inside one planted block."""
+
+    block: int = doc("block index")
+    rank: int = doc("planted rank")
+    n_groups_inside: int = doc("groups (all seeds) inside it at containment >= 0.9")
+    mean_group_stability: Optional[float] = doc("their mean group stability (null: none)", None)
+
+
+@dataclass(kw_only=True)
+class AtlasGroupStability:
+    """Group-level stability of a blocktopk run: per group, the fraction of other seeds with a group of overlapping span."""
+
+    mean: Optional[float] = doc("mean over live groups", None)
+    n_live_groups: int = doc("groups with a live latent, all seeds")
+    overlap: float = doc("span overlap at which two groups match")
+    per_seed_mean: list[float] = doc("mean group stability per seed", factory=list)
+    per_block: list[AtlasGroupBlock] = doc("per planted block (synthetic runs)", factory=list)
+
+
+@dataclass(kw_only=True)
+class AtlasCE:
+    """Next-token CE with the reconstruction spliced into the model (real runs, real.splice) when only the latents of
+    the reproducible features are kept (the remainder's zeroed) and when only the remainder's are kept (dead latents
+    count with the remainder). CE share: the two-player Shapley share of the CE gain over 'no latent' (b_dec only),
+    the analogue of the EV share; per seed."""
+
+    layer: int = doc("block after which the reconstruction is spliced")
+    splice_windows: int = doc("held-out windows")
+    splice_tokens: int = doc("predicted tokens the CE is averaged over")
+    ce_clean: float = doc("CE of the clean model (nats per token)")
+    ce_zero_ablation: float = doc("CE with zeros spliced in")
+    ce_full: Spread = doc("CE with the full reconstruction spliced in")
+    ce_features_only: Spread = doc("CE with the remainder's (and dead) latents zeroed")
+    ce_remainder_only: Spread = doc("CE with the features' latents zeroed")
+    ce_no_latents: Spread = doc("CE with every latent zeroed (the reconstruction is b_dec)")
+    ce_recovered_full: Spread = doc("(CE_zero - CE_full) / (CE_zero - CE_clean)")
+    ce_recovered_features_only: Spread = doc("the same with only the features' latents kept")
+    ce_recovered_remainder_only: Spread = doc("the same with only the remainder's latents kept")
+    ce_share_features: Spread = doc("Shapley share of the CE gain carried by the features: (g(F) + g(all) - g(R)) / (2 g(all)), "
+                                    "g(T) = CE_no_latents - CE(only T kept) (null for a seed with g(all) <= 0)")
+    ce_share_remainder: Spread = doc("1 - ce_share_features")
+    kl_features_only: Spread = doc("KL(clean || spliced) with only the features' latents kept (nats per token)")
+    kl_remainder_only: Spread = doc("the same with only the remainder's latents kept")
+    definition: str = doc("the definitions in words", "")
+
+
+@dataclass(kw_only=True)
+class AtlasResult:
+    """The cross-seed feature atlas (metrics.json key 'atlas'; atlas.json = this plus one row per feature)."""
+
+    schema: str = doc("result format version")
+    settings: AtlasSettings = doc("cut-offs used")
+    source: AtlasSource = doc("what the atlas was built from")
+    n_seeds: int = doc("seeds S")
+    d: int = doc("input dimension")
+    d_sae: int = doc("latents per seed", 0)
+    n_features: int = doc("features (stable rank-1 plus subspaces)")
+    n_stable_rank1: int = doc("rank-1 features: stable latent directions")
+    n_subspaces: int = doc("features of rank > 1: reproducible subspaces")
+    rank_histogram: dict[str, int] = doc("features per rank", factory=dict)
+    n_remainder_latents: int = doc("live latents of all seeds in no feature")
+    n_dead_latents: int = doc("dead latents of all seeds")
+    mean_feature_stability: Optional[float] = doc("mean feature stability (null: no feature)", None)
+    ev_share_features: Optional[float] = doc("EV share of all features, mean over seeds (null: no data)", None)
+    ev_share_remainder: Optional[float] = doc("EV share of the remainder (null: no data)", None)
+    ev_share_dead: Optional[float] = doc("EV share of dead latents (about 0; null: no data)", None)
+    ev_weighted_feature_stability: Optional[float] = doc("feature stability weighted by EV share (null: no data or no feature)", None)
+    kinds: list[AtlasKind] = doc("stable, subspace, remainder, dead", factory=list)
+    heldout: Optional[AtlasHeldout] = doc("held-out judgement (null: < 4 seeds or no data)", None)
+    planted_blocks: list[AtlasBlockMatch] = doc("planted blocks against the atlas (synthetic runs)", factory=list)
+    group_stability: Optional[AtlasGroupStability] = doc("group-level stability (blocktopk runs)", None)
+    ce: Optional[AtlasCE] = doc("spliced CE of features against the remainder (real runs; null elsewhere)", None)
+    seconds: float = doc("wall time", 0.0)
+
+
+@dataclass(kw_only=True)
+class AtlasFeatureRow:
+    """One atlas feature (a row of atlas.json's `features`; its basis is in atlas.safetensors)."""
+
+    id: int = doc("feature index (row of atlas.safetensors)")
+    kind: str = doc("stable (rank 1) or subspace (rank > 1)")
+    rank: int = doc("rank of its span")
+    seeds: list[int] = doc("seed positions of its latents", factory=list)
+    n_latents: int = doc("latents merged into it (all seeds)")
+    holders: int = doc("seeds holding its span")
+    stability: Optional[float] = doc("mean over its seeds of the fraction of other seeds holding it", None)
+    frequency: Optional[float] = doc("mean over its seeds of the fraction of tokens on which any of its latents fires", None)
+    ev_share: Optional[float] = doc("mean over all seeds of the EV share of its latents", None)
 
 
 # ----------------------------------------------------------------------------------------------- provenance

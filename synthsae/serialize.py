@@ -123,11 +123,9 @@ def json_schema(tp, defs: dict | None = None) -> dict:
 
 def metrics_schema() -> dict:
     """Schema of a run's metrics.json: every stage's typed result under its key (each optional)."""
-    from synthsae.results import AblationResult, AnalysisResult, PoolingResult, SourcesResult
+    from synthsae.metrics_file import STAGES
 
     defs: dict = {}
-    props = {key: json_schema(cls, defs) for key, cls in
-             (("analysis", AnalysisResult), ("ablation", AblationResult), ("pooling", PoolingResult),
-              ("sources", SourcesResult))}
+    props = {key: json_schema(cls, defs) for key, cls in STAGES.items()}
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "synthsae metrics.json",
             "type": "object", "properties": props, "$defs": defs}

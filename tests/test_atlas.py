@@ -138,7 +138,9 @@ def test_heldout_and_files(tmp_path):
         Bi = t["bases"][i]
         torch.testing.assert_close(Bi[:, : f.rank].T @ Bi[:, : f.rank], torch.eye(f.rank), atol=1e-5, rtol=0)
         assert float(Bi[:, f.rank :].abs().sum()) == 0.0
-    json.dumps(atlas_summary(atlas))
+    from synthsae.serialize import to_json
+
+    json.dumps(to_json(atlas_summary(atlas)), allow_nan=False)
 
 
 def test_ev_shares_sum_to_one_per_seed():
@@ -164,6 +166,7 @@ def test_bad_atlas_settings_and_paths(tmp_path):
 def test_cli_atlas_on_a_tiny_run(tmp_path):
     from cli import app
     from synthsae.config import preset
+    from synthsae.metrics_file import read_metrics
     from synthsae.train import train_run
 
     cfg = preset("tiny")
@@ -174,15 +177,24 @@ def test_cli_atlas_on_a_tiny_run(tmp_path):
     assert res.exit_code == 0, res.output
     out = json.loads((tmp_path / "r" / "atlas.json").read_text())
     t = load_file(str(tmp_path / "r" / "atlas.safetensors"))
-    assert t["bases"].shape[0] == out["n_features"] == t["ranks"].numel() == t["stability"].numel()
+    assert t["bases"].shape[0] == out["n_features"] == t["ranks"].numel() == t["stability"].numel() == len(out["features"])
     assert len(out["planted_blocks"]) == 3 and "heldout" in out
     assert out["heldout"]["goal"]["held"] in (True, False)
     assert abs(out["ev_share_features"] + out["ev_share_remainder"] - 1) < 1e-4 or out["n_features"] == 0
+    # the same result, typed, is metrics.json's "atlas" stage; atlas.json is it plus the feature rows
+    at = read_metrics(tmp_path / "r" / "metrics.json").atlas
+    from synthsae.metrics.atlas_run import read_atlas_json
+    from synthsae.serialize import to_json
+
+    typed, rows = read_atlas_json(tmp_path / "r" / "atlas.json")
+    assert to_json(typed) == to_json(at) and len(rows) == at.n_features
+    assert sum(k.n_latents for k in at.kinds) == at.n_seeds * at.d_sae
+    assert sum(k.ev_share for k in at.kinds) == pytest.approx(1.0, abs=1e-4)
     from synthsae.report import atlas_sections
 
-    (sec,) = atlas_sections(tmp_path / "r")
-    assert sec.verdict in ("held", "partly held", "did not hold") and len(sec.tables) >= 3
-    assert atlas_sections(tmp_path) == []
+    (sec,) = atlas_sections(at)
+    assert sec.verdict in ("held", "partly held", "did not hold") and len(sec.tables) >= 4
+    assert atlas_sections(None) == []
 
 
 def _sae_with(dec):
@@ -207,7 +219,79 @@ def test_atlas_verdict_holds_for_rotated_copies_and_not_for_random_dictionaries(
     sae = _sae_with(dec)
     x = torch.randn(2000, D, generator=torch.Generator().manual_seed(8))
     alive = torch.ones(6, dec.shape[1], dtype=torch.bool)
-    res = {"heldout": _judge_heldout(sae, x, alive, _latent_ev_share(sae, x), AtlasConfig(), 0.7, None)}
-    v = atlas_verdict(res)
+    at = atlas_summary(build_atlas(dec[:1].expand(2, -1, -1)))  # any result; only its held-out part is judged
+    at.heldout = _judge_heldout(sae, x, alive, _latent_ev_share(sae, x), AtlasConfig(), 0.7, None)
+    v = atlas_verdict(at)
     assert v.verdict == ("held" if case == "rotated" else "did not hold"), (v.why, [c.detail for c in v.checks])
-    assert atlas_verdict({}).verdict == "not measured"
+    assert atlas_verdict(None).verdict == "not measured"
+
+
+def _strategy(tp):
+    """Hypothesis strategy for a results type: every field drawn (finite floats, None for Optional)."""
+    import dataclasses
+    import typing
+
+    from synthsae.serialize import _is_optional, _strip_optional
+
+    if _is_optional(tp):
+        return st.none() | _strategy(_strip_optional(tp))
+    if dataclasses.is_dataclass(tp):
+        hints = typing.get_type_hints(tp)
+        return st.builds(tp, **{f.name: _strategy(hints[f.name]) for f in dataclasses.fields(tp)})
+    if typing.get_origin(tp) is list:
+        return st.lists(_strategy(typing.get_args(tp)[0]), max_size=2)
+    if typing.get_origin(tp) is dict:
+        return st.dictionaries(st.text(max_size=4), _strategy(typing.get_args(tp)[1]), max_size=2)
+    return {float: st.floats(allow_nan=False, allow_infinity=False), int: st.integers(-(2**40), 2**40),
+            str: st.text(max_size=6), bool: st.booleans()}[tp]
+
+
+@settings(max_examples=25, deadline=None)
+@given(_strategy(__import__("synthsae.results", fromlist=["AtlasResult"]).AtlasResult))
+def test_atlas_result_round_trips_through_metrics_json_and_fits_the_schema(res):
+    import tempfile
+    from pathlib import Path
+
+    import jsonschema
+
+    from synthsae.metrics_file import read_metrics, write_stage
+    from synthsae.serialize import metrics_schema
+
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "metrics.json"
+        path.write_text('{"other": 1}')
+        write_stage(path, "atlas", res)
+        assert read_metrics(path).atlas == res
+        raw = json.loads(path.read_text())
+        assert raw["other"] == 1
+        jsonschema.validate(raw, metrics_schema())
+
+
+def test_atlas_stage_refuses_another_type_and_names_a_bad_field(tmp_path):
+    from synthsae.metrics_file import MetricsError, read_metrics, write_stage
+
+    _, dec = rotated_copies(S=3)
+    at = atlas_summary(build_atlas(dec))
+    with pytest.raises(TypeError, match="AtlasResult"):
+        write_stage(tmp_path / "metrics.json", "atlas", {"n_features": 1})
+    write_stage(tmp_path / "metrics.json", "atlas", at)
+    raw = json.loads((tmp_path / "metrics.json").read_text())
+    raw["atlas"]["n_subspaces"] = "three"
+    (tmp_path / "metrics.json").write_text(json.dumps(raw))
+    with pytest.raises(MetricsError, match=r"atlas.n_subspaces.*synthsae atlas"):
+        read_metrics(tmp_path / "metrics.json")
+
+
+def test_latent_feature_map_is_the_members_of_each_feature():
+    """label[s, j] = i exactly for the latents of seed s merged into feature i (what the masks of a splice zero)."""
+    from synthsae.metrics.atlas import feature_latents
+
+    blocks, dec = rotated_copies(S=6)
+    g = torch.Generator().manual_seed(9)
+    lo = N_ATOMS + RANKS[0] + 1 + RANKS[1] + 1
+    dec[2:, lo:] = torch.randn(4, dec.shape[1] - lo, D, generator=g)  # a remainder: the rank-5 block in 2 of 6 seeds
+    atlas = build_atlas(dec)
+    assert atlas.n_remainder > 0 and len(atlas.features) > 0
+    for i, f in enumerate(atlas.features):
+        assert {(int(s), int(j)) for s, j in torch.nonzero(atlas.label == i)} == set(f.members)
+    assert int(feature_latents(atlas).sum()) == sum(len(f.members) for f in atlas.features)

@@ -195,6 +195,50 @@ def test_splice_identities(tiny, lm):
     assert ce_recovered(res["ce_zero"], res["ce_clean"], res["ce_zero"]) == pytest.approx(0.0)
 
 
+def _permuted_identity_sae(d: int, random_half_in_seed_1: bool = False):
+    """The identity SAE with seed 1's latents permuted (same dictionary, other order); optionally seed 1's -e_i
+    latents replaced by random directions (they match nothing in seed 0)."""
+    sae = _identity_sae(d)
+    perm = torch.randperm(2 * d, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        if random_half_in_seed_1:
+            r = torch.nn.functional.normalize(torch.randn(d, d, generator=torch.Generator().manual_seed(1)), dim=1)
+            sae.W_dec[1, d:] = r
+            sae.W_enc[1, :, d:] = r.T
+        sae.W_dec[1] = sae.W_dec[1, perm].clone()
+        sae.W_enc[1] = sae.W_enc[1][:, perm].clone()
+    return sae
+
+
+def test_zeroing_an_empty_remainder_changes_nothing(tiny, lm):
+    """Planted: two seeds holding one dictionary (latents permuted) leave no remainder, so keeping only the features'
+    latents is the full reconstruction (CE share 1); with half of one seed random, the remainder is not empty and
+    zeroing it changes the spliced CE (the check can fail)."""
+    from real.atlas import atlas_ce, atlas_masks
+    from real.corpus import pack_contexts, read_documents
+    from synthsae.metrics.atlas import build_atlas
+
+    docs, _ = read_documents([tiny[1]])
+    tokens = pack_contexts(docs, lm.tokenizer, 4, 24, seed=1)
+    d = lm.d_model
+    sae = _permuted_identity_sae(d)
+    atlas = build_atlas(sae.W_dec.detach())
+    assert atlas.n_remainder == 0 and int((atlas.label == -2).sum()) == 0
+    assert not bool(atlas_masks(atlas)[1].any())
+    c = atlas_ce(lm, sae, atlas, tokens, 1, scale=3.0, threshold=None, batch_contexts=3)
+    assert c.ce_features_only.per_seed == c.ce_full.per_seed
+    assert c.ce_remainder_only.per_seed == c.ce_no_latents.per_seed
+    assert c.ce_share_features.per_seed == pytest.approx([1.0, 1.0]) and c.ce_share_remainder.mean == pytest.approx(0.0)
+    assert c.ce_recovered_full.mean == pytest.approx(1.0, abs=1e-3)  # the identity SAE reconstructs exactly
+
+    sae = _permuted_identity_sae(d, random_half_in_seed_1=True)
+    atlas = build_atlas(sae.W_dec.detach())
+    assert atlas.n_remainder > 0
+    c = atlas_ce(lm, sae, atlas, tokens, 1, scale=3.0, threshold=None, batch_contexts=3)
+    assert abs(c.ce_features_only.per_seed[1] - c.ce_full.per_seed[1]) > 1e-3
+    assert c.ce_share_features.per_seed[1] < 0.999
+
+
 # ----------------------------------------------------------------------------------------------- triggers
 
 
@@ -296,6 +340,29 @@ def test_real_run_through_the_cli_on_a_tiny_llama(tiny, tmp_path):
     assert cfg["normalize_activations"] == "expected_average_only_in"
     assert cfg["metadata"]["norm_scaling_factor"] == pytest.approx(train["norm_scaling_factor"])
     assert cfg["hook_name"] == "layers.1"
+    # the atlas stage: typed in metrics.json, finite numbers, shares in [0, 1], a report section
+    at = typed.atlas
+    assert at is not None and at.n_seeds == 3 and at.d_sae == 64 and at.source.run_dir == str(out)
+    assert sum(k.n_latents for k in at.kinds) == 3 * 64 and at.n_features == at.n_stable_rank1 + at.n_subspaces
+    assert sum(at.rank_histogram.values()) == at.n_features
+    ev = [at.ev_share_features, at.ev_share_remainder, at.ev_share_dead]
+    assert all(v is not None and np.isfinite(v) for v in ev) and sum(ev) == pytest.approx(1.0, abs=1e-4)
+    c = at.ce
+    assert 0.0 <= at.ev_share_features <= 1.0 and 0.0 <= at.ev_share_remainder <= 1.0
+    for s, (full, none) in enumerate(zip(c.ce_full.per_seed, c.ce_no_latents.per_seed)):
+        f, r = c.ce_share_features.per_seed[s], c.ce_share_remainder.per_seed[s]
+        if none > full:  # a CE gain over b_dec to share
+            assert 0.0 <= f <= 1.0 and 0.0 <= r <= 1.0 and f + r == pytest.approx(1.0), (f, r)
+        else:
+            assert f is None and r is None
+    for spr in (c.ce_full, c.ce_features_only, c.ce_remainder_only, c.ce_no_latents, c.ce_recovered_full,
+                c.ce_recovered_features_only, c.ce_recovered_remainder_only, c.kl_features_only, c.kl_remainder_only):
+        assert len(spr.per_seed) == 3 and all(v is not None and np.isfinite(v) for v in spr.per_seed)
+    # the full reconstruction is the same splice as the ablation's baseline
+    assert c.ce_full.per_seed == pytest.approx(metrics["splice"]["ce_spliced"]["per_seed"], abs=1e-5)
+    atlas_file = json.loads((out / "atlas.json").read_text())
+    assert len(atlas_file["features"]) == at.n_features and atlas_file["ce"]["ce_clean"] == pytest.approx(c.ce_clean)
+    assert "Feature atlas" in html and "What the reproducible features and the remainder carry" in html
     # a finished run is not overwritten; report rebuilds from the files
     again = _cli(*args)
     assert again.exit_code == 2 and "--force" in again.output
@@ -303,6 +370,31 @@ def test_real_run_through_the_cli_on_a_tiny_llama(tiny, tmp_path):
     rep = _cli("real", "report", out)
     assert rep.exit_code == 0, rep.output
     assert (out / "report.html").is_file()
+    # a run without its report finishes again with every stage skipped (the atlas is not recomputed)
+    (out / "report.html").unlink()
+    before = (out / "atlas.json").read_bytes()
+    r = _cli(*args)
+    assert r.exit_code == 0, r.output
+    assert "[7/8]" not in r.output and (out / "atlas.json").read_bytes() == before
+    # `synthsae atlas RUN_DIR` on the real run: the same stage again with other cut-offs
+    r = _cli("atlas", out, "--min-seeds", "3")
+    assert r.exit_code == 0, r.output
+    again = read_metrics(out / "metrics.json").atlas
+    assert again.settings.min_seeds_resolved == 3 and again.ce is not None and again.n_features <= at.n_features
+    assert _cli("atlas", out, "--out", tmp_path / "elsewhere").exit_code == 2
+    # planted through the CLI: every seed a copy of seed 0, so every live latent is a stable rank-1 feature, the
+    # remainder is empty and zeroing it changes nothing (features only = the full reconstruction, CE share 1)
+    for k in (1, 2):
+        shutil.copy(out / "seeds" / "seed_0" / "sae_weights.safetensors", out / "seeds" / f"seed_{k}" / "sae_weights.safetensors")
+    r = _cli("atlas", out)
+    assert r.exit_code == 0, r.output
+    cp = read_metrics(out / "metrics.json").atlas
+    assert cp.n_remainder_latents == 0 and cp.n_features == cp.n_stable_rank1 > 0 and cp.mean_feature_stability == 1.0
+    assert cp.ce.ce_features_only.per_seed == cp.ce.ce_full.per_seed
+    assert cp.ce.ce_remainder_only.per_seed == cp.ce.ce_no_latents.per_seed
+    assert cp.ev_share_features == pytest.approx(1.0, abs=1e-6)
+    if cp.ce.ce_no_latents.mean > cp.ce.ce_full.mean:
+        assert cp.ce.ce_share_features.mean == pytest.approx(1.0)
 
 
 def test_saved_seed_folds_into_saelens_on_raw_activations(tiny, lm, tmp_path):

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from torch import Tensor
@@ -23,7 +23,7 @@ from torch import Tensor
 from synthsae.metrics.matching import unit_rows
 from synthsae.metrics.subspaces import cluster_by_span, orthonormal_basis
 
-SCHEMA = "synthsae.atlas/1"
+SCHEMA = "synthsae.atlas/2"  # 2: typed AtlasResult (synthsae.results), also metrics.json key "atlas"
 MAX_RHO = 0.99  # chained components are re-clustered at rho 0.95, 0.975, 0.9875, 0.99375, then given up
 
 
@@ -407,33 +407,61 @@ def atlas_tensors(atlas: Atlas) -> dict[str, Tensor]:
             "latent_feature": atlas.label.to(torch.int64)}
 
 
-def _num(v: float):
-    return None if v is None or (isinstance(v, float) and not math.isfinite(v)) else v
+def _num(v: float | None) -> float | None:
+    return None if v is None or not math.isfinite(v) else float(v)
 
 
-def atlas_summary(atlas: Atlas) -> dict:
-    """The JSON-able description of an atlas (atlas.json without the judging sections)."""
+def feature_latents(atlas: Atlas) -> Bool[Tensor, "S m"]:
+    """Latents of each seed merged into some feature (the members of every feature): label >= 0."""
+    return atlas.label >= 0
+
+
+def feature_rows(atlas: Atlas) -> list:
+    """One AtlasFeatureRow per feature (atlas.json's `features`)."""
+    from synthsae.results import AtlasFeatureRow
+
+    return [AtlasFeatureRow(id=i, kind=f.kind, rank=f.rank, seeds=f.seeds, n_latents=len(f.members), holders=f.holders,
+                            stability=_num(f.stability), frequency=_num(f.frequency), ev_share=_num(f.ev_share))
+            for i, f in enumerate(atlas.features)]
+
+
+def _kind(kind: str, feats: list[Feature], n_latents: int, ev: float | None):
+    from synthsae.results import AtlasKind
+
+    stab = [f.stability for f in feats]
+    w = [f.ev_share for f in feats]
+    ews = None
+    if feats and ev is not None and all(math.isfinite(x) for x in w) and sum(w) > 0:
+        ews = _num(float(np.dot(w, stab) / sum(w)))
+    return AtlasKind(kind=kind, n_features=len(feats), n_latents=n_latents, ev_share=ev,
+                     mean_stability=_num(float(np.mean(stab))) if feats else None, ev_weighted_stability=ews)
+
+
+def atlas_summary(atlas: Atlas):
+    """The typed description of an atlas (an AtlasResult without source, judging sections and CE)."""
+    from synthsae.results import AtlasResult, AtlasSettings, AtlasSource
+
     feats = atlas.features
     ranks = [f.rank for f in feats]
     ev = [f.ev_share for f in feats]
     have_ev = math.isfinite(atlas.remainder_ev_share)  # set by attach_stats (data), even with no features
     stab = np.array([f.stability for f in feats]) if feats else np.zeros(0)
-    return {
-        "schema": SCHEMA,
-        "settings": atlas.settings,
-        "n_seeds": atlas.n_seeds,
-        "d": atlas.d,
-        "n_features": len(feats),
-        "n_stable_rank1": sum(1 for f in feats if f.rank == 1),
-        "n_subspaces": sum(1 for f in feats if f.rank > 1),
-        "rank_histogram": {str(r): ranks.count(r) for r in sorted(set(ranks))},
-        "n_remainder_latents": atlas.n_remainder,
-        "n_dead_latents": int((atlas.label == -2).sum()),
-        "mean_feature_stability": _num(float(stab.mean())) if len(stab) else None,
-        "ev_share_features": _num(float(sum(ev))) if have_ev else None,
-        "ev_share_remainder": _num(atlas.remainder_ev_share),
-        "ev_weighted_feature_stability": (_num(float(np.dot(ev, stab) / max(sum(ev), 1e-30))) if have_ev and feats else None),
-        "features": [{"id": i, "kind": f.kind, "rank": f.rank, "seeds": f.seeds, "n_latents": len(f.members),
-                      "stability": _num(f.stability), "frequency": _num(f.frequency), "ev_share": _num(f.ev_share)}
-                     for i, f in enumerate(feats)],
-    }
+    settings = AtlasSettings(**{k: v for k, v in atlas.settings.items() if k in AtlasSettings.__dataclass_fields__})
+    stable = [f for f in feats if f.rank == 1]
+    subs = [f for f in feats if f.rank > 1]
+    evsum = lambda fs: _num(float(sum(f.ev_share for f in fs))) if have_ev else None  # noqa: E731
+    n_dead = int((atlas.label == -2).sum())
+    return AtlasResult(
+        schema=SCHEMA, settings=settings, source=AtlasSource(), n_seeds=atlas.n_seeds, d=atlas.d,
+        d_sae=int(atlas.label.shape[1]), n_features=len(feats), n_stable_rank1=len(stable), n_subspaces=len(subs),
+        rank_histogram={str(r): ranks.count(r) for r in sorted(set(ranks))},
+        n_remainder_latents=atlas.n_remainder, n_dead_latents=n_dead,
+        mean_feature_stability=_num(float(stab.mean())) if len(stab) else None,
+        ev_share_features=_num(float(sum(ev))) if have_ev else None,
+        ev_share_remainder=_num(atlas.remainder_ev_share), ev_share_dead=_num(atlas.dead_ev_share),
+        ev_weighted_feature_stability=(_num(float(np.dot(ev, stab) / max(sum(ev), 1e-30))) if have_ev and feats else None),
+        kinds=[_kind("stable", stable, sum(len(f.members) for f in stable), evsum(stable)),
+               _kind("subspace", subs, sum(len(f.members) for f in subs), evsum(subs)),
+               _kind("remainder", [], atlas.n_remainder, _num(atlas.remainder_ev_share)),
+               _kind("dead", [], n_dead, _num(atlas.dead_ev_share))],
+    )

@@ -1,12 +1,14 @@
 """The atlas of a run folder or of SAE folders: data statistics, held-out judgement, planted blocks, files.
 
-Writes `atlas.safetensors` + `atlas.json` (atomic); `synthsae report` reads atlas.json when a run folder has one.
+The result is a typed `AtlasResult` (synthsae.results): stored as the "atlas" stage of metrics.json (the reports
+read it there) and, for readers without synthsae, as `atlas.json` (the same plus one row per feature) beside
+`atlas.safetensors` (bases and the latent -> feature map). Real runs add the spliced CE (real/atlas.py).
 """
 
 from __future__ import annotations
 
-import json
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +17,12 @@ from torch import Tensor
 
 from synthsae.fileio import atomic_save_safetensors, atomic_write_json
 from synthsae.metrics.atlas import (
-    AtlasConfig, Atlas, atlas_summary, atlas_tensors, attach_sparsity, attach_stats, build_atlas, group_stability,
-    heldout_stability, match_blocks,
+    AtlasConfig, Atlas, atlas_summary, atlas_tensors, attach_sparsity, attach_stats, build_atlas, feature_rows,
+    group_stability, heldout_stability, match_blocks,
+)
+from synthsae.results import (
+    AtlasBlockMatch, AtlasGoal, AtlasGroupBlock, AtlasGroupStability, AtlasHalf, AtlasHeldout, AtlasHeldoutMean,
+    AtlasLatentHeldout, AtlasPooled, AtlasResult, AtlasSource,
 )
 from synthsae.metrics.matching import maxcos, unit_rows
 
@@ -56,7 +62,7 @@ def _latent_ev_share(sae, x: Tensor, batch_size: int = 4096) -> Tensor:
     return c / c.sum(1, keepdim=True).clamp_min(1e-30)
 
 
-def _latent_heldout(dec_a: Tensor, dec_b: Tensor, live_a: Tensor, tau: float, weight: Tensor | None) -> dict:
+def _latent_heldout(dec_a: Tensor, dec_b: Tensor, live_a: Tensor, tau: float, weight: Tensor | None) -> AtlasLatentHeldout:
     """Latent-level stability of seeds a against held-out seeds b (maxcos >= tau), plain and EV-weighted."""
     A, B = unit_rows(dec_a.float()), unit_rows(dec_b.float())
     hits = torch.zeros(A.shape[0], A.shape[1])
@@ -64,26 +70,32 @@ def _latent_heldout(dec_a: Tensor, dec_b: Tensor, live_a: Tensor, tau: float, we
         for t in range(B.shape[0]):
             hits[s] += (maxcos(A[s], B[t])[0] >= tau).float()
     st = hits / B.shape[0]
-    out = {"mean": float(st[live_a].mean())}
+    out = AtlasLatentHeldout(mean=_num(float(st[live_a].mean())))
     if weight is not None:
         w = weight.float() * live_a
-        out["ev_weighted"] = float((st * w).sum() / w.sum().clamp_min(1e-30))
+        out.ev_weighted = _num(float((st * w).sum() / w.sum().clamp_min(1e-30)))
     return out
 
 
-def _pooled_heldout(run_dir: Path | None, width: int) -> dict | None:
+def _num(v: float | None) -> float | None:
+    return None if v is None or not math.isfinite(v) else float(v)
+
+
+def _pooled_heldout(run_dir: Path | None, width: int) -> AtlasPooled | None:
     """The pooled SAE's held-out stability from a pooling study in metrics.json, when there is one."""
+    from synthsae.metrics_file import MetricsError, read_metrics
+
     if run_dir is None or not (run_dir / "metrics.json").is_file():
         return None
     try:
-        pool = json.loads((run_dir / "metrics.json").read_text()).get("pooling") or {}
-    except json.JSONDecodeError:
+        pool = read_metrics(run_dir / "metrics.json").pooling
+    except MetricsError:
         return None
-    row = (pool.get("variants") or {}).get(f"coverage_w{width}")
-    if not row or "stability_vs_heldout" not in row:
+    name = f"coverage_w{width}"
+    row = pool.variants.get(name) if pool is not None else None
+    if row is None or row.stability_vs_heldout is None:
         return None
-    return {"variant": f"coverage_w{width}", "stability_vs_heldout": row["stability_vs_heldout"],
-            "ev_halves": row.get("ev_halves"), "tau": pool.get("tau")}
+    return AtlasPooled(variant=name, stability_vs_heldout=row.stability_vs_heldout, ev_halves=row.ev_halves, tau=pool.tau)
 
 
 def _halves(S: int) -> tuple[list[int], list[int]]:
@@ -92,7 +104,7 @@ def _halves(S: int) -> tuple[list[int], list[int]]:
 
 
 def _judge_heldout(sae, x: Tensor | None, alive: Tensor, ev_lat: Tensor | None, cfg: AtlasConfig, tau: float,
-                   run_dir: Path | None) -> dict:
+                   run_dir: Path | None) -> AtlasHeldout:
     """Atlas of one half of the seeds judged on the other half (both directions), beside latent stability."""
     S = sae.n_seeds
     A, B = _halves(S)
@@ -105,86 +117,66 @@ def _judge_heldout(sae, x: Tensor | None, alive: Tensor, ev_lat: Tensor | None, 
         held = heldout_stability(atlas, dec[other], alive[other])
         ev = np.array([f.ev_share for f in atlas.features])
         h = np.array(held)
-        row = {
-            "build_seeds": own, "judge_seeds": other, "n_features": len(held),
-            "n_subspaces": sum(1 for f in atlas.features if f.rank > 1),
-            "feature_stability_heldout": float(h.mean()) if len(h) else float("nan"),
-            "feature_stability_in_sample": float(np.mean([f.stability for f in atlas.features])) if held else float("nan"),
-            "latent_stability_heldout": _latent_heldout(dec[own], dec[other], alive[own], tau,
-                                                         None if ev_lat is None else ev_lat[own]),
-            "latent_stability_heldout_at_sqrt_overlap": _latent_heldout(dec[own], dec[other], alive[own],
-                                                                        math.sqrt(cfg.overlap), None)["mean"],
-        }
+        row = AtlasHalf(
+            build_seeds=own, judge_seeds=other, n_features=len(held),
+            n_subspaces=sum(1 for f in atlas.features if f.rank > 1),
+            feature_stability_heldout=_num(float(h.mean())) if len(h) else None,
+            feature_stability_in_sample=_num(float(np.mean([f.stability for f in atlas.features]))) if held else None,
+            latent_stability_heldout=_latent_heldout(dec[own], dec[other], alive[own], tau,
+                                                     None if ev_lat is None else ev_lat[own]),
+            latent_stability_heldout_at_sqrt_overlap=_latent_heldout(dec[own], dec[other], alive[own],
+                                                                     math.sqrt(cfg.overlap), None).mean)
         if x is not None:  # no feature at all: nothing of the EV reproduces
-            row["ev_share_features"] = float(ev.sum()) if len(h) else 0.0
-            row["feature_stability_heldout_ev_weighted"] = float((ev * h).sum() / max(ev.sum(), 1e-30)) if len(h) else 0.0
-            row["ev_share_features_heldout_ge_goal"] = float(ev[h >= FEATURE_GOAL - 1e-9].sum()) if len(h) else 0.0
+            row.ev_share_features = float(ev.sum()) if len(h) else 0.0
+            row.feature_stability_heldout_ev_weighted = float((ev * h).sum() / max(ev.sum(), 1e-30)) if len(h) else 0.0
+            row.ev_share_features_heldout_ge_goal = float(ev[h >= FEATURE_GOAL - 1e-9].sum()) if len(h) else 0.0
         rows.append(row)
-    keys = ["feature_stability_heldout", "feature_stability_heldout_ev_weighted", "ev_share_features",
-            "ev_share_features_heldout_ge_goal"]
-    mean = {k: float(np.mean([r[k] for r in rows])) for k in keys if all(k in r for r in rows)}
-    mean["latent_stability_heldout"] = float(np.mean([r["latent_stability_heldout"]["mean"] for r in rows]))
-    if all("ev_weighted" in r["latent_stability_heldout"] for r in rows):
-        mean["latent_stability_heldout_ev_weighted"] = float(np.mean([r["latent_stability_heldout"]["ev_weighted"]
-                                                                      for r in rows]))
+
+    def mean(get) -> float | None:
+        vals = [get(r) for r in rows]
+        return None if any(v is None for v in vals) else float(np.mean(vals))
+
+    mn = AtlasHeldoutMean(
+        feature_stability_heldout=mean(lambda r: r.feature_stability_heldout),
+        feature_stability_heldout_ev_weighted=mean(lambda r: r.feature_stability_heldout_ev_weighted),
+        ev_share_features=mean(lambda r: r.ev_share_features),
+        ev_share_features_heldout_ge_goal=mean(lambda r: r.ev_share_features_heldout_ge_goal),
+        latent_stability_heldout=mean(lambda r: r.latent_stability_heldout.mean),
+        latent_stability_heldout_ev_weighted=mean(lambda r: r.latent_stability_heldout.ev_weighted))
     goal = None
-    if "feature_stability_heldout_ev_weighted" in mean:
-        goal = {"feature_stability_goal": FEATURE_GOAL, "ev_goal": EV_GOAL,
-                "feature_stability_ev_weighted": mean["feature_stability_heldout_ev_weighted"],
-                "ev_share_features": mean["ev_share_features"],
-                "held": bool(mean["feature_stability_heldout_ev_weighted"] >= FEATURE_GOAL
-                             and mean["ev_share_features"] >= EV_GOAL)}
-    return {"halves": rows, "mean": mean, "latent_tau": tau, "goal": goal,
-            "pooled": _pooled_heldout(run_dir, sae.d_sae)}
+    if mn.feature_stability_heldout_ev_weighted is not None and mn.ev_share_features is not None:
+        goal = AtlasGoal(feature_stability_goal=FEATURE_GOAL, ev_goal=EV_GOAL,
+                         feature_stability_ev_weighted=mn.feature_stability_heldout_ev_weighted,
+                         ev_share_features=mn.ev_share_features,
+                         held=bool(mn.feature_stability_heldout_ev_weighted >= FEATURE_GOAL and mn.ev_share_features >= EV_GOAL))
+    return AtlasHeldout(halves=rows, mean=mn, latent_tau=tau, goal=goal, pooled=_pooled_heldout(run_dir, sae.d_sae))
 
 
-def atlas_of(paths: list[Path], cfg: AtlasConfig | None = None, device: str | None = None,
-             heldout: bool = True) -> tuple[dict, Atlas]:
-    """Atlas of a run folder (one path) or of SAE folders; returns (atlas.json dict, Atlas)."""
-    from synthsae.metrics.run_analysis import EVAL_DATA_SEED_OFFSET, _sparsity, is_run_dir, resolve_device
+def eval_frequency(sae, x: Tensor, batch_size: int = 4096) -> Tensor:
+    """[S, m] firing frequency of every latent on x."""
+    from synthsae.metrics.frequency import FrequencyCounter
 
-    cfg = cfg or AtlasConfig()
+    counter = FrequencyCounter()
+    with torch.no_grad():
+        for xb in x.split(batch_size):
+            counter.update(sae.encode(xb))
+    return counter.frequency()
+
+
+def atlas_result(sae, cfg: AtlasConfig, *, x: Tensor | None = None, freq: Tensor | None = None, tau: float = 0.7,
+                 variant: str | None = None, sae_cfg=None, truth=None, run_dir: Path | None = None,
+                 heldout: bool = True) -> tuple[AtlasResult, Atlas]:
+    """Atlas of the seeds of `sae` (decoder rows), with data statistics from x (else frequencies from freq), the
+    held-out judgement (>= 4 seeds), planted blocks (truth) and group stability (blocktopk)."""
+    t0 = time.perf_counter()
     _validate(cfg)
-    dev = resolve_device(device)
-    run_dir = paths[0] if len(paths) == 1 and is_run_dir(paths[0]) else None
-    truth, x, tau, variant, sae_cfg = None, None, 0.7, None, None
-    if run_dir is not None:
-        from synthsae.io import load_run
-
-        run_cfg, sae, truth = load_run(run_dir)
-        tau, variant, sae_cfg = run_cfg.analysis.tau, run_cfg.sae.variant, run_cfg.sae
-        folders = None
-        if truth is not None:
-            from synthsae.truth import make_generator, sample
-
-            truth = truth.to(dev)
-            gen = make_generator(run_cfg.train.data_seed + EVAL_DATA_SEED_OFFSET, truth.device)
-            x = sample(truth, run_cfg.analysis.eval_tokens, gen, details=False).x
-    else:
-        from synthsae.io import load_sae_folders
-
-        folders = paths
-        sae = load_sae_folders(paths)
-        sae_cfg, variant = sae.cfg, sae.variant
-    sae = sae.to(dev)
     if sae.n_seeds < 2:
         from synthsae.config import ConfigError
 
         raise ConfigError("atlas: one SAE is one seed; give a run with >= 2 seeds or >= 2 SAE folders")
-    freq = None
     if x is not None:
-        from synthsae.metrics.frequency import FrequencyCounter
-
-        counter = FrequencyCounter()
-        with torch.no_grad():
-            for xb in x.split(4096):
-                counter.update(sae.encode(xb))
-        freq = counter.frequency()
-    else:
-        from synthsae.io import seed_folders
-
-        freq, _ = _sparsity(folders if folders is not None else seed_folders(run_dir))
-    alive = (freq > 1e-9) if freq is not None else torch.ones(sae.n_seeds, sae.d_sae, dtype=torch.bool)
+        freq = eval_frequency(sae, x)
+    alive = (freq.cpu() > 1e-9) if freq is not None else torch.ones(sae.n_seeds, sae.d_sae, dtype=torch.bool)
     dec = sae.W_dec.detach().float().cpu()
     atlas = build_atlas(dec, alive, cfg)
     ev_lat = None
@@ -192,33 +184,69 @@ def atlas_of(paths: list[Path], cfg: AtlasConfig | None = None, device: str | No
         attach_stats(atlas, sae, x)
         ev_lat = _latent_ev_share(sae, x)
     elif freq is not None:
-        attach_sparsity(atlas, freq)
+        attach_sparsity(atlas, freq.cpu())
     res = atlas_summary(atlas)
-    res["source"] = {"run_dir": str(run_dir) if run_dir else None, "folders": [str(p) for p in folders] if folders else None,
-                     "variant": variant, "data": "fresh truth samples" if x is not None else
-                     ("sparsity.safetensors (frequency only; no EV)" if freq is not None else "none")}
+    res.source = AtlasSource(variant=variant, run_dir=str(run_dir) if run_dir else None)
     if truth is not None and truth.n_blocks:
         from synthsae.config import block_orthogonal_flags
 
         flags = block_orthogonal_flags(truth.cfg)
         blocks = match_blocks(atlas, [truth.block_basis(b).float().cpu() for b in range(truth.n_blocks)])
-        for row, o in zip(blocks, flags):
-            row["orthogonal"] = bool(o)
-        res["planted_blocks"] = blocks
+        res.planted_blocks = [AtlasBlockMatch(orthogonal=bool(o), **row) for row, o in zip(blocks, flags)]
     if variant == "blocktopk":
         from synthsae.sae.blocktopk import group_sizes
 
         gs = group_stability(dec, group_sizes(sae_cfg), cfg.overlap, alive)
-        res["group_stability"] = {"mean": gs["mean"], "n_live_groups": gs["n_live_groups"], "overlap": cfg.overlap,
-                                  "per_seed_mean": gs["stability"].mean(1).tolist()}
+        res.group_stability = AtlasGroupStability(mean=_num(gs["mean"]), n_live_groups=gs["n_live_groups"], overlap=cfg.overlap,
+                                                  per_seed_mean=gs["stability"].mean(1).tolist())
         if truth is not None and truth.n_blocks:
-            res["group_stability"]["per_block"] = _groups_per_block(dec, sae_cfg, gs["stability"], truth)
+            res.group_stability.per_block = _groups_per_block(dec, sae_cfg, gs["stability"], truth)
     if heldout and sae.n_seeds >= 4:
-        res["heldout"] = _judge_heldout(sae, x, alive, ev_lat, cfg, tau, run_dir)
+        res.heldout = _judge_heldout(sae, x, alive, ev_lat, cfg, tau, run_dir)
+    res.seconds = time.perf_counter() - t0
     return res, atlas
 
 
-def _groups_per_block(dec: Tensor, sae_cfg, stab: Tensor, truth) -> list[dict]:
+def atlas_of(paths: list[Path], cfg: AtlasConfig | None = None, device: str | None = None,
+             heldout: bool = True) -> tuple[AtlasResult, Atlas]:
+    """Atlas of a synthetic run folder (one path; data from its truth) or of SAE folders (frequencies from
+    sparsity.safetensors, no EV)."""
+    from synthsae.metrics.run_analysis import EVAL_DATA_SEED_OFFSET, _sparsity, is_run_dir, resolve_device
+
+    cfg = cfg or AtlasConfig()
+    _validate(cfg)
+    dev = resolve_device(device)
+    run_dir = paths[0] if len(paths) == 1 and is_run_dir(paths[0]) else None
+    truth, x, tau, variant, sae_cfg, freq, folders = None, None, 0.7, None, None, None, None
+    if run_dir is not None:
+        from synthsae.io import load_run, seed_folders
+
+        run_cfg, sae, truth = load_run(run_dir)
+        tau, variant, sae_cfg = run_cfg.analysis.tau, run_cfg.sae.variant, run_cfg.sae
+        if truth is not None:
+            from synthsae.truth import make_generator, sample
+
+            truth = truth.to(dev)
+            gen = make_generator(run_cfg.train.data_seed + EVAL_DATA_SEED_OFFSET, truth.device)
+            x = sample(truth, run_cfg.analysis.eval_tokens, gen, details=False).x
+        else:
+            freq, _ = _sparsity(seed_folders(run_dir))
+    else:
+        from synthsae.io import load_sae_folders
+
+        folders = paths
+        sae = load_sae_folders(paths)
+        sae_cfg, variant = sae.cfg, sae.variant
+        freq, _ = _sparsity(folders)
+    res, atlas = atlas_result(sae.to(dev), cfg, x=x, freq=freq, tau=tau, variant=variant, sae_cfg=sae_cfg, truth=truth,
+                              run_dir=run_dir, heldout=heldout)
+    res.source.folders = [str(p) for p in folders] if folders else None
+    res.source.data = ("fresh truth samples" if x is not None else
+                       "sparsity.safetensors (frequency only; no EV)" if freq is not None else "none")
+    return res, atlas
+
+
+def _groups_per_block(dec: Tensor, sae_cfg, stab: Tensor, truth) -> list[AtlasGroupBlock]:
     """For each planted block: the groups lying inside it (containment >= 0.9) and their mean stability."""
     from synthsae.metrics.subspaces import orthonormal_basis
     from synthsae.sae.blocktopk import group_slices
@@ -232,20 +260,39 @@ def _groups_per_block(dec: Tensor, sae_cfg, stab: Tensor, truth) -> list[dict]:
                 G = orthonormal_basis(dec[s, a:e].double().T, e - a)
                 if float((U.T @ G).pow(2).sum() / G.shape[1]) >= 0.9:
                     st.append(float(stab[s, gi]))
-        out.append({"block": b, "rank": int(U.shape[1]), "n_groups_inside": len(st),
-                    "mean_group_stability": float(np.mean(st)) if st else float("nan")})
+        out.append(AtlasGroupBlock(block=b, rank=int(U.shape[1]), n_groups_inside=len(st),
+                                   mean_group_stability=float(np.mean(st)) if st else None))
     return out
 
 
-def write_atlas(out_dir: Path, res: dict, atlas: Atlas) -> tuple[Path, Path]:
-    """atlas.safetensors + atlas.json in out_dir (each written atomically; the report reads atlas.json)."""
+def atlas_json(res: AtlasResult, atlas: Atlas) -> dict:
+    """atlas.json: the serialised result plus one row per feature (readable without synthsae)."""
     from synthsae.serialize import to_json
+
+    return {**to_json(res), "features": to_json(feature_rows(atlas))}
+
+
+def read_atlas_json(path: Path) -> tuple[AtlasResult, list]:
+    """(AtlasResult, feature rows) of an atlas.json."""
+    from synthsae.fileio import read_json_object
+    from synthsae.results import AtlasFeatureRow
+    from synthsae.serialize import from_json
+
+    raw = read_json_object(path)
+    return from_json(AtlasResult, raw, "atlas"), from_json(list[AtlasFeatureRow], raw.get("features", []), "features")
+
+
+def write_atlas(out_dir: Path, res: AtlasResult, atlas: Atlas, metrics: Path | None = None) -> tuple[Path, Path]:
+    """atlas.safetensors + atlas.json in out_dir, and the "atlas" stage of `metrics` (default out_dir/metrics.json);
+    each written atomically."""
+    from synthsae.metrics_file import write_stage
 
     out_dir.mkdir(parents=True, exist_ok=True)
     t = out_dir / ATLAS_FILE
-    atomic_save_safetensors(atlas_tensors(atlas), t, metadata={"schema": res["schema"]})
+    atomic_save_safetensors(atlas_tensors(atlas), t, metadata={"schema": res.schema})
     j = out_dir / ATLAS_JSON
-    atomic_write_json(j, to_json(res))
+    atomic_write_json(j, atlas_json(res, atlas))
+    write_stage(metrics or out_dir / "metrics.json", "atlas", res)
     return t, j
 
 
@@ -256,7 +303,7 @@ def _n(v) -> str:
     return "-" if v is None else f"{v:.3f}"
 
 
-def atlas_verdict(res: dict):
+def atlas_verdict(res: AtlasResult | None):
     """Whether the atlas gives features that reproduce: held-out seeds hold them (EV-weighted stability >= 0.9) and
     they carry >= 95% of the EV (core); they beat latent-level stability, and every orthogonal planted block is one
     feature of the right rank (supporting)."""
@@ -268,24 +315,23 @@ def atlas_verdict(res: dict):
     rule = ("core: held-out EV-weighted feature stability >= 0.9 and EV share of the features >= 0.95 (mean of both "
             "halves); supporting: held-out feature stability above held-out latent stability, every orthogonal "
             "planted block matched by one feature of its rank at overlap >= 0.9")
-    h = res.get("heldout") or {}
-    mean = h.get("mean") or {}
-    if "feature_stability_heldout_ev_weighted" not in mean:
+    h = res.heldout if res is not None else None
+    mean = h.mean if h is not None else None
+    if mean is None or mean.feature_stability_heldout_ev_weighted is None or mean.ev_share_features is None:
         return Verdict(title, claim, rule, "not measured",
-                       "needs >= 4 seeds and data (a run folder with its truth) for the held-out halves")
-    fs, ev = mean["feature_stability_heldout_ev_weighted"], mean["ev_share_features"]
-    fsm, lsm = mean.get("feature_stability_heldout"), mean.get("latent_stability_heldout")
-    fsm = None if fsm is None or not math.isfinite(fsm) else fsm
+                       "needs >= 4 seeds and data (truth samples or a real run's activations) for the held-out halves")
+    fs, ev = mean.feature_stability_heldout_ev_weighted, mean.ev_share_features
+    fsm, lsm = mean.feature_stability_heldout, mean.latent_stability_heldout
     checks = [
         Check("held-out EV-weighted feature stability >= 0.9", fs >= FEATURE_GOAL, True, f"{fs:.3f}"),
         Check("EV share of the features >= 0.95", ev >= EV_GOAL, True, f"{ev:.3f}"),
         Check("feature stability above latent stability (held out)",
               fsm is not None and lsm is not None and fsm > lsm, False,
-              f"{_n(fsm)} vs {_n(lsm)} (tau {h.get('latent_tau')})"),
+              f"{_n(fsm)} vs {_n(lsm)} (tau {h.latent_tau})"),
     ]
-    orth = [b for b in res.get("planted_blocks", []) if b.get("orthogonal")]
+    orth = [b for b in res.planted_blocks if b.orthogonal]
     if orth:
-        ok = [b for b in orth if b["overlap"] >= 0.9 and b.get("rank_right")]
+        ok = [b for b in orth if b.overlap >= 0.9 and b.rank_right]
         checks.append(Check("every orthogonal planted block is one feature of its rank", len(ok) == len(orth), False,
                             f"{len(ok)} of {len(orth)}"))
     core_ok = all(c.passed for c in checks if c.core)
