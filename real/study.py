@@ -1,8 +1,8 @@
 """`synthsae real run`: collect -> train S seeds -> analyse -> ablate (spliced CE/KL) -> pool -> triggers -> report.
 
 Run folder: `real_config.json`, `acts/` (activation store), `seeds/seed_<k>/` (SAELens layout), `train.json`
-(with the convergence curve), `metrics.json` (keys analysis, ablation, pooling, triggers), `triggers.safetensors`,
-`pooled/`, `figures/`, `report.md`, `report.html`. Every stage is skipped when its output exists, so a killed run
+(with the convergence curve), `metrics.json` (keys analysis, ablation, splice, pooling, triggers with its
+random-split null), `triggers.safetensors`, `pooled/`, `figures/`, `report.md`, `report.html`. Every stage is skipped when its output exists, so a killed run
 is finished by running the same command again; a finished run is only replaced with force.
 """
 
@@ -155,30 +155,14 @@ def run_real(cfg: RealConfig, out: str | Path, *, force: bool = False, lm=None, 
 
 
 def trigger_stage(sae, store, cfg: RealConfig, stab, scale: float, out: Path) -> dict:
-    """Per-latent trigger statistics on eval tokens (saved to triggers.safetensors) and their stable/unstable summary."""
-    from real.triggers import latent_token_stats
-    from synthsae.metrics.stability import classify
+    """Per-latent trigger statistics on eval tokens (saved to triggers.safetensors), their stable / unstable summary
+    and the random-split null (real.triggers.trigger_summary)."""
+    from real.triggers import latent_token_stats, trigger_summary
 
     n = cfg.trigger_tokens
     x = store.load("eval", limit=n) * scale
     tok = store.load("eval", "token_ids", limit=n)
     st = latent_token_stats(sae, x.to(sae.W_dec.device), tok)
     atomic_save_safetensors({k: v.contiguous() for k, v in st.items()}, out / "triggers.safetensors")
-    cls = classify(stab, cfg.analysis.stable_cutoff, cfg.analysis.unstable_cutoff)
-    live = st["frequency"] > 1e-5
-    res: dict = {"eval_tokens": int(x.shape[0]),
-                 "definition": "surface_score = activation mass on the latent's top token / all its mass; "
-                               "token_entropy in bits over the token ids of its firings"}
-    for name in ("stable", "unstable"):
-        g = cls[name] & live
-        row = {"n": int(g.sum())}
-        for key in ("surface_score", "token_entropy", "frequency"):
-            v = st[key][g]
-            v = v[torch.isfinite(v)]
-            row[f"{key}_mean"] = float(v.mean()) if v.numel() else None
-            row[f"{key}_median"] = float(v.median()) if v.numel() else None
-        sv = st["surface_score"][g]
-        sv = sv[torch.isfinite(sv)]
-        row["frac_surface_ge_0.5"] = float((sv >= 0.5).float().mean()) if sv.numel() else None
-        res[name] = row
-    return res
+    return trigger_summary({k: v.numpy() for k, v in st.items()}, stab.cpu().numpy(), cfg.analysis.stable_cutoff,
+                           cfg.analysis.unstable_cutoff, int(x.shape[0]))

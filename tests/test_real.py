@@ -232,41 +232,6 @@ def test_planted_single_token_latent_has_surface_score_one():
     assert float(x[top[0], 0]) == pytest.approx(float(x[tok == 3, 0].max()))
 
 
-# ----------------------------------------------------------------------------------------------- verdict rules
-
-
-def test_real_verdict_rules_fail_on_planted_counter_examples(tmp_path):
-    from real.report import convergence_section, fidelity_section, triggers_section
-
-    def trig(us, ue, uf):
-        row = lambda s, e, f: {"n": 10, "surface_score_median": s, "token_entropy_median": e,  # noqa: E731
-                               "frequency_median": f, "frac_surface_ge_0.5": 0.5}
-        return {"eval_tokens": 100, "definition": "d", "stable": row(0.3, 4.0, 0.01), "unstable": row(us, ue, uf)}
-
-    assert triggers_section(trig(0.9, 1.0, 0.001), None, {}, tmp_path, []).verdict == "held"
-    assert triggers_section(trig(0.2, 5.0, 0.05), None, {}, tmp_path, []).verdict == "did not hold"
-
-    def conv(f1, f2, s1, s2):
-        pt = lambda f, s, t: {"step": t, "tokens_per_seed": t * 10, "fvu": [f], "l0": [4.0],  # noqa: E731
-                              "mean_stability_live": s, "frac_stable_live": s, "frac_unstable_live": 0.1, "frac_live": 1.0}
-        return {"convergence": [pt(f1, s1, 1), pt(f2, s2, 2)]}
-
-    assert convergence_section(conv(0.2, 0.199, 0.30, 0.305), tmp_path).verdict == "held"
-    sec = convergence_section(conv(0.3, 0.2, 0.05, 0.15), tmp_path)
-    assert sec.verdict == "did not hold" and "did NOT converge" in sec.paragraphs[0]
-    # small absolute numbers still rising by 10%: not converged (an absolute bound alone would pass this)
-    assert convergence_section(conv(0.1454, 0.1416, 0.0256, 0.0282), tmp_path).verdict == "did not hold"
-
-    def sp(rec):
-        spr = lambda v: {"mean": v, "std": 0.0, "per_seed": [v]}  # noqa: E731
-        return {"ce_recovered": spr(rec), "ce_clean": 3.0, "ce_zero_ablation": 6.0, "layer": 1, "splice_windows": 2,
-                "splice_tokens": 40, "ce_spliced": spr(6.0 - 3.0 * rec), "kl_spliced": spr(0.4), "fvu_spliced": spr(0.2)}
-
-    assert fidelity_section(sp(0.9)).verdict == "held"
-    assert fidelity_section(sp(0.5)).verdict == "did not hold"
-    assert fidelity_section(None).verdict == "not measured"
-
-
 # ----------------------------------------------------------------------------------------------- whole study
 
 
@@ -279,6 +244,14 @@ def test_real_run_through_the_cli_on_a_tiny_llama(tiny, tmp_path):
     assert r.exit_code == 0, r.output
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"analysis", "ablation", "pooling", "triggers", "splice"} <= set(metrics)
+    null = metrics["triggers"]["null"]
+    assert null["n_stable"] == metrics["triggers"]["stable"]["n"] and null["n_unstable"] == metrics["triggers"]["unstable"]["n"]
+    from real.report import real_verdicts
+
+    vs = real_verdicts(out)
+    assert [v.title for v in vs][:2] == ["Convergence", "Reconstruction spliced into the model"]
+    for v in vs:  # the terminal table is the typed verdicts
+        assert v.title in r.output
     ab = metrics["splice"]
     assert ab["ce_zero_ablation"] > 0 and len(ab["ce_recovered"]["per_seed"]) == 3
     from synthsae.metrics_file import read_metrics
