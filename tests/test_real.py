@@ -173,7 +173,8 @@ def _identity_sae(d: int):
     return sae
 
 
-def test_splice_identities(tiny, lm):
+@pytest.mark.parametrize("path", ["suffix", "hook"])
+def test_splice_identities(tiny, lm, path):
     from real.corpus import pack_contexts, read_documents
     from real.splice import ce_recovered, splice_eval
 
@@ -183,7 +184,8 @@ def test_splice_identities(tiny, lm):
     masks = torch.zeros(3, 2, 2 * lm.d_model, dtype=torch.bool)
     masks[1] = True  # every latent zeroed: reconstruction = b_dec = 0 = zero ablation
     masks[2, 1, : lm.d_model] = True  # seed 1 loses its positive half
-    res = splice_eval(lm, sae, tokens, 1, scale=3.0, masks=masks, batch_contexts=3)
+    res = splice_eval(lm, sae, tokens, 1, scale=3.0, masks=masks, batch_contexts=3, path=path)
+    assert res["path"] == path
     assert torch.allclose(res["ce"][0], torch.tensor(res["ce_clean"]), atol=1e-4)
     assert float(res["kl"][0].abs().max()) < 1e-5
     assert float(res["fvu"][0].max()) < 1e-8
@@ -193,6 +195,73 @@ def test_splice_identities(tiny, lm):
     assert float(res["kl"][2, 0]) < 1e-5 and float(res["kl"][2, 1]) > 1e-4  # the mask hits only seed 1
     assert ce_recovered(res["ce_clean"], res["ce_clean"], res["ce_zero"]) == pytest.approx(1.0)
     assert ce_recovered(res["ce_zero"], res["ce_clean"], res["ce_zero"]) == pytest.approx(0.0)
+
+
+def _random_sae(d: int, seeds: int = 3, m: int = 48, k: int = 6):
+    from synthsae.config import SAEConfig
+    from synthsae.sae import build_sae
+
+    torch.manual_seed(0)
+    sae = build_sae(SAEConfig(variant="topk", d_sae=m, k=k), d, list(range(seeds)), "cpu", torch.float32)
+    with torch.no_grad():
+        sae.b_dec.normal_(0, 0.1)
+    return sae
+
+
+def _splice_masks(S: int, m: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(3)
+    masks = torch.rand(4, S, m, generator=g) < torch.tensor([0.0, 0.3, 0.7, 1.0])[:, None, None]
+    return masks
+
+
+@pytest.mark.parametrize("layer", [0, 1, 2])
+def test_splice_suffix_path_equals_the_hook_path(tiny, lm, layer):
+    """Blocks layer+1.. run from the spliced stream give the CE, KL and FVU of rerunning the whole model with a hook."""
+    from real.corpus import pack_contexts, read_documents
+    from real.splice import splice_eval
+
+    docs, _ = read_documents([tiny[1]])
+    tokens = pack_contexts(docs, lm.tokenizer, 5, 20, seed=2)
+    sae = _random_sae(lm.d_model)
+    masks = _splice_masks(3, 48)
+    from real.model import hidden_after
+
+    norms = hidden_after(lm, tokens.long(), layer).norm(dim=-1)[:, 1:]
+    thr = float(norms.quantile(0.8))  # a fifth of the positions keep their clean activations
+    kw = dict(scale=2.5, threshold=thr, masks=masks, batch_contexts=2)  # 5 windows: the last batch holds one
+    fast = splice_eval(lm, sae, tokens, layer, path="suffix", **kw)
+    slow = splice_eval(lm, sae, tokens, layer, path="hook", **kw)
+    auto = splice_eval(lm, sae, tokens, layer, **kw)
+    assert fast["path"] == auto["path"] == "suffix" and slow["path"] == "hook"
+    for key in ("ce", "kl", "fvu"):
+        assert torch.allclose(fast[key], slow[key], atol=1e-4, rtol=0), key
+    for key in ("ce_clean", "ce_zero", "kl_zero"):
+        assert fast[key] == pytest.approx(slow[key], abs=1e-4), key
+    assert float((fast["ce"][1:] - fast["ce"][0]).abs().max()) > 1e-3  # the masks change the numbers compared
+
+
+def test_splice_falls_back_to_the_hook_path(tiny, lm, monkeypatch):
+    """A layout real.model does not know, or a suffix that does not reproduce the clean logits: the hook path."""
+    import real.model as M
+    from real.corpus import pack_contexts, read_documents
+    from real.splice import splice_eval
+
+    docs, _ = read_documents([tiny[1]])
+    tokens = pack_contexts(docs, lm.tokenizer, 2, 16, seed=2)
+    sae = _random_sae(lm.d_model, seeds=2)
+    kw = dict(scale=2.5, masks=_splice_masks(2, 48), batch_contexts=2)
+    slow = splice_eval(lm, sae, tokens, 1, path="hook", **kw)
+    real_suffix = M.model_suffix
+    monkeypatch.setattr(M, "model_suffix", lambda lm_, layer: M.Suffix(lm_, layer, torch.nn.Identity(),
+                                                                      real_suffix(lm_, layer).head))  # no final norm
+    wrong = splice_eval(lm, sae, tokens, 1, **kw)
+    assert wrong["path"] == "hook" and torch.equal(wrong["ce"], slow["ce"])
+    monkeypatch.setattr(M, "model_suffix", real_suffix)
+    monkeypatch.setattr(M, "_FINAL_NORMS", {})
+    assert M.model_suffix(lm, 1) is None
+    assert splice_eval(lm, sae, tokens, 1, **kw)["path"] == "hook"
+    with pytest.raises(ValueError, match="not recognised"):
+        splice_eval(lm, sae, tokens, 1, path="suffix", **kw)
 
 
 # ----------------------------------------------------------------------------------------------- triggers
@@ -254,6 +323,7 @@ def test_real_run_through_the_cli_on_a_tiny_llama(tiny, tmp_path):
         assert v.title in r.output
     ab = metrics["splice"]
     assert ab["ce_zero_ablation"] > 0 and len(ab["ce_recovered"]["per_seed"]) == 3
+    assert ab["forward"] == "suffix"  # a Llama: only the blocks after the layer rerun per ablation variant
     from synthsae.metrics_file import read_metrics
 
     typed = read_metrics(out / "metrics.json")
