@@ -51,9 +51,13 @@ def prepare(cfg: RealConfig, out: Path, force: bool, write: bool = True) -> None
 
 def run_real(cfg: RealConfig, out: str | Path, *, force: bool = False, lm=None, progress: bool = True, log=print,
              collect_only: bool = False) -> dict:
-    """Every stage into `out`; returns metrics.json as a dict (or the store's meta with collect_only)."""
-    from real.activations import ActivationStore, collect
-    from real.model import load_model
+    """Every stage into `out`; returns metrics.json as a dict (or the store's meta with collect_only).
+
+    Like `synthsae run`, it refuses a size that does not fit in memory before writing anything (check_real_fits)
+    and holds the run folder's lock (synthsae.rundir.run_lock) while it writes.
+    """
+    from real.model import check_layer, load_model
+    from synthsae.rundir import run_lock
 
     out = Path(out)
     if (out / "report.html").is_file() and not force and not collect_only:
@@ -62,9 +66,16 @@ def run_real(cfg: RealConfig, out: str | Path, *, force: bool = False, lm=None, 
     t0 = time.perf_counter()
     log(f"[1/7] loading {cfg.collect.model}")
     lm = lm or load_model(cfg.collect.model)
-    from real.model import check_layer
-
     check_layer(lm, cfg.collect.layer)
+    if not collect_only:
+        check_real_fits(cfg, lm)  # before anything is written
+    with run_lock(out):  # one process writes a run folder at a time (a second one is refused in one line)
+        return _run_locked(cfg, out, force, lm, progress, log, collect_only, t0)
+
+
+def _run_locked(cfg: RealConfig, out: Path, force: bool, lm, progress: bool, log, collect_only: bool, t0: float) -> dict:
+    from real.activations import collect
+
     log(f"[2/7] collecting activations after block {cfg.collect.layer} ({cfg.collect.train_tokens} train + "
         f"{cfg.collect.eval_tokens} eval tokens) -> {out / 'acts'}")
     store = collect(cfg.collect, out / "acts", lm=lm, progress=progress, force=force)
@@ -152,6 +163,30 @@ def run_real(cfg: RealConfig, out: str | Path, *, force: bool = False, lm=None, 
     merge_json_key(mpath, "seconds", {**(json.loads(mpath.read_text()).get("seconds") or {}), **seconds,
                                       "total_this_call": time.perf_counter() - t0})
     return json.loads(mpath.read_text())
+
+
+def check_real_fits(cfg: RealConfig, lm) -> None:
+    """synthsae.memory's check for a real run: training, analysis and the spliced ablation's big tensors against the
+    free memory of their devices (estimates on the high side, not exact); one line naming the knobs when too big."""
+    from synthsae.memory import check_fits
+    from synthsae.train import DTYPES, pick_device
+
+    S, m, d, B = cfg.train.seeds, cfg.sae.d_sae, lm.d_model, cfg.train.batch_size
+    b = torch.empty((), dtype=DTYPES[cfg.train.dtype]).element_size()
+    dev = str(pick_device(cfg.train.device))
+    n_conv = min(cfg.analysis.eval_tokens, 8192)  # train_real's convergence sample, encoded at once
+    params = S * (2 * d * m + m + d)
+    train = 4 * params * b + 6 * S * B * m * b + S * m * 8 + 3 * B * d * b + n_conv * d * b + S * n_conv * (m + d) * b
+    check_fits(train, f"training (train.seeds = {S} x sae.d_sae = {m} x d_model = {d}, train.batch_size = {B})",
+               "lower --seeds or --d-sae", dev)
+    analysis = 16 * S * d * m + 24 * m * m + 4 * S * 4096 * m + 8 * S * S * m
+    check_fits(analysis, f"the analysis (train.seeds = {S} x sae.d_sae = {m})", "lower --seeds or --d-sae", dev)
+    head = lm.model.get_output_embeddings() if hasattr(lm.model, "get_output_embeddings") else None
+    vocab = int(head.weight.shape[0]) if head is not None else int(getattr(lm.model.config, "vocab_size", 0) or 0)
+    splice = 8 * 4 * S * cfg.splice_batch * cfg.collect.ctx_len * vocab  # logits, log-probs and their products
+    check_fits(splice, f"the spliced ablation (train.seeds = {S} x splice_batch = {cfg.splice_batch} windows x "
+               f"ctx_len = {cfg.collect.ctx_len} x {vocab} vocabulary logits)", "lower --seeds or splice_batch",
+               str(lm.model.device))
 
 
 def trigger_stage(sae, store, cfg: RealConfig, stab, scale: float, out: Path) -> dict:

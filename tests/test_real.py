@@ -348,6 +348,73 @@ def test_real_run_through_the_cli_on_a_tiny_llama(tiny, tmp_path):
     assert (out / "report.html").is_file()
 
 
+def test_real_run_holds_the_lock_and_refuses_a_second_writer_and_a_size_that_does_not_fit(tiny, lm, tmp_path, monkeypatch):
+    import fcntl
+    import os
+    import subprocess
+    import sys
+
+    from real.config import preset, with_overrides
+    from real.study import run_real
+    from synthsae.rundir import MARKER
+
+    model, corpus = tiny
+    out = tmp_path / "run"
+    args = ["real", "run", "--out", out, "--model", model, "--corpus", corpus, "--preset", "quick", "--layer", "1",
+            "--tokens", "2500", "--seeds", "2", "--d-sae", "32", "--k", "4", "--passes", "1"]
+    # a size that does not fit: one line naming the stage, nothing written
+    import synthsae.memory
+
+    monkeypatch.setattr(synthsae.memory, "available_bytes", lambda device="cpu": 50_000)
+    r = _cli(*args)
+    assert r.exit_code == 2, r.output
+    errors = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(errors) == 1 and errors[0].startswith("error: training (train.seeds = 2") and "GB is free" in errors[0]
+    assert not out.exists()
+    monkeypatch.undo()
+
+    # while a run writes, it holds the folder's lock
+    held = []
+
+    def log(msg: str) -> None:
+        if msg.startswith("[3/7]"):
+            fd = os.open(out / MARKER, os.O_RDWR)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                held.append(False)
+            except BlockingIOError:
+                held.append(True)
+            finally:
+                os.close(fd)
+
+    cfg = with_overrides(preset("quick"), model=model, corpus=[corpus], layer=1, tokens=2500, seeds=2, d_sae=32, k=4,
+                         passes=1)
+    run_real(cfg, out, lm=lm, progress=False, log=log)
+    assert held == [True]
+    (out / "report.html").unlink()  # as if the first run were still going: a second one would resume it
+
+    # a second writer of the same folder: one line, exit 2, the folder untouched
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from synthsae.rundir import run_lock\n"
+         "with run_lock(Path(sys.argv[1])):\n    print('locked', flush=True); time.sleep(60)", str(out)],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        before = _snapshot(out)
+        for extra in (["--force"], []):
+            r = _cli(*args, *extra)
+            assert r.exit_code == 2, r.output
+            errors = [ln for ln in r.stderr.splitlines() if ln.strip()]
+            assert len(errors) == 1 and "another synthsae process" in errors[0] and f"pid {holder.pid}" in errors[0], r.stderr
+        assert _snapshot(out) == before
+    finally:
+        holder.kill()
+        holder.wait()
+    r = _cli(*args)  # the lock goes with its process: this one finishes the run
+    assert r.exit_code == 0, r.output
+    assert (out / "report.html").is_file()
+
+
 def test_saved_seed_folds_into_saelens_on_raw_activations(tiny, lm, tmp_path):
     """SAELens loads a seed folder; after folding norm_scaling_factor it encodes raw activations as we encode scaled ones."""
     sae_lens = pytest.importorskip("sae_lens")
