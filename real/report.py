@@ -2,8 +2,8 @@
 
 Stability, frequency, unstable clusters, ablation and pooling are the synthetic report's own sections and verdicts
 (no truth, so no recovery section; the ablation's prediction cost is the spliced next-token KL); fidelity (CE loss
-recovered), triggers and convergence exist only here.
-Each section states its rule, and every rule is tested on a planted case where it must fail.
+recovered), triggers and convergence exist only here, with their typed verdicts from real/verdicts.py.
+Each section states its rule and its checks, and every rule is tested on a planted case where it must fail.
 """
 
 from __future__ import annotations

@@ -175,3 +175,15 @@ def test_dead_latents_are_left_out_of_groups_and_null():
     live = freq > 0
     assert tr["stable"]["n"] == int(((stab >= 0.8) & live).sum())
     assert tr["null"]["n_pool"] == int(live.sum())
+
+
+def test_report_sections_lay_out_the_typed_verdicts(tmp_path):
+    from real.report import convergence_section
+
+    moving = _train((0.3, 0.05, 0.1), (0.2, 0.15, 0.2))
+    sec = convergence_section(convergence_verdict(moving), moving, tmp_path)
+    assert sec.verdict == "did not hold" and any("did NOT converge" in p for p in sec.paragraphs)
+    assert sec.tables[0].rows[1] == ["eval FVU stopped moving", "core", "NO", sec.tables[0].rows[1][3]]
+    flat = _train((0.2, 0.05, 0.01), (0.2, 0.05, 0.01))  # converged, no stable core: partly held, not "did NOT converge"
+    sec = convergence_section(convergence_verdict(flat), flat, tmp_path)
+    assert sec.verdict == "partly held" and not any("did NOT converge" in p for p in sec.paragraphs)
