@@ -740,11 +740,15 @@ def run(
 def print_verdicts(run_dir: Path) -> None:
     from synthsae.report import verdicts
 
+    _verdict_table(run_dir, verdicts(run_dir))
+
+
+def _verdict_table(run_dir: Path, verdicts: list) -> None:
     table = Table(title=f"claims in {run_dir}")
     for col in ("claim", "verdict", "numbers"):
         table.add_column(col)
     colour = {"held": "green", "partly held": "yellow", "did not hold": "red", "not measured": "dim"}
-    for v in verdicts(run_dir):
+    for v in verdicts:
         table.add_row(v.title, f"[{colour[v.verdict]}]{v.verdict}[/]", v.why)
     console.print(table)
 
@@ -971,15 +975,9 @@ def real_report(run_dir: Path = typer.Argument(..., help="a real run folder with
 
 
 def _print_real_verdicts(run_dir: Path) -> None:
-    import re
+    from real.report import real_verdicts
 
-    text = (run_dir / "report.md").read_text()
-    table = Table(title=f"claims in {run_dir}")
-    for col in ("claim", "verdict", "numbers"):
-        table.add_column(col)
-    for m in re.finditer(r"^\| (.+?) \| \*\*(.+?)\*\* \| (.+?) \|$", text, re.M):
-        table.add_row(*m.groups())
-    console.print(table)
+    _verdict_table(run_dir, real_verdicts(run_dir))
 
 
 # ----------------------------------------------------------------------------------------------- bench (issue 13)

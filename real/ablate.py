@@ -69,6 +69,7 @@ def real_ablation(lm, sae, store, cfg, stability: Tensor, scale: float, progress
         "kl_spliced": to_json(spread(base["pred"].tolist())),
         "fvu_spliced": to_json(spread(base["fvu"].tolist())),
         "ce_recovered": to_json(spread(rec.tolist())),
+        "forward": res["path"],  # suffix: blocks after the layer run from the spliced stream; hook: the whole model
         "definition": "CE recovered = (CE_zero - CE_spliced) / (CE_zero - CE_clean); zero ablation splices zeros at "
                       "the same positions; position 0 and norm outliers keep their clean activations",
     }

@@ -217,3 +217,106 @@ def logits_with(lm: LoadedModel, input_ids: Int[Tensor, "B T"], layer: int | Non
         return lm.model(input_ids=ids, use_cache=False).logits.float()
     with replaced_output(lm, layer, fn):
         return lm.model(input_ids=ids, use_cache=False).logits.float()
+
+
+# ----------------------------------------------------------------------------------------------- suffix runs
+
+_FINAL_NORMS = {"model.layers": "model.norm", "transformer.h": "transformer.ln_f",
+                "gpt_neox.layers": "gpt_neox.final_layer_norm", "model.decoder.layers": "model.decoder.final_layer_norm"}
+
+
+def _attr(obj, path: str):
+    for part in path.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    return obj
+
+
+@dataclass
+class LayerCalls:
+    """The arguments the model's own forward passed to each block after `layer` for one batch (causal mask, rotary
+    position embeddings, position ids, ...), minus the hidden state; `batch` is the batch size they were built for."""
+
+    calls: list[tuple[tuple, dict, bool]]  # (other positional args, keyword args, hidden state given by keyword)
+    batch: int
+
+    def repeated(self, times: int) -> "LayerCalls":
+        """The same calls for the batch repeated `times` times (x.repeat(times, ...) order): tensors whose first
+        dimension is the batch are repeated, others (size-1 batch, broadcast) kept; shared tensors stay shared."""
+        if times == 1:
+            return self
+        memo: dict[int, object] = {}
+
+        def rep(v):
+            if id(v) in memo:
+                return memo[id(v)]
+            if torch.is_tensor(v):
+                out = v.repeat(times, *([1] * (v.dim() - 1))) if v.dim() and v.shape[0] == self.batch and self.batch > 1 else v
+            elif isinstance(v, (tuple, list)):
+                out = type(v)(rep(a) for a in v)
+            elif isinstance(v, dict):
+                out = {k: rep(a) for k, a in v.items()}
+            else:
+                out = v
+            memo[id(v)] = out
+            return out
+
+        return LayerCalls([(rep(a), rep(k), by_kw) for a, k, by_kw in self.calls], self.batch * times)
+
+
+@dataclass
+class Suffix:
+    """Blocks layer+1..end, the final norm and the LM head of a model whose layout is recognised: a spliced residual
+    stream after block `layer` is run from there instead of from the input. The blocks get the very arguments the
+    model's forward built for them (its rotary embeddings, its causal mask), captured by `clean`."""
+
+    lm: LoadedModel
+    layer: int
+    norm: torch.nn.Module
+    head: torch.nn.Module
+
+    @torch.no_grad()
+    def clean(self, input_ids: Int[Tensor, "B T"]) -> tuple[Float[Tensor, "B T d"], Float[Tensor, "B T V"], LayerCalls]:
+        """One full forward pass: the residual stream after block `layer`, the clean logits, and every later block's call."""
+        layers = self.lm.layers
+        got: list[Tensor] = []
+        calls: list[tuple[tuple, dict, bool]] = []
+
+        def pre(mod, args, kwargs):
+            by_kw = not args
+            calls.append((tuple(args[1:]), {k: v for k, v in kwargs.items() if k != "hidden_states"}, by_kw))
+
+        hooks = [layers[self.layer].register_forward_hook(lambda mod, inp, out: got.append(_out_tensor(out)))]
+        hooks += [layers[i].register_forward_pre_hook(pre, with_kwargs=True) for i in range(self.layer + 1, len(layers))]
+        try:
+            logits = self.lm.model(input_ids=input_ids.to(self.lm.model.device), use_cache=False).logits
+        finally:
+            for h in hooks:
+                h.remove()
+        if len(got) != 1 or len(calls) != len(layers) - self.layer - 1:
+            raise ConfigError(f"model {self.lm.name}: blocks after {self.layer} were not each called once in a forward pass")
+        return got[0], logits.float(), LayerCalls(calls, int(input_ids.shape[0]))
+
+    @torch.no_grad()
+    def run(self, h: Float[Tensor, "N T d"], calls: LayerCalls) -> Float[Tensor, "N T V"]:
+        """Logits from residual stream h after block `layer` (h's batch must be the calls' batch)."""
+        layers = self.lm.layers
+        dtype = next(self.lm.model.parameters()).dtype
+        x = h.to(self.lm.model.device, dtype)
+        for i, (args, kwargs, by_kw) in zip(range(self.layer + 1, len(layers)), calls.calls):
+            out = layers[i](*args, hidden_states=x, **kwargs) if by_kw else layers[i](x, *args, **kwargs)
+            x = _out_tensor(out)
+        return self.head(self.norm(x)).float()
+
+
+def model_suffix(lm: LoadedModel, layer: int) -> Suffix | None:
+    """The Suffix of a model with a known block list, final norm and output embedding; None for any other layout
+    (callers then run the whole model with a hook)."""
+    for blocks, norm_path in _FINAL_NORMS.items():
+        if _attr(lm.model, blocks) is lm.layers:
+            norm = _attr(lm.model, norm_path)
+            head = lm.model.get_output_embeddings() if hasattr(lm.model, "get_output_embeddings") else None
+            if isinstance(norm, torch.nn.Module) and isinstance(head, torch.nn.Module):
+                return Suffix(lm, layer, norm, head)
+    return None

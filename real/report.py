@@ -2,52 +2,30 @@
 
 Stability, frequency, unstable clusters, ablation and pooling are the synthetic report's own sections and verdicts
 (no truth, so no recovery section; the ablation's prediction cost is the spliced next-token KL); fidelity (CE loss
-recovered), triggers and convergence exist only here.
-Each section states its rule, and every rule is tested on a planted case where it must fail.
+recovered), triggers and convergence exist only here, with their typed verdicts from real/verdicts.py.
+Each section states its rule and its checks, and every rule is tested on a planted case where it must fail.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from real.triggers import LIVE_FREQ
+from real.verdicts import convergence_verdict, fidelity_verdict, triggers_verdict
 from synthsae import figures
+from synthsae.report import _section as verdict_section
 from synthsae.report_render import Section, Table, fmt, pm, write_report
+from synthsae.results import Verdict
 
 
-CONV_STAB_REL, CONV_STAB_ABS, CONV_FVU_REL = 0.05, 0.001, 0.02  # convergence bounds (last two checkpoints)
-
-
-def _get(d, *keys, default=None):
-    for k in keys:
-        if not isinstance(d, dict) or k not in d:
-            return default
-        d = d[k]
-    return d
-
-
-def _verdict(checks: list[bool]) -> str:
-    return "held" if all(checks) else ("partly held" if any(checks) else "did not hold")
-
-
-def fidelity_section(sp: dict | None, ab=None) -> Section:
+def fidelity_section(v: Verdict, ab=None) -> Section:
     """CE loss recovered with the reconstruction spliced in; with the ablation, each group's share of the CE cost."""
-    title = "Reconstruction spliced into the model"
-    claim = "The SAEs reconstruct the layer well enough to stand in for it: CE loss recovered >= 0.8 against zero-ablation."
-    if not sp:
-        return Section(title, claim, "not measured", "the splice numbers are missing from metrics.json")
-    rec = _get(sp, "ce_recovered", "mean")
-    ok = rec is not None and rec >= 0.8
-    why = (f"CE recovered {pm(rec, _get(sp, 'ce_recovered', 'std'))} (mean ± std over seeds); clean CE {fmt(sp['ce_clean'])}, "
-           f"spliced {pm(_get(sp, 'ce_spliced', 'mean'), _get(sp, 'ce_spliced', 'std'))}, zero-ablation "
-           f"{fmt(sp['ce_zero_ablation'])} nats; KL to clean {fmt(_get(sp, 'kl_spliced', 'mean'))}; FVU "
-           f"{fmt(_get(sp, 'fvu_spliced', 'mean'))}")
-    sec = Section(title, claim, "held" if ok else "did not hold", why, paragraphs=[
-        f"Rule: held if CE loss recovered >= 0.8. Spliced after block {sp['layer']} on {sp['splice_windows']} held-out "
-        f"windows ({sp['splice_tokens']} predicted tokens). {sp.get('definition', '')}."])
-    if ab is not None:
+    sec = verdict_section(v)
+    if ab is not None and v.checks:
         rows = []
         for name, g in ab.groups.items():
             c = g.costs.get("ce")
@@ -59,24 +37,12 @@ def fidelity_section(sp: dict | None, ab=None) -> Section:
     return sec
 
 
-def triggers_section(tr: dict | None, trig: dict | None, lat: dict, fig_dir: Path, examples: list[str]) -> Section:
-    title = "Unstable latents fire on surface-form triggers"
-    claim = ("Unstable latents fire rarely and on single tokens: a higher surface-form score (share of their activation "
-             "mass on one token) and lower token entropy than stable latents.")
-    if not tr or not tr.get("stable") or not tr.get("unstable"):
-        return Section(title, claim, "not measured", "trigger statistics are missing from metrics.json")
+def triggers_section(v: Verdict, tr: dict | None, trig: dict | None, lat: dict, fig_dir: Path, examples: list[str],
+                     cutoffs: tuple[float, float] = (0.8, 0.2)) -> Section:
+    sec = verdict_section(v)
+    if not v.checks:
+        return sec
     s, u = tr["stable"], tr["unstable"]
-    if not s["n"] or not u["n"]:
-        return Section(title, claim, "not measured", f"{s['n']} stable and {u['n']} unstable live latents: need both")
-    ok = [(u["surface_score_median"] or 0) >= (s["surface_score_median"] or 0) + 0.1,
-          (u["token_entropy_median"] or 0) < (s["token_entropy_median"] or 0),
-          (u["frequency_median"] or 1) < (s["frequency_median"] or 0)]
-    why = (f"median surface-form score unstable {fmt(u['surface_score_median'])} vs stable {fmt(s['surface_score_median'])}; "
-           f"token entropy {fmt(u['token_entropy_median'], 2)} vs {fmt(s['token_entropy_median'], 2)} bits; frequency "
-           f"{fmt(u['frequency_median'], 5)} vs {fmt(s['frequency_median'], 5)}")
-    sec = Section(title, claim, _verdict(ok), why, paragraphs=[
-        "Rule: held if unstable latents' median surface-form score exceeds stable ones' by >= 0.1, their median token "
-        f"entropy is lower and their median firing frequency is lower. {tr['definition']}; on {tr['eval_tokens']} held-out tokens."])
     rows = [[name, str(r["n"]), fmt(r["surface_score_median"]), fmt(r["frac_surface_ge_0.5"]), fmt(r["token_entropy_median"], 2),
              fmt(r["frequency_median"], 5)] for name, r in (("stable", s), ("unstable", u))]
     sec.tables.append(Table(["group", "live latents", "median surface score", "share with score >= 0.5",
@@ -84,9 +50,9 @@ def triggers_section(tr: dict | None, trig: dict | None, lat: dict, fig_dir: Pat
     if trig is not None and "stability" in lat:
         stab = lat["stability"]
         score = trig["surface_score"]
-        live = trig["frequency"] > 1e-5
-        ss = live & (stab >= 0.8) & np.isfinite(score)
-        uu = live & (stab <= 0.2) & np.isfinite(score)
+        live = trig["frequency"] > LIVE_FREQ
+        ss = live & (stab >= cutoffs[0]) & np.isfinite(score)
+        uu = live & (stab <= cutoffs[1]) & np.isfinite(score)
         sec.figures.append(figures.histogram(fig_dir / "surface_score.png", {"stable": score[ss], "unstable": score[uu]},
                                              "surface-form score", "Share of a latent's activation mass on its top token",
                                              bins=np.linspace(0, 1, 21)))
@@ -94,25 +60,14 @@ def triggers_section(tr: dict | None, trig: dict | None, lat: dict, fig_dir: Pat
     return sec
 
 
-def convergence_section(train: dict | None, fig_dir: Path) -> Section:
-    title = "Convergence"
-    claim = (f"The SAEs converged: between the last two checkpoints the mean stability of live latents changed by less "
-             f"than {CONV_STAB_REL:.0%} of itself (or {CONV_STAB_ABS} absolute) and the eval FVU by less than "
-             f"{CONV_FVU_REL:.0%} of itself.")
-    conv = (train or {}).get("convergence") or []
-    if len(conv) < 2:
-        return Section(title, claim, "not measured", "fewer than two convergence checkpoints in train.json")
-    a, b = conv[-2], conv[-1]
-    fa, fb = float(np.mean(a["fvu"])), float(np.mean(b["fvu"]))
-    sa, sb = a["mean_stability_live"] or 0.0, b["mean_stability_live"] or 0.0
-    ok = [abs(sb - sa) <= max(CONV_STAB_REL * max(sa, sb), CONV_STAB_ABS), abs(fb - fa) <= CONV_FVU_REL * max(fa, fb)]
-    verdict = _verdict(ok)
-    why = (f"mean stability {sa:.4f} -> {sb:.4f}, stable share {a['frac_stable_live']:.4f} -> {b['frac_stable_live']:.4f}, "
-           f"FVU {fa:.4f} -> {fb:.4f} between {a['tokens_per_seed']} and {b['tokens_per_seed']} training tokens per seed")
-    paras = ["Rule: held if both changes are below their bounds." +
-             ("" if verdict == "held" else " This run did NOT converge: more tokens or passes would change its stability "
-                                           "numbers, so read the other sections as a snapshot, not a result.")]
-    sec = Section(title, claim, verdict, why, paragraphs=paras)
+def convergence_section(v: Verdict, train: dict | None, fig_dir: Path) -> Section:
+    sec = verdict_section(v)
+    if not v.checks:
+        return sec
+    if any(c.core and not c.passed for c in v.checks):
+        sec.paragraphs.append("This run did NOT converge: more tokens or passes would change its stability numbers, so "
+                              "read the other sections as a snapshot, not a result.")
+    conv = train["convergence"]
     sec.tables.append(Table(["step", "tokens / seed", "FVU", "L0", "mean stability (live)", "stable", "unstable", "live"],
                             [[str(c["step"]), str(c["tokens_per_seed"]), fmt(float(np.mean(c["fvu"]))), fmt(float(np.mean(c["l0"])), 1),
                               fmt(c["mean_stability_live"]), fmt(c["frac_stable_live"]), fmt(c["frac_unstable_live"]),
@@ -126,7 +81,7 @@ def convergence_section(train: dict | None, fig_dir: Path) -> Section:
     return sec
 
 
-def _examples(run_dir: Path, trig: dict, lat: dict, tokenizer, n_latents: int = 4) -> list[str]:
+def _examples(run_dir: Path, trig: dict, lat: dict, tokenizer, cutoffs: tuple[float, float], n_latents: int = 4) -> list[str]:
     """A few stable and unstable latents of seed 0 with their top token and strongest contexts ([[token]] marked)."""
     if tokenizer is None or trig is None or "stability" not in lat:
         return []
@@ -143,7 +98,7 @@ def _examples(run_dir: Path, trig: dict, lat: dict, tokenizer, n_latents: int = 
     pos = store.load("eval", "positions", limit=n).numpy()
     out = []
     stab, freq = lat["stability"][0], trig["frequency"][0]
-    for name, sel in (("stable", stab >= 0.8), ("unstable", stab <= 0.2)):
+    for name, sel in (("stable", stab >= cutoffs[0]), ("unstable", stab <= cutoffs[1])):
         idx = np.where(sel & (freq > 0))[0]
         idx = idx[np.argsort(-freq[idx])][:n_latents]
         for i in idx:
@@ -192,14 +147,22 @@ def atlas_section(at) -> Section:
     return sec
 
 
-def build_real_report(run_dir: str | Path, tokenizer=None) -> tuple[Path, Path]:
-    """figures/*.png, report.md and report.html of a real run from its saved files."""
-    from synthsae.metrics_file import read_metrics
-    from synthsae.report import (ablation_section, clusters_section, frequency_section, load_latents, pooling_section,
-                                 stability_section)
-    from synthsae.verdicts import all_verdicts
+@dataclass
+class _RunFiles:
+    """What the real report reads from a run folder."""
 
-    run_dir = Path(run_dir)
+    metrics: object  # synthsae.metrics_file.Metrics
+    raw: dict  # metrics.json as a dict (the real-only keys splice and triggers)
+    train: dict | None
+    lat: dict
+    trig: dict | None
+    cutoffs: tuple[float, float]
+
+
+def _read_run(run_dir: Path) -> _RunFiles:
+    from synthsae.metrics_file import read_metrics
+    from synthsae.report import load_latents
+
     mpath = run_dir / "metrics.json"
     if not mpath.is_file():
         raise FileNotFoundError(f"{mpath}: no metrics.json; run `synthsae real run` first")
@@ -212,18 +175,56 @@ def build_real_report(run_dir: str | Path, tokenizer=None) -> tuple[Path, Path]:
         from safetensors.numpy import load_file
 
         trig = load_file(str(run_dir / "triggers.safetensors"))
+    s = m.analysis.settings if m.analysis is not None else None
+    cutoffs = (s.stable_cutoff, s.unstable_cutoff) if s is not None else (0.8, 0.2)
+    tr = raw.get("triggers")
+    if tr and "null" not in tr and trig is not None:
+        # a run made before the null was stored: the same random splits from the saved per-latent arrays
+        from real.triggers import LIVE_FREQ, split_null
+
+        tr["null"] = split_null(trig, trig["frequency"] > LIVE_FREQ, (tr.get("stable") or {}).get("n", 0),
+                                (tr.get("unstable") or {}).get("n", 0))
+    return _RunFiles(m, raw, train, lat, trig, cutoffs)
+
+
+def _verdicts(f: _RunFiles) -> list[Verdict]:
+    """Every verdict in report order: convergence, fidelity, stability, frequency, clusters, ablation, triggers, pooling."""
+    from synthsae.verdicts import all_verdicts
+
+    m = f.metrics
+    v = all_verdicts(m.analysis, m.ablation, m.pooling)  # stability, frequency, recovery, clusters, ablation, pooling
+    return [convergence_verdict(f.train), fidelity_verdict(f.raw.get("splice")), v[0], v[1], v[3], v[4],
+            triggers_verdict(f.raw.get("triggers")), v[5]]
+
+
+def real_verdicts(run_dir: str | Path) -> list[Verdict]:
+    """Every claim's verdict for a real run (terminal summaries): rules only, no figures drawn."""
+    from synthsae.metrics.atlas_run import atlas_verdict
+
+    f = _read_run(Path(run_dir))
+    return [*_verdicts(f), atlas_verdict(f.metrics.atlas)]
+
+
+def build_real_report(run_dir: str | Path, tokenizer=None) -> tuple[Path, Path]:
+    """figures/*.png, report.md and report.html of a real run from its saved files."""
+    from synthsae.report import ablation_section, clusters_section, frequency_section, pooling_section, stability_section
+
+    run_dir = Path(run_dir)
+    f = _read_run(run_dir)
+    m, lat, trig, train = f.metrics, f.lat, f.trig, f.train
     fig_dir = run_dir / "figures"
     fig_dir.mkdir(exist_ok=True)
-    v = all_verdicts(m.analysis, m.ablation, m.pooling)  # stability, frequency, recovery, clusters, ablation, pooling
+    conv, fid, stab, freq, clus, abl, trg, pool = _verdicts(f)
     sections = [
-        convergence_section(train, fig_dir),
-        fidelity_section(raw.get("splice"), m.ablation),
-        stability_section(v[0], m.analysis, lat, fig_dir),
-        frequency_section(v[1], m.analysis, lat, fig_dir),
-        clusters_section(v[3], m.analysis, lat, fig_dir),
-        ablation_section(v[4], m.ablation, fig_dir),
-        triggers_section(raw.get("triggers"), trig, lat, fig_dir, _examples(run_dir, trig, lat, tokenizer)),
-        pooling_section(v[5], m.pooling, fig_dir),
+        convergence_section(conv, train, fig_dir),
+        fidelity_section(fid, m.ablation),
+        stability_section(stab, m.analysis, lat, fig_dir),
+        frequency_section(freq, m.analysis, lat, fig_dir),
+        clusters_section(clus, m.analysis, lat, fig_dir),
+        ablation_section(abl, m.ablation, fig_dir),
+        triggers_section(trg, f.raw.get("triggers"), trig, lat, fig_dir,
+                         _examples(run_dir, trig, lat, tokenizer, f.cutoffs), f.cutoffs),
+        pooling_section(pool, m.pooling, fig_dir),
         atlas_section(m.atlas),
     ]
     cfg = json.loads((run_dir / "real_config.json").read_text()) if (run_dir / "real_config.json").is_file() else {}
@@ -236,5 +237,7 @@ def build_real_report(run_dir: str | Path, tokenizer=None) -> tuple[Path, Path]:
                f"{counts.get('padding')}, norm outliers {counts.get('outliers')} ({meta.get('outlier_rule')}).",
                f"{cfg.get('train', {}).get('seeds')} seeds of {s.get('variant')} d_sae = {s.get('d_sae')}, k = {s.get('k')}, "
                f"{cfg.get('passes')} passes ({(train or {}).get('tokens_per_seed')} training tokens per seed); activations "
-               f"scaled by {fmt((train or {}).get('norm_scaling_factor'), 4)} (SAELens expected_average_only_in)."]
+               f"scaled by {fmt((train or {}).get('norm_scaling_factor'), 4)} (SAELens expected_average_only_in).",
+               "Each verdict: held (every check passed), partly held (every core check passed, a supporting one did not), "
+               "did not hold (a core check failed), not measured. Rules and nulls: docs/metrics.md."]
     return write_report(run_dir, f"synthsae real report: {run_dir.name}", summary, sections)

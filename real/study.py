@@ -1,10 +1,10 @@
 """`synthsae real run`: collect -> train S seeds -> analyse -> ablate (spliced CE/KL) -> pool -> atlas -> triggers -> report.
 
 Run folder: `real_config.json`, `acts/` (activation store), `seeds/seed_<k>/` (SAELens layout), `train.json`
-(with the convergence curve), `metrics.json` (keys analysis, ablation, pooling, atlas, triggers),
-`atlas.safetensors` / `atlas.json`, `triggers.safetensors`, `pooled/`, `figures/`, `report.md`, `report.html`.
-Every stage is skipped when its output exists, so a killed run is finished by running the same command again; a
-finished run is only replaced with force.
+(with the convergence curve), `metrics.json` (keys analysis, ablation, splice, pooling, atlas, triggers with its
+random-split null), `atlas.safetensors` / `atlas.json`, `triggers.safetensors`, `pooled/`, `figures/`, `report.md`,
+`report.html`. Every stage is skipped when its output exists, so a killed run is finished by running the same
+command again; a finished run is only replaced with force.
 """
 
 from __future__ import annotations
@@ -52,9 +52,13 @@ def prepare(cfg: RealConfig, out: Path, force: bool, write: bool = True) -> None
 
 def run_real(cfg: RealConfig, out: str | Path, *, force: bool = False, lm=None, progress: bool = True, log=print,
              collect_only: bool = False) -> dict:
-    """Every stage into `out`; returns metrics.json as a dict (or the store's meta with collect_only)."""
-    from real.activations import ActivationStore, collect
-    from real.model import load_model
+    """Every stage into `out`; returns metrics.json as a dict (or the store's meta with collect_only).
+
+    Like `synthsae run`, it refuses a size that does not fit in memory before writing anything (check_real_fits)
+    and holds the run folder's lock (synthsae.rundir.run_lock) while it writes.
+    """
+    from real.model import check_layer, load_model
+    from synthsae.rundir import run_lock
 
     out = Path(out)
     if (out / "report.html").is_file() and not force and not collect_only:
@@ -63,9 +67,16 @@ def run_real(cfg: RealConfig, out: str | Path, *, force: bool = False, lm=None, 
     t0 = time.perf_counter()
     log(f"[1/8] loading {cfg.collect.model}")
     lm = lm or load_model(cfg.collect.model)
-    from real.model import check_layer
-
     check_layer(lm, cfg.collect.layer)
+    if not collect_only:
+        check_real_fits(cfg, lm)  # before anything is written
+    with run_lock(out):  # one process writes a run folder at a time (a second one is refused in one line)
+        return _run_locked(cfg, out, force, lm, progress, log, collect_only, t0)
+
+
+def _run_locked(cfg: RealConfig, out: Path, force: bool, lm, progress: bool, log, collect_only: bool, t0: float) -> dict:
+    from real.activations import collect
+
     log(f"[2/8] collecting activations after block {cfg.collect.layer} ({cfg.collect.train_tokens} train + "
         f"{cfg.collect.eval_tokens} eval tokens) -> {out / 'acts'}")
     store = collect(cfg.collect, out / "acts", lm=lm, progress=progress, force=force)
@@ -163,31 +174,39 @@ def run_real(cfg: RealConfig, out: str | Path, *, force: bool = False, lm=None, 
     return json.loads(mpath.read_text())
 
 
+def check_real_fits(cfg: RealConfig, lm) -> None:
+    """synthsae.memory's check for a real run: training, analysis and the spliced ablation's big tensors against the
+    free memory of their devices (estimates on the high side, not exact); one line naming the knobs when too big."""
+    from synthsae.memory import check_fits
+    from synthsae.train import DTYPES, pick_device
+
+    S, m, d, B = cfg.train.seeds, cfg.sae.d_sae, lm.d_model, cfg.train.batch_size
+    b = torch.empty((), dtype=DTYPES[cfg.train.dtype]).element_size()
+    dev = str(pick_device(cfg.train.device))
+    n_conv = min(cfg.analysis.eval_tokens, 8192)  # train_real's convergence sample, encoded at once
+    params = S * (2 * d * m + m + d)
+    train = 4 * params * b + 6 * S * B * m * b + S * m * 8 + 3 * B * d * b + n_conv * d * b + S * n_conv * (m + d) * b
+    check_fits(train, f"training (train.seeds = {S} x sae.d_sae = {m} x d_model = {d}, train.batch_size = {B})",
+               "lower --seeds or --d-sae", dev)
+    analysis = 16 * S * d * m + 24 * m * m + 4 * S * 4096 * m + 8 * S * S * m
+    check_fits(analysis, f"the analysis (train.seeds = {S} x sae.d_sae = {m})", "lower --seeds or --d-sae", dev)
+    head = lm.model.get_output_embeddings() if hasattr(lm.model, "get_output_embeddings") else None
+    vocab = int(head.weight.shape[0]) if head is not None else int(getattr(lm.model.config, "vocab_size", 0) or 0)
+    splice = 8 * 4 * S * cfg.splice_batch * cfg.collect.ctx_len * vocab  # logits, log-probs and their products
+    check_fits(splice, f"the spliced ablation (train.seeds = {S} x splice_batch = {cfg.splice_batch} windows x "
+               f"ctx_len = {cfg.collect.ctx_len} x {vocab} vocabulary logits)", "lower --seeds or splice_batch",
+               str(lm.model.device))
+
+
 def trigger_stage(sae, store, cfg: RealConfig, stab, scale: float, out: Path) -> dict:
-    """Per-latent trigger statistics on eval tokens (saved to triggers.safetensors) and their stable/unstable summary."""
-    from real.triggers import latent_token_stats
-    from synthsae.metrics.stability import classify
+    """Per-latent trigger statistics on eval tokens (saved to triggers.safetensors), their stable / unstable summary
+    and the random-split null (real.triggers.trigger_summary)."""
+    from real.triggers import latent_token_stats, trigger_summary
 
     n = cfg.trigger_tokens
     x = store.load("eval", limit=n) * scale
     tok = store.load("eval", "token_ids", limit=n)
     st = latent_token_stats(sae, x.to(sae.W_dec.device), tok)
     atomic_save_safetensors({k: v.contiguous() for k, v in st.items()}, out / "triggers.safetensors")
-    cls = classify(stab, cfg.analysis.stable_cutoff, cfg.analysis.unstable_cutoff)
-    live = st["frequency"] > 1e-5
-    res: dict = {"eval_tokens": int(x.shape[0]),
-                 "definition": "surface_score = activation mass on the latent's top token / all its mass; "
-                               "token_entropy in bits over the token ids of its firings"}
-    for name in ("stable", "unstable"):
-        g = cls[name] & live
-        row = {"n": int(g.sum())}
-        for key in ("surface_score", "token_entropy", "frequency"):
-            v = st[key][g]
-            v = v[torch.isfinite(v)]
-            row[f"{key}_mean"] = float(v.mean()) if v.numel() else None
-            row[f"{key}_median"] = float(v.median()) if v.numel() else None
-        sv = st["surface_score"][g]
-        sv = sv[torch.isfinite(sv)]
-        row["frac_surface_ge_0.5"] = float((sv >= 0.5).float().mean()) if sv.numel() else None
-        res[name] = row
-    return res
+    return trigger_summary({k: v.numpy() for k, v in st.items()}, stab.cpu().numpy(), cfg.analysis.stable_cutoff,
+                           cfg.analysis.unstable_cutoff, int(x.shape[0]))

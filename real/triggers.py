@@ -86,3 +86,60 @@ def context_snippet(tokenizer, window: Int[Tensor, " T"], pos: int, before: int 
     mid = dec(window[pos : pos + 1])
     right = dec(window[pos + 1 : pos + 1 + after])
     return (left + "[[" + mid + "]]" + right).replace("\n", "⏎")
+
+
+TRIGGER_STATS = ("surface_score", "token_entropy", "frequency")
+NULL_DRAWS = 200  # random splits of the live latents in the trigger null
+LIVE_FREQ = 1e-5  # a latent is live at frequency > this (as in the ablation)
+
+
+def _group_row(st: dict[str, np.ndarray], g: np.ndarray) -> dict:
+    """n, mean and median of each trigger statistic over the latents in g, and the share with surface score >= 0.5."""
+    row: dict = {"n": int(g.sum())}
+    for key in TRIGGER_STATS:
+        v = st[key][g]
+        v = v[np.isfinite(v)]
+        row[f"{key}_mean"] = float(v.mean()) if v.size else None
+        row[f"{key}_median"] = float(np.median(v)) if v.size else None
+    sv = st["surface_score"][g]
+    sv = sv[np.isfinite(sv)]
+    row["frac_surface_ge_0.5"] = float((sv >= 0.5).mean()) if sv.size else None
+    return row
+
+
+def split_null(st: dict[str, np.ndarray], live: np.ndarray, n_stable: int, n_unstable: int,
+               draws: int = NULL_DRAWS, seed: int = 0) -> dict:
+    """The stable / unstable comparison with the groups replaced by random disjoint groups of the same sizes drawn
+    from the live latents (every seed pooled, as the groups are): per statistic, the 5% / 50% / 95% quantiles over
+    draws of median(random 'unstable') - median(random 'stable'). What a split that ignores stability gives."""
+    ok = live & np.isfinite(st["surface_score"]) & np.isfinite(st["token_entropy"])
+    pool = {k: st[k][ok].astype(np.float64) for k in TRIGGER_STATS}
+    n = int(ok.sum())
+    out: dict = {"draws": draws, "seed": seed, "n_pool": n, "n_stable": n_stable, "n_unstable": n_unstable,
+                 "what": "median(random group of n_unstable live latents) - median(disjoint random group of n_stable)"}
+    if n_stable < 1 or n_unstable < 1 or n_stable + n_unstable > n:
+        return out
+    rng = np.random.default_rng(seed)
+    diffs = {k: np.empty(draws) for k in TRIGGER_STATS}
+    for i in range(draws):
+        perm = rng.permutation(n)
+        u, s = perm[:n_unstable], perm[n_unstable : n_unstable + n_stable]
+        for k in TRIGGER_STATS:
+            diffs[k][i] = np.median(pool[k][u]) - np.median(pool[k][s])
+    for k in TRIGGER_STATS:
+        q05, q50, q95 = np.quantile(diffs[k], [0.05, 0.5, 0.95])
+        out[f"{k}_median_diff"] = {"q05": float(q05), "q50": float(q50), "q95": float(q95)}
+    return out
+
+
+def trigger_summary(st: dict[str, np.ndarray], stab: np.ndarray, stable_cutoff: float, unstable_cutoff: float,
+                    eval_tokens: int, draws: int = NULL_DRAWS) -> dict:
+    """metrics.json's "triggers": stable and unstable live latents' trigger statistics, and the random-split null."""
+    live = st["frequency"] > LIVE_FREQ
+    res: dict = {"eval_tokens": int(eval_tokens),
+                 "definition": "surface_score = activation mass on the latent's top token / all its mass; "
+                               "token_entropy in bits over the token ids of its firings"}
+    for name, g in (("stable", stab >= stable_cutoff), ("unstable", stab <= unstable_cutoff)):
+        res[name] = _group_row(st, g & live)
+    res["null"] = split_null(st, live, res["stable"]["n"], res["unstable"]["n"], draws)
+    return res
