@@ -20,6 +20,7 @@ from real.config import RealConfig, load, to_json
 from synthsae.config import ConfigError
 from synthsae.fileio import atomic_save_safetensors, atomic_write_text, merge_json_key
 from synthsae.metrics_file import write_stage
+from synthsae.threads import threads_for
 
 CONFIG = "real_config.json"
 OUTPUTS = ("seeds", "checkpoint", "train.json", "metrics.json", "analysis_latents.safetensors", "triggers.safetensors",
@@ -146,10 +147,12 @@ def _run_locked(cfg: RealConfig, out: Path, force: bool, lm, progress: bool, log
         shutil.rmtree(out / "pooled", ignore_errors=True)
         x = (store.load("eval", limit=cfg.analysis.eval_tokens) * scale).to(dev)
         bs = cfg.train.batch_size
-        write_stage(mpath, "pooling", pooling_study(
-            (cfg.run_config(), sae, None), x=x, out_dir=out / "pooled", refit_steps=cfg.analysis.pool_refit_steps,
-            rules=tuple(cfg.pool_rules), widths=[w * cfg.sae.d_sae for w in cfg.pool_widths],
-            batches=lambda seed: (b.to(dev) for b in store.batches(bs, seed, scale=scale)), progress=progress))
+        with threads_for(bs, store.d, cfg.sae.d_sae, dev):  # the refits are SAE training: the trainer's thread policy
+            pooled = pooling_study(
+                (cfg.run_config(), sae, None), x=x, out_dir=out / "pooled", refit_steps=cfg.analysis.pool_refit_steps,
+                rules=tuple(cfg.pool_rules), widths=[w * cfg.sae.d_sae for w in cfg.pool_widths],
+                batches=lambda seed: (b.to(dev) for b in store.batches(bs, seed, scale=scale)), progress=progress)
+        write_stage(mpath, "pooling", pooled)
         seconds["pooling"] = time.perf_counter() - t
 
     if not done("atlas"):

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
+from synthsae.threads import one_thread
 
 _CHUNK_ELEMS = 1 << 22  # entries x d per chunk of the per-entry dot products (16 MB of float32)
 
@@ -39,7 +40,8 @@ class SparseCode:
     def by_col(self) -> tuple[Int[Tensor, " nnz"], Int[Tensor, " Sm"]]:
         """(permutation sorting entries by latent, stable in row order; offsets of each latent's run)."""
         if self._by_col is None:
-            perm = torch.sort(self.cols, stable=True).indices
+            with one_thread(self.cols.device):  # the parallel CPU sort stalls when the other core is busy
+                perm = torch.sort(self.cols, stable=True).indices
             counts = _counts(self.cols, self.n_cols)
             offs = torch.zeros(self.n_cols, dtype=torch.long, device=self.cols.device)
             offs[1:] = torch.cumsum(counts, 0)[:-1]
