@@ -134,6 +134,7 @@ def _train_real(cfg: RealConfig, store: ActivationStore, out: Path, *, resume: b
         atomic_write_json(folder / CFG, cj)
     atomic_write_json(out / FINISHED, {
         "variant": cfg.sae.variant, "init_seeds": sae.init_seeds, "steps": stats.steps, "passes": cfg.passes,
+        "decay_start": t.decay_start,
         "tokens_per_seed": stats.steps * t.batch_size, "train_tokens_collected": store.n_rows("train"),
         "seconds": state.seconds, "norm_scaling_factor": scale,
         "train_final": {"fvu": stats.fvu, "l0": stats.l0, "dead_fraction": stats.dead_fraction},

@@ -12,7 +12,8 @@ import math
 from synthsae.results import Chance, Check, Verdict
 from synthsae.verdicts import decide, not_measured
 
-# convergence: between the last two checkpoints
+# convergence: between the last two checkpoints taken before the learning rate starts to decay (once it decays
+# towards 0 every curve flattens, converged or not)
 CONV_STAB_REL, CONV_STAB_ABS = 0.05, 0.001  # mean stability (live) moved by <= max(5% of itself, 0.001)
 CONV_FVU_REL = 0.02  # eval FVU moved by <= 2% of itself
 CONV_STABLE_MIN = 0.05  # stable latents exist: at least this share of live latents stable at the last checkpoint
@@ -55,15 +56,27 @@ def _moved(a: float | None, b: float | None, rel: float, floor: float = 0.0) -> 
     return _ok(a) and _ok(b) and abs(b - a) <= max(rel * max(abs(a), abs(b)), floor)
 
 
+def constant_lr_points(train: dict) -> list[dict]:
+    """The convergence checkpoints taken before the learning rate began to decay (train.json's steps x decay_start);
+    all of them when train.json does not say where the decay starts."""
+    conv = train.get("convergence") or []
+    if train.get("decay_start") is None or train.get("steps") is None:
+        return list(conv)
+    cut = float(train["decay_start"]) * int(train["steps"])
+    return [c for c in conv if c["step"] <= cut]
+
+
 def convergence_verdict(train: dict | None) -> Verdict:
     """From train.json: its "convergence" list (stability and FVU at checkpoints of training)."""
     conv = (train or {}).get("convergence") or []
     if len(conv) < 2:
         return not_measured(*CONVERGENCE, "train.json with at least two convergence checkpoints")
-    a, b = conv[-2], conv[-1]
+    pre = constant_lr_points(train)
+    a, b = (pre if len(pre) >= 2 else conv)[-2:]
+    b_last = conv[-1]
     sa, sb = a.get("mean_stability_live"), b.get("mean_stability_live")
     fa, fb = _mean(a.get("fvu")), _mean(b.get("fvu"))
-    stable = b.get("frac_stable_live")
+    stable = b_last.get("frac_stable_live")
     checks = [
         Check("mean stability of live latents stopped moving", _moved(sa, sb, CONV_STAB_REL, CONV_STAB_ABS), True,
               f"{_f(sa, 4)} -> {_f(sb, 4)} (change <= max({CONV_STAB_REL:.0%} of itself, {CONV_STAB_ABS}))"),
@@ -72,13 +85,14 @@ def convergence_verdict(train: dict | None) -> Verdict:
         Check("stable latents exist", _ok(stable) and stable >= CONV_STABLE_MIN, False,
               f"{_f(stable, 4)} of live latents stable at the last checkpoint (>= {CONV_STABLE_MIN})"),
     ]
-    rule = (f"core: between the last two checkpoints the mean stability of live latents changed by at most "
-            f"{CONV_STAB_REL:.0%} of itself (or {CONV_STAB_ABS} absolute) and the mean eval FVU over seeds by at most "
+    rule = (f"core: between the last two checkpoints taken at a constant learning rate (before the decay at "
+            f"train.decay_start; the last two checkpoints when fewer than two are) the mean stability of live latents "
+            f"changed by at most {CONV_STAB_REL:.0%} of itself (or {CONV_STAB_ABS} absolute) and the mean eval FVU over seeds by at most "
             f"{CONV_FVU_REL:.0%} of itself (an undefined number fails). Supporting: >= {CONV_STABLE_MIN:.0%} of live "
             "latents stable at the last checkpoint")
-    why = (f"mean stability {_f(sa, 4)} -> {_f(sb, 4)}, stable share {_f(a.get('frac_stable_live'), 4)} -> {_f(stable, 4)}, "
-           f"FVU {_f(fa, 4)} -> {_f(fb, 4)} between {a.get('tokens_per_seed')} and {b.get('tokens_per_seed')} training "
-           "tokens per seed")
+    why = (f"mean stability {_f(sa, 4)} -> {_f(sb, 4)}, stable share {_f(a.get('frac_stable_live'), 4)} -> "
+           f"{_f(b.get('frac_stable_live'), 4)}, FVU {_f(fa, 4)} -> {_f(fb, 4)} between {a.get('tokens_per_seed')} and "
+           f"{b.get('tokens_per_seed')} training tokens per seed; {_f(stable, 4)} of live latents stable at the end")
     return _verdict(*CONVERGENCE, rule, checks, why)
 
 

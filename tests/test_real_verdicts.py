@@ -41,6 +41,18 @@ def test_convergence_did_not_hold_while_still_moving(points):
     assert convergence_verdict(_train(*points)).verdict == "did not hold"
 
 
+def test_convergence_is_judged_before_the_learning_rate_decays():
+    """A curve that still rises at constant lr and only flattens while the lr decays to 0 did not converge; the same
+    points without a decay (or with the decay after them) are judged on the last two."""
+    points = ((0.3, 0.10, 0.1), (0.25, 0.20, 0.2), (0.22, 0.30, 0.3), (0.219, 0.301, 0.3))
+    decayed = {**_train(*points), "steps": 4, "decay_start": 0.6}  # checkpoints 3 and 4 fall in the decay
+    v = convergence_verdict(decayed)
+    assert v.verdict == "did not hold" and "mean stability of live latents stopped moving" in _failed(v)
+    assert "0.1000 -> 0.2000" in v.why
+    assert convergence_verdict({**_train(*points), "steps": 4, "decay_start": 1.0}).verdict == "held"
+    assert convergence_verdict(_train(*points)).verdict == "held"
+
+
 def test_convergence_without_stable_latents_is_only_partly_held():
     v = convergence_verdict(_train((0.2, 0.05, 0.01), (0.2, 0.05, CONV_STABLE_MIN / 2)))
     assert v.verdict == "partly held" and _failed(v) == {"stable latents exist"}
