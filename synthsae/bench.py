@@ -11,7 +11,9 @@ Layout of a bench folder (one cell = one (preset, L0, variant) run folder holdin
 
 A cell is trained once and kept: a later bench with more variants trains only the new cells, and `resume`
 finishes a killed bench from the first cell without bench.json (training itself resumes from its checkpoint).
+bench.json holds the cell's means (the leaderboard) and the same numbers seed by seed (`per_seed`).
 Numbers come from the project's metric functions through `cell_numbers` (one adapter, see there).
+`jobs` > 1 runs that many cells at once in spawned worker processes (`_run_cells`); the numbers do not change.
 """
 
 from __future__ import annotations
