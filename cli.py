@@ -990,18 +990,20 @@ def bench_cmd(
     suite: str = typer.Option("quick", "--suite", help="quick (tiny, CPU minutes), standard (default + superposed, CPU), full (paper + synthbench16k, GPU)"),
     out: Path = typer.Option(Path("runs/bench"), "--out", help="bench folder (cells, leaderboard.md, leaderboard.html)"),
     resume: bool = typer.Option(False, "--resume", help="reuse the stored cells of --out: finish a killed bench or add variants"),
+    jobs: Optional[int] = typer.Option(None, "--jobs", help="cells trained at once in worker processes, one torch thread each (default: min(2, CPU cores); 1 on a GPU)"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
 ) -> None:
     """A leaderboard of SAE variants at matched L0: truth recovery, seed stability, pooled baselines, cost."""
-    from synthsae.bench import check_out, get_suite, resolve_variants, run_bench
+    from synthsae.bench import check_jobs, check_out, get_suite, resolve_variants, run_bench
 
     names = [v.strip() for v in variants.split(",") if v.strip()] if variants is not None else None
     if names is not None and not names:
         raise UserError("--variants: give at least one variant name")
     resolve_variants(names)
+    check_jobs(jobs)
     check_out(out, get_suite(suite), resume)  # before any work: a refused bench leaves the folder untouched
     try:
-        res = run_bench(names, suite, out, resume=resume, progress=not quiet,
+        res = run_bench(names, suite, out, resume=resume, progress=not quiet, jobs=jobs,
                         log=lambda m: console.print(m, highlight=False))
     except KeyboardInterrupt:
         err_console.print(f"interrupted: `synthsae bench --resume --suite {suite} --out {out}` finishes the bench")

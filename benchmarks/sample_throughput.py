@@ -1,7 +1,9 @@
 """Samples per second of the ground-truth model for the `default` and `paper` presets.
 
 Sampling must never be what limits training: compare these numbers with the trainer's tokens/s in
-benchmarks/RESULTS.md. Usage: python benchmarks/sample_throughput.py [--device cpu] [--batch 4096] [--repeats 5]
+benchmarks/RESULTS.md. Usage: python benchmarks/sample_throughput.py [--device cpu] [--batch 4096] [--repeats 5] [--threads 1]
+(--threads 0 = torch's default; on a machine other processes share, one thread is the robust choice: see
+synthsae/threads.py). The header prints the load average, so a loaded run is recognisable.
 """
 
 from __future__ import annotations
@@ -40,8 +42,13 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4096)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--presets", nargs="+", default=["default", "paper", "synthbench16k"])
+    ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default)")
     args = ap.parse_args()
-    print(f"device {args.device}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, batch {args.batch}")
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
+    print(f"device {args.device}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, batch {args.batch}, "
+          f"load average {load}")
     print(f"{'preset':<14} {'d':>4} {'components':>10} {'samples/s (x only)':>19} {'samples/s (full record)':>24}")
     for name in args.presets:
         cfg = preset(name).truth

@@ -11,7 +11,9 @@ Layout of a bench folder (one cell = one (preset, L0, variant) run folder holdin
 
 A cell is trained once and kept: a later bench with more variants trains only the new cells, and `resume`
 finishes a killed bench from the first cell without bench.json (training itself resumes from its checkpoint).
+bench.json holds the cell's means (the leaderboard) and the same numbers seed by seed (`per_seed`).
 Numbers come from the project's metric functions through `cell_numbers` (one adapter, see there).
+`jobs` > 1 runs that many cells at once in spawned worker processes (`_run_cells`); the numbers do not change.
 """
 
 from __future__ import annotations
@@ -103,6 +105,23 @@ def sparsity_knob(variant: str) -> str:
     return "l1_coeff"
 
 
+def bench_sae_settings(variant: str) -> dict:
+    """SAEConfig fields a variant asks the bench to set (class attribute `bench_sae`; blocktopk: groups of 2)."""
+    from synthsae.sae import get_variant
+
+    return dict(getattr(get_variant(variant), "bench_sae", None) or {})
+
+
+def k_for_l0(variant: str, sae_cfg, l0: float) -> int:
+    """k of a TopK-family variant for an L0 target: the target over the latents one unit of k turns on (class
+    method `latents_per_k(sae_cfg)`, default 1; blocktopk: the mean group size), rounded, at least 1."""
+    from synthsae.sae import get_variant
+
+    per = getattr(get_variant(variant), "latents_per_k", None)
+    per = float(per(sae_cfg)) if per is not None else 1.0
+    return max(1, int(round(l0 / per)))
+
+
 def resolve_variants(names: list[str] | None) -> list[str]:
     """The variants to bench (default: every registered one); unknown names are a one-line ConfigError."""
     from synthsae.sae import registered_variants
@@ -141,6 +160,9 @@ def cell_config(suite: Suite, spec: PresetSpec, variant: str, l0: float, wide: b
     for key, value in spec.sae:
         setattr(cfg.sae, key, value)
     cfg.sae.variant = variant
+    for key, value in bench_sae_settings(variant).items():
+        if key not in dict(spec.sae):
+            setattr(cfg.sae, key, copy.deepcopy(value))
     if wide:
         cfg.sae.d_sae *= suite.wide_factor
         cfg.sae.matryoshka_prefixes = []
@@ -158,7 +180,7 @@ def cell_config(suite: Suite, spec: PresetSpec, variant: str, l0: float, wide: b
     if suite.pool_refit_steps is not None:
         cfg.analysis.pool_refit_steps = suite.pool_refit_steps
     if sparsity_knob(variant) == "k":
-        cfg.sae.k = max(1, int(round(l0)))
+        cfg.sae.k = k_for_l0(variant, cfg.sae, l0)
     return validate(cfg)
 
 
@@ -294,8 +316,31 @@ def adapt_pooling(pooled, truth, dec: torch.Tensor) -> tuple[dict, dict | None]:
     return pool_row, bag_row
 
 
-def _mcc(dec_rows: list[torch.Tensor], truth) -> tuple[float | None, float | None]:
-    """SynthSAEBench MCC averaged over dictionaries, and the same for a random dictionary of the first's shape."""
+GROUP_OVERLAP = 0.9  # a group reproduces in another seed when a group there spans the same space at this overlap
+
+
+def group_numbers(sae, dec: torch.Tensor, freq: torch.Tensor | None) -> dict:
+    """Group-level stability of a block-sparse variant (one whose `sizes` has a group of >= 2 latents) beside the
+    rotated-seeds null, over live groups (a group is live when one of its latents fired); None for the others.
+
+    A group variant's features are its groups (a group's latents may rotate freely inside its span), so this, not
+    the latent-level maxcos, is the stability that says whether its features reproduce across seeds.
+    """
+    from synthsae.metrics.analyze import rotated_seeds
+    from synthsae.metrics.atlas import group_stability
+
+    sizes = list(getattr(sae, "sizes", None) or [])
+    if not sizes or max(sizes) < 2 or dec.shape[0] < 2:
+        return {"group_stability": None, "group_stability_null": None, "n_groups": None}
+    alive = freq.cpu() > 0 if freq is not None else None
+    real = group_stability(dec, sizes, GROUP_OVERLAP, alive)
+    null = group_stability(rotated_seeds(dec, None)[0], sizes, GROUP_OVERLAP, alive)
+    return {"group_stability": real["mean"], "group_stability_null": null["mean"], "n_groups": len(sizes)}
+
+
+def _mcc(dec_rows: list[torch.Tensor], truth, per: list | None = None) -> tuple[float | None, float | None]:
+    """SynthSAEBench MCC averaged over dictionaries, and the same for a random dictionary of the first's shape
+    (each dictionary's own MCC is appended to `per` when given)."""
     from synthsae.metrics.recovery import matched_mcc
 
     if truth is None or truth.n_atoms == 0:
@@ -303,6 +348,8 @@ def _mcc(dec_rows: list[torch.Tensor], truth) -> tuple[float | None, float | Non
     atoms = truth.atoms.float().cpu()
     g = torch.Generator().manual_seed(12345)
     vals = [matched_mcc(d.float().cpu(), atoms) for d in dec_rows]
+    if per is not None:
+        per.extend(vals)
     chance = matched_mcc(torch.randn(dec_rows[0].shape, generator=g), atoms)
     return sum(vals) / len(vals), chance
 
@@ -330,11 +377,22 @@ def cell_numbers(folder: Path, *, pool: bool = True, progress: bool = False) -> 
         "train_seconds": summ["seconds"],
         "throughput": summ["steps"] * cfg.train.batch_size * S / max(summ["seconds"], 1e-9),
     }
-    row.update(adapt_analysis(analyze_run(folder, device="cpu")[0]))
-    strict = adapt_analysis(analyze_run(folder, with_overrides(cfg.analysis, match="strict"), device="cpu")[0])
-    row["stability_strict"], row["stability_strict_null"] = strict["stability"], strict["stability_null"]
+    res, per = analyze_run(folder, device="cpu")
+    row.update(adapt_analysis(res))
     dec = sae.W_dec.detach().float().cpu()
-    row["mcc"], row["mcc_chance"] = _mcc(list(dec), truth)
+    row.update(group_numbers(sae, dec, per.get("frequency")))
+    strict_res = analyze_run(folder, with_overrides(cfg.analysis, match="strict"), device="cpu")[0]
+    strict = adapt_analysis(strict_res)
+    row["stability_strict"], row["stability_strict_null"] = strict["stability"], strict["stability_null"]
+    mcc_seeds: list = []
+    row["mcc"], row["mcc_chance"] = _mcc(list(dec), truth, mcc_seeds)
+    freq = per.get("frequency")
+    row["per_seed"] = {  # the cell's numbers seed by seed (the columns are their means)
+        "init_seed": list(cfg.train.resolved_init_seeds()), "ev": [1.0 - f for f in ev["fvu"]], "l0": list(ev["l0"]),
+        "dead_fraction": (freq == 0).float().mean(1).tolist() if freq is not None else None,
+        "stability": list(res.stability.per_seed_mean), "stability_strict": list(strict_res.stability.per_seed_mean),
+        "mcc": mcc_seeds or None,
+    }
     if pool and S >= 2:
         pooled = pooling_study((cfg, sae, truth), widths=[cfg.sae.d_sae], rules=(cfg.analysis.pool_primary,),
                                refit_steps=cfg.analysis.pool_refit_steps, out_dir=folder / "pooled", device="cpu",
@@ -368,38 +426,164 @@ def check_out(out: Path, suite: Suite, resume: bool) -> None:
                               "with other settings; use another --out")
 
 
+def default_jobs() -> int:
+    """Cells trained at once: one on a GPU (a cell fills it), else min(2, CPU cores) (one torch thread each)."""
+    import os
+
+    if torch.cuda.is_available():
+        return 1
+    return max(1, min(2, os.cpu_count() or 1))
+
+
+def check_jobs(jobs: int | None) -> int:
+    if jobs is None:
+        return default_jobs()
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ConfigError(f"--jobs = {jobs!r}: must be an integer >= 1 (cells trained at once)")
+    return jobs
+
+
+def bench_cell(out: Path, suite: Suite, spec: PresetSpec, l0: float, variant: str, wide: bool, *, pool: bool,
+               progress: bool) -> dict:
+    """Train (if needed) and measure one cell, write its bench.json last; returns what the caller logs.
+
+    Runs in the bench's process (--jobs 1) or in a worker process; every cell is seeded by its own config, so
+    where it runs does not change its numbers.
+    """
+    t0 = time.perf_counter()
+    folder = cell_dir(out, spec, l0, variant, wide)
+    was_trained = (folder / "train.json").is_file()
+    cfg, folder, cal = train_cell(suite, spec, variant, l0, out, wide=wide, progress=progress)
+    from synthsae.threads import configure_threads
+
+    configure_threads(cfg.train.batch_size, cfg.truth.d, cfg.sae.d_sae, "cpu")  # metrics: same threads as training
+    row = cell_numbers(folder, pool=pool and not wide, progress=progress)
+    row.update({"preset": spec.label, "l0_target": l0, "wide": wide, "calibration": cal,
+                "calibration_seconds": _probe_seconds(folder)})
+    # wall time from what is stored (so a resumed cell reports its whole cost): probes + training + metrics
+    row["wall_seconds"] = row["calibration_seconds"] + row["train_seconds"] + row["metric_seconds"]
+    atomic_write_json(folder / "bench.json", {"schema": BENCH_SCHEMA, **row})
+    return {"folder": str(folder.relative_to(out)), "trained": not was_trained, "seconds": time.perf_counter() - t0}
+
+
+def _worker_init(parent: int) -> None:
+    """A bench worker: one torch thread (unless SYNTHSAE_THREADS says otherwise), and it stops if the bench dies.
+
+    If the bench's process goes away (killed), the worker interrupts itself: training checkpoints after the
+    current step and stops (as on Ctrl-C), so `--resume` finds the folder unlocked; after 15 s it exits anyway
+    (a worker outside training, or one whose SIGINT is ignored: checkpoints are committed atomically, so an exit at
+    any point leaves the last committed one).
+    """
+    import os
+    import signal
+    import threading
+
+    os.environ.setdefault("SYNTHSAE_THREADS", "1")
+    torch.set_num_threads(int(os.environ["SYNTHSAE_THREADS"]))
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(15.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="bench-parent-watch").start()
+
+
+def _run_cells(todo: list[tuple[int, tuple]], n_jobs: int, run: Callable[[tuple], dict],
+               on_done: Callable[[int, tuple, dict], None], log: Callable[[str], None], total: int) -> None:
+    """Run the cells of `todo` (index, job) on n_jobs worker processes, at most n_jobs at once, in order except
+    that a wide cell of a penalty variant waits for its own variant's cell (it starts from that calibration)."""
+    import multiprocessing as mp
+    import os
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    pending = list(todo)
+    narrow_left = {(j[0].label, j[1], j[2]) for _, j in todo if not j[3]}
+    running: dict = {}
+    ctx = mp.get_context("spawn")  # a fresh interpreter: no OpenMP state forked from this process
+    ex = ProcessPoolExecutor(max_workers=n_jobs, mp_context=ctx, initializer=_worker_init, initargs=(os.getpid(),))
+    try:
+        while pending or running:
+            while pending and len(running) < n_jobs:
+                ready = next((p for p in pending if not (p[1][3] and sparsity_knob(p[1][2]) != "k"
+                                                         and (p[1][0].label, p[1][1], p[1][2]) in narrow_left)), None)
+                if ready is None:
+                    break
+                pending.remove(ready)
+                i, (spec, l0, variant, wide) = ready
+                log(f"[{i}/{total}] start {spec.label} L0 {l0:g} {variant}{WIDE if wide else ''}")
+                running[ex.submit(run, ready[1])] = ready
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for fut in done:
+                i, job = running.pop(fut)
+                info = fut.result()  # a failed cell stops the bench (its error is raised here)
+                if not job[3]:
+                    narrow_left.discard((job[0].label, job[1], job[2]))
+                on_done(i, job, info)
+    except BaseException:
+        for fut in running:
+            fut.cancel()
+        ex.shutdown(wait=True, cancel_futures=True)  # workers got the Ctrl-C too: let them checkpoint
+        raise
+    ex.shutdown(wait=True)
+
+
 def run_bench(variants: list[str] | None, suite_name: str, out: str | Path, *, resume: bool = False,
-              progress: bool = True, log: Callable[[str], None] = lambda m: None, pool: bool = True) -> BenchResult:
-    """Train and measure every missing cell, then write the leaderboard from every cell stored under `out`."""
+              progress: bool = True, log: Callable[[str], None] = lambda m: None, pool: bool = True,
+              jobs: int | None = None) -> BenchResult:
+    """Train and measure every missing cell, then write the leaderboard from every cell stored under `out`.
+
+    jobs > 1 trains that many cells at once in worker processes (default: default_jobs()); the numbers are the
+    same as with jobs = 1 (each cell is seeded by its own config and measured with the same torch threads).
+    """
+    import functools
+
     from synthsae.bench_report import write_leaderboard
 
     t0 = time.perf_counter()
     suite = get_suite(suite_name)
     names = resolve_variants(variants)
+    n_jobs = check_jobs(jobs)
     out = Path(out)
     check_out(out, suite, resume)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "suite.json", {"schema": BENCH_SCHEMA, "name": suite.name, "suite": asdict(suite)})
     trained: list[str] = []
-    jobs = [(spec, l0, v, wide) for spec in suite.presets for l0 in spec.l0s for v in names for wide in (False, True)]
-    for i, (spec, l0, variant, wide) in enumerate(jobs, 1):
-        folder = cell_dir(out, spec, l0, variant, wide)
-        if (folder / "bench.json").is_file():
-            continue
-        log(f"[{i}/{len(jobs)}] {spec.label} L0 {l0:g} {variant}{WIDE if wide else ''}")
-        was_trained = (folder / "train.json").is_file()
-        _, folder, cal = train_cell(suite, spec, variant, l0, out, wide=wide, progress=progress)
-        if not was_trained:
-            trained.append(str(folder.relative_to(out)))
-        row = cell_numbers(folder, pool=pool and not wide, progress=progress)
-        row.update({"preset": spec.label, "l0_target": l0, "wide": wide, "calibration": cal,
-                    "calibration_seconds": _probe_seconds(folder)})
-        # wall time from what is stored (so a resumed cell reports its whole cost): probes + training + metrics
-        row["wall_seconds"] = row["calibration_seconds"] + row["train_seconds"] + row["metric_seconds"]
-        atomic_write_json(folder / "bench.json", {"schema": BENCH_SCHEMA, **row})
+    # every variant's own cells first, then the wide baselines (a penalty variant's wide cell starts from its
+    # calibration); within each, suite order
+    jobs_list = [(spec, l0, v, wide) for wide in (False, True) for spec in suite.presets for l0 in spec.l0s
+                 for v in names]
+    todo = [(i, j) for i, j in enumerate(jobs_list, 1)
+            if not (cell_dir(out, j[0], j[1], j[2], j[3]) / "bench.json").is_file()]
+    n_done = len(jobs_list) - len(todo)
+
+    def on_done(i: int, job: tuple, info: dict) -> None:
+        nonlocal n_done
+        n_done += 1
+        if info["trained"]:
+            trained.append(info["folder"])
+        spec, l0, variant, wide = job
+        log(f"[{n_done}/{len(jobs_list)} done] {spec.label} L0 {l0:g} {variant}{WIDE if wide else ''}: "
+            f"{info['seconds']:.0f} s ({time.perf_counter() - t0:.0f} s since start)")
+
+    cell = functools.partial(_cell_job, out, suite, pool=pool)
+    if n_jobs == 1 or len(todo) <= 1:
+        for i, job in todo:
+            spec, l0, variant, wide = job
+            log(f"[{i}/{len(jobs_list)}] start {spec.label} L0 {l0:g} {variant}{WIDE if wide else ''}")
+            on_done(i, job, cell(job, progress=progress))
+    else:
+        _run_cells(todo, n_jobs, functools.partial(cell, progress=False), on_done, log, len(jobs_list))
     rows = collect_rows(out)
     write_leaderboard(out, rows, suite)
     return BenchResult(out, rows, trained, time.perf_counter() - t0)
+
+
+def _cell_job(out: Path, suite: Suite, job: tuple, *, pool: bool, progress: bool) -> dict:
+    spec, l0, variant, wide = job
+    return bench_cell(out, suite, spec, l0, variant, wide, pool=pool, progress=progress)
 
 
 def _probe_seconds(folder: Path) -> float:

@@ -30,6 +30,8 @@ COLUMNS = [  # (header, key in a leaderboard row, digits)
     ("maxcos null", "stability_null", 3),
     ("stability strict", "stability_strict", 3),
     ("strict null", "stability_strict_null", 3),
+    ("group stability", "group_stability", 3),
+    ("group null", "group_stability_null", 3),
     ("pooled stability", "pooled_stability", 3),
     ("tokens x seeds / s", "throughput", 0),
     ("wall s", "wall_seconds", 1),
@@ -45,6 +47,10 @@ NOTES = """\
   and their nulls are what `synthsae analyze` reports for the cell's run folder.
 - **stability** is over live latents; its **null** is the rotated-seeds null (every seed's dictionary turned
   by its own random rotation, then matched the same way). **dead**: never fired on the analysis' held-out sample.
+- **group stability** (group variants only, e.g. blocktopk; '-' for the others): a group variant's features are
+  its groups, whose latents may turn freely inside the group's span, so its stability is per group: the fraction
+  of other seeds with a group spanning the same space (overlap ||U_g^T U_h||^2 / max(r_g, r_h) >= 0.9, as
+  `synthsae atlas`), over live groups; null: the same for the rotated seeds. Its latent-level columns are shown too.
 - **pooled stability**: stability between the two primary pooled SAEs (config `analysis.pool_primary`, at the
   variant's width) built from disjoint halves of the seeds.
 - **baseline** rows (not variants): *pooled* = the primary pooled SAE of all seeds (its stability: pool of half A

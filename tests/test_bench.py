@@ -41,19 +41,43 @@ def install_plugin(root: Path) -> None:
     (info / "entry_points.txt").write_text("[synthsae.variants]\ntoy_l1 = synthsae_toyplugin:ToyL1SAE\n")
 
 
-@pytest.fixture(scope="module")
-def bench(tmp_path_factory):
-    """One quick bench of the plug-in and topk through the CLI (shared by the tests below)."""
-    from cli import app
+VARIANTS = "toy_l1,topk,blocktopk"
+GROUP_COLUMNS = {"group stability", "group null"}  # filled for group variants (blocktopk) only
 
+
+@pytest.fixture(scope="module")
+def plugin(tmp_path_factory):
     root = tmp_path_factory.mktemp("plugin")
     install_plugin(root)
-    sys.path.insert(0, str(root))  # importlib.metadata scans sys.path: the entry point is now visible
-    out = tmp_path_factory.mktemp("bench") / "b"
-    res = CliRunner().invoke(app, ["bench", "--variants", "toy_l1,topk", "--suite", "quick", "--out", str(out), "--quiet"])
-    assert res.exit_code == 0, res.output
-    yield out
+    sys.path.insert(0, str(root))  # importlib.metadata scans sys.path (here and in spawned workers): the entry point is visible
+    yield root
     sys.path.remove(str(root))
+
+
+@pytest.fixture(scope="module")
+def bench(plugin, tmp_path_factory):
+    """One quick bench of the plug-in, topk and blocktopk through the CLI, two cells at a time in worker processes
+    (shared by the tests below)."""
+    from cli import app
+
+    out = tmp_path_factory.mktemp("bench") / "b"
+    res = CliRunner().invoke(app, ["bench", "--variants", VARIANTS, "--suite", "quick", "--out", str(out), "--quiet",
+                                   "--jobs", "2"])
+    assert res.exit_code == 0, res.output
+    assert res.output.count(" done] ") == 12  # a progress line per finished cell
+    return out
+
+
+@pytest.fixture(scope="module")
+def bench_serial(plugin, tmp_path_factory):
+    """The plug-in's cells again, one after another in this process (--jobs 1)."""
+    from cli import app
+
+    out = tmp_path_factory.mktemp("bench") / "s"
+    res = CliRunner().invoke(app, ["bench", "--variants", "toy_l1", "--suite", "quick", "--out", str(out), "--quiet",
+                                   "--jobs", "1"])
+    assert res.exit_code == 0, res.output
+    return out
 
 
 def md_rows(md: str) -> list[list[str]]:
@@ -68,11 +92,17 @@ def test_plugin_variant_on_quick_leaderboard_every_column_filled(bench):
     toy = [r for r in rows if r[0] == "toy_l1" and r[1] == "variant"]
     assert len(toy) == len(SUITES["quick"].presets[0].l0s)  # one row per L0 target
     for r in toy:
-        missing = [h for h, v in zip(heads, r) if v in ("-", "")]
-        assert not missing, f"empty columns for toy_l1: {missing}"
+        missing = {h for h, v in zip(heads, r) if v in ("-", "")}
+        assert missing == GROUP_COLUMNS, f"empty columns for toy_l1: {missing}"  # not a group variant
+    # blocktopk: every column filled, group stability among them; its wide baseline too (it has no pooling)
+    block = [r for r in rows if r[0] in ("blocktopk", "blocktopk wide")]
+    assert len(block) == 2 * len(toy)
+    for r in block:
+        missing = {h for h, v in zip(heads, r) if v in ("-", "")}
+        assert missing == (set() if r[1] == "variant" else {"pooled stability"}), f"empty columns for {r[0]}: {missing}"
     kinds = {r[1] for r in rows}
     assert {"variant", "baseline: bagging", "baseline: pooled SAE", "baseline: single SAE at bag width"} <= kinds
-    assert {r[0] for r in rows if r[1] == "variant"} == {"toy_l1", "topk"}
+    assert {r[0] for r in rows if r[1] == "variant"} == {"toy_l1", "topk", "blocktopk"}
     page = (bench / "leaderboard.html").read_text()
     assert "toy_l1" in page and page.count("onclick='sortTable(this)'") == len(heads) * len(toy)
     assert "data:image/png;base64," in page and (bench / "figures" / "pareto.png").stat().st_size > 1000
@@ -83,6 +113,11 @@ def test_plugin_variant_on_quick_leaderboard_every_column_filled(bench):
         assert abs(cell["l0"] / l0 - 1) < 0.3, (l0, cell["l0"], cell["calibration"])
         topk = json.loads((bench / "cells" / "tiny" / f"l0_{l0:g}" / "topk" / "bench.json").read_text())
         assert topk["k"] == round(l0) and abs(topk["l0"] - l0) < 0.05
+        # blocktopk is benched with groups of 2 latents: k = L0 / 2 groups (rounded), each decoding 2 latents
+        block = json.loads((bench / "cells" / "tiny" / f"l0_{l0:g}" / "blocktopk" / "bench.json").read_text())
+        assert block["k"] == round(l0 / 2) and block["n_groups"] == block["d_sae"] // 2
+        assert block["l0"] == pytest.approx(2 * block["k"], abs=0.05)
+        assert topk.get("group_stability") is None and 0.0 <= block["group_stability"] <= 1.0
 
 
 def test_leaderboard_numbers_equal_synthsae_analyze(bench):
@@ -96,6 +131,7 @@ def test_leaderboard_numbers_equal_synthsae_analyze(bench):
         ana = json.loads(res.output[res.output.index("{"):])
         assert row[key] == pytest.approx(ana["stability"]["mean"]["value"], abs=1e-12)
         assert row[key + "_null"] == pytest.approx(ana["stability"]["mean"]["baseline"], abs=1e-12)
+        assert row["per_seed"][key] == pytest.approx(ana["stability"]["per_seed_mean"], abs=1e-12)  # seed by seed
         if match == "maxcos":
             atoms = ana["truth"]["atoms"]["frac_recovered"]
             assert row["atom_recovery"] == pytest.approx(atoms["value"]) and row["atom_recovery_chance"] == pytest.approx(atoms["baseline"])
@@ -109,6 +145,35 @@ def test_leaderboard_numbers_equal_synthsae_analyze(bench):
     assert line[heads.index("stability maxcos")] == f"{row['stability']:.3f}"
     train = json.loads((cell / "train.json").read_text())["eval"]
     assert line[heads.index("EV")] == f"{1 - sum(train['fvu']) / len(train['fvu']):.3f}"
+    seeds = row["per_seed"]
+    assert seeds["init_seed"] == list(range(row["seeds"])) and seeds["l0"] == train["l0"]
+    for key in ("ev", "l0", "mcc", "dead_fraction"):  # the columns are the means of the per-seed numbers
+        assert len(seeds[key]) == row["seeds"] and sum(seeds[key]) / row["seeds"] == pytest.approx(row[key], abs=1e-9)
+
+
+NOT_NUMBERS = ("seconds", "throughput")  # wall-clock measurements: differ between any two runs
+
+
+def _numbers(d):
+    if isinstance(d, dict):
+        return {k: _numbers(v) for k, v in d.items() if not any(t in k for t in NOT_NUMBERS)}
+    return [_numbers(v) for v in d] if isinstance(d, list) else d
+
+
+def test_parallel_and_serial_bench_give_the_same_numbers(bench, bench_serial):
+    """--jobs 2 (worker processes) and --jobs 1 (this process): every stored number and every leaderboard cell of
+    the plug-in's rows agree exactly, wall-clock columns aside; the wide cells started from the same calibration."""
+    cells = sorted(p.relative_to(bench_serial) for p in bench_serial.glob("cells/*/*/*/bench.json"))
+    assert len(cells) == 4
+    for rel in cells:
+        assert _numbers(json.loads((bench / rel).read_text())) == _numbers(json.loads((bench_serial / rel).read_text())), rel
+    heads = [h for h, _, _ in COLUMNS]
+    keep = [i for i, h in enumerate(heads) if h not in ("tokens x seeds / s", "wall s")]
+
+    def toy_rows(folder):
+        return [[r[i] for i in keep] for r in md_rows((folder / "leaderboard.md").read_text()) if r[0].startswith("toy_l1")]
+
+    assert toy_rows(bench) == toy_rows(bench_serial) and len(toy_rows(bench)) == 8
 
 
 def test_killed_bench_resumes_without_retraining_stored_cells(bench, tmp_path, monkeypatch):
@@ -134,8 +199,8 @@ def test_killed_bench_resumes_without_retraining_stored_cells(bench, tmp_path, m
         return real(cfg, folder, **kw)
 
     monkeypatch.setattr(train_mod, "train_run", counting)
-    res = CliRunner().invoke(app, ["bench", "--variants", "toy_l1,topk", "--suite", "quick", "--out", str(out),
-                                   "--resume", "--quiet"])
+    res = CliRunner().invoke(app, ["bench", "--variants", VARIANTS, "--suite", "quick", "--out", str(out),
+                                   "--resume", "--quiet", "--jobs", "1"])
     assert res.exit_code == 0, res.output
     assert calls == [killed], calls  # its calibration probes were stored: only the killed training reruns
     for p, data in before.items():
@@ -143,15 +208,41 @@ def test_killed_bench_resumes_without_retraining_stored_cells(bench, tmp_path, m
     assert (out / "leaderboard.md").is_file() and (cells / "l0_6" / "topk" / "bench.json").is_file()
     # a second resume trains nothing at all
     calls.clear()
-    res = CliRunner().invoke(app, ["bench", "--variants", "topk", "--suite", "quick", "--out", str(out), "--resume", "--quiet"])
+    res = CliRunner().invoke(app, ["bench", "--variants", "topk", "--suite", "quick", "--out", str(out), "--resume",
+                                   "--quiet", "--jobs", "1"])
     assert res.exit_code == 0 and calls == []
     assert "toy_l1" in (out / "leaderboard.md").read_text()  # every stored cell stays on the board
+
+
+def test_killed_parallel_bench_resumes_in_workers(bench, tmp_path):
+    """The same kill, resumed with --jobs 2: only the killed cells are redone (stored training files and
+    calibration probes are byte for byte unchanged), and the resumed cells' numbers equal the uninterrupted run's."""
+    from cli import app
+
+    out = tmp_path / "b"
+    shutil.copytree(bench, out)
+    cells = out / "cells" / "tiny"
+    (cells / "l0_6" / "topk" / "bench.json").unlink()
+    killed = cells / "l0_6" / "toy_l1@wide"
+    for name in ("bench.json", "train.json"):
+        (killed / name).unlink()
+    shutil.rmtree(killed / "seeds")
+    keep = {p: p.read_bytes() for p in [*cells.glob("*/*/train.json"), *cells.glob("*/*/calibration/*/train.json")]}
+    res = CliRunner().invoke(app, ["bench", "--variants", VARIANTS, "--suite", "quick", "--out", str(out), "--resume",
+                                   "--quiet", "--jobs", "2"])
+    assert res.exit_code == 0, res.output
+    assert res.output.count(" done] ") == 2 and "trained 1 cell(s)" in res.output
+    for p, data in keep.items():
+        assert p.read_bytes() == data, p
+    for rel in ("l0_6/topk/bench.json", "l0_6/toy_l1@wide/bench.json"):
+        assert _numbers(json.loads((cells / rel).read_text())) == _numbers(json.loads((bench / "cells" / "tiny" / rel).read_text()))
 
 
 @pytest.mark.parametrize("args, field", [
     (["--suite", "huge"], "--suite"),
     (["--variants", "nope"], "--variants"),
     (["--variants", ","], "--variants"),
+    (["--jobs", "0"], "--jobs"),
 ])
 def test_bad_bench_flags_exit_2_with_one_line(tmp_path, args, field):
     from cli import app

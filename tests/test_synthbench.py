@@ -105,3 +105,70 @@ def test_bad_hierarchy_config_is_one_line():
         validate_truth(small(zipf_min_prob=0.5))
     with pytest.raises(ConfigError, match="truth.corr_rank"):
         validate_truth(dataclasses.replace(small(), corr_rank=2, cofire_groups=2, cofire_corr=0.3))
+
+
+def dense_reference(truth, n: int, gen: torch.Generator) -> torch.Tensor:
+    """The earlier sampler, kept as the reference: draw every component (copula included), then prune the trees
+    densely level by level (a child needs its parent; exclusive siblings: one drawn sibling kept uniformly)."""
+    import math
+
+    c = truth.n_components
+    thr = truth.draw_probs
+    F = truth.corr_factor
+    if F is not None:
+        shared = torch.randn(n, F.shape[1], generator=gen) @ F.T
+        z = torch.randn(n, c, generator=gen).mul_((1 - F.pow(2).sum(dim=1)).clamp_min(0).sqrt()).add_(shared)
+        active = z < torch.erfinv((2 * thr.double() - 1).clamp(-1, 1)).mul(math.sqrt(2)).to(z.dtype)
+    else:
+        active = torch.rand(n, c, generator=gen) < thr
+    cfg, nodes, B = truth.cfg, truth.hierarchy, truth.cfg.hierarchy_branching
+    h = active[:, nodes]
+    for (ps, pn), (cs, cn) in zip(hierarchy_levels(cfg)[:-1], hierarchy_levels(cfg)[1:]):
+        on = h[:, cs : cs + cn].view(n, pn, B) & h[:, ps : ps + pn, None]
+        if cfg.hierarchy_exclusive:
+            score = torch.rand(n, pn, B, generator=gen).masked_fill_(~on, -1.0)
+            on = on & (torch.arange(B) == score.argmax(dim=2, keepdim=True))
+        h[:, cs : cs + cn] = on.reshape(n, cn)
+    active[:, nodes] = h
+    return active
+
+
+def distribution_gap(a: torch.Tensor, b: torch.Tensor, top: torch.Tensor) -> tuple[float, float]:
+    """Two firing tables: the largest |z| of a two-sample test on any component's rate, and the largest |z| on
+    any co-firing rate among the `top` components (pairs)."""
+    def zmax(pa, pb, n):
+        pool = (pa + pb) / 2
+        se = (2 * pool * (1 - pool) / n).sqrt().clamp_min(1e-4)
+        return float(((pa - pb).abs() / se).max())
+
+    n = a.shape[0]
+    af, bf = a.float(), b.float()
+    pair = lambda t: (t[:, top].T @ t[:, top] / n)[~torch.eye(len(top), dtype=torch.bool)]  # noqa: E731
+    return zmax(af.mean(0), bf.mean(0), n), zmax(pair(af), pair(bf), n)
+
+
+@pytest.mark.parametrize("corr", [0, 5])
+def test_top_down_sampler_has_the_dense_samplers_distribution(corr):
+    """The tree children are drawn only under firing parents: same rates and co-firing as drawing everything and
+    pruning (the earlier sampler), with and without the low-rank copula; a different distribution (siblings not
+    exclusive) is told apart by the same check."""
+    n = 40000
+    truth = build_truth(small(corr_rank=corr, corr_scale=0.3))
+    new = sample(truth, n, make_generator(11)).active
+    ref = dense_reference(truth, n, make_generator(12))
+    top = torch.cat([tree(truth)[0], tree(truth)[1][:24]])  # roots and children: the hierarchy's co-firing
+    rate_z, pair_z = distribution_gap(new, ref, top)
+    assert rate_z < 5.0 and pair_z < 5.0, (rate_z, pair_z)
+    loose = sample(build_truth(small(corr_rank=corr, corr_scale=0.3, hierarchy_exclusive=False)), n, make_generator(13)).active
+    rate_z, pair_z = distribution_gap(loose, ref, top)
+    assert rate_z > 5.0 and pair_z > 5.0, (rate_z, pair_z)
+
+
+def test_sample_entries_are_the_firing_table_in_row_major_order():
+    """sample() works on the sampler's (row, component) list: it must be exactly the dense table's nonzeros."""
+    truth = build_truth(small(corr_rank=5, corr_scale=0.3))
+    from synthsae.truth import _fire
+
+    active, rows, cols = _fire(truth, 3000, make_generator(14))
+    r, c = torch.nonzero(active, as_tuple=True)
+    assert torch.equal(rows, r) and torch.equal(cols, c)

@@ -45,6 +45,16 @@ class BlockTopKSAE(TopKSAE):
     architecture "blocktopk" with `group_sizes` and a `note` on how to encode (SAELens has no group encoder).
     """
 
+    # `synthsae bench` trains it with pairs of latents (the smallest real group; 2 divides every suite's width) and
+    # k = L0 target / 2 groups: with groups of one it would be TopK exactly and add nothing to the board
+    bench_sae = {"group_size": 2, "group_sizes": []}
+
+    @staticmethod
+    def latents_per_k(cfg) -> float:
+        """Latents one unit of k turns on (bench: k for an L0 target): the mean group size."""
+        sizes = group_sizes(cfg)
+        return sum(sizes) / len(sizes)
+
     def __init__(self, cfg, d_in, init_seeds, device=None, dtype=torch.float32):
         sizes = group_sizes(cfg)
         if sum(sizes) != cfg.d_sae:
