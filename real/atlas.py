@@ -107,5 +107,5 @@ def atlas_of_real_run(run_dir: Path, atlas_cfg: AtlasConfig, device: str | None 
     scale = float(json.loads((run_dir / FINISHED).read_text())["norm_scaling_factor"])
     store = ActivationStore(run_dir / "acts")
     sae = load_sae_folders(seed_folders(run_dir)).to(resolve_device(device))
-    lm = load_model(cfg.collect.model)
+    lm = load_model(cfg.collect.model, device=sae.W_dec.device)  # the LM runs where the SAEs do
     return real_atlas(lm, sae, store, cfg, scale, run_dir, atlas_cfg, progress=progress)

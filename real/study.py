@@ -67,7 +67,9 @@ def run_real(cfg: RealConfig, out: str | Path, *, force: bool = False, lm=None, 
     prepare(cfg, out, force, write=False)
     t0 = time.perf_counter()
     log(f"[1/8] loading {cfg.collect.model}")
-    lm = lm or load_model(cfg.collect.model)
+    from synthsae.train import pick_device
+
+    lm = lm or load_model(cfg.collect.model, device=pick_device(cfg.train.device))  # the LM runs where the SAEs do
     check_layer(lm, cfg.collect.layer)
     if not collect_only:
         check_real_fits(cfg, lm)  # before anything is written
