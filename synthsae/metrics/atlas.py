@@ -25,7 +25,7 @@ from synthsae.metrics.subspaces import cluster_by_span, orthonormal_basis
 
 SCHEMA = "synthsae.atlas/2"  # 2: typed AtlasResult (synthsae.results), also metrics.json key "atlas"
 MAX_RHO = 0.99  # chained components are re-clustered at rho 0.95, 0.975, 0.9875, 0.99375, then given up
-CHAIN_TILING = 4  # a component with more than this many latents per seed per dimension of its span is a chain:
+CHAIN_TILING = 4  # an unheld component with more than this many latents per seed per span dimension is a chain:
 # on SmolLM2 (576 latents in 576 dims) one component of 1,301 latents (325 per seed) had energy rank 23, under
 # max_rank, and took 56% of the latents to the remainder as one unheld 'subspace'
 
@@ -204,7 +204,8 @@ def build_atlas(dec: Float[Tensor, "S m d"], alive: Tensor | None = None, cfg: A
                 continue
             U = energy_basis(Df[mem], mem // m, cfg.energy, cfg.seed_energy)
             per_seed = mem.numel() / torch.unique(mem // m).numel()
-            if U.shape[1] > max_rank or per_seed > CHAIN_TILING * U.shape[1]:
+            over_tiled = per_seed > CHAIN_TILING * U.shape[1] and sum(feature_holders(U.float(), D, cfg, alive)) < min_seeds
+            if U.shape[1] > max_rank or over_tiled:
                 if rho < MAX_RHO:
                     todo.append((mem, 1 - (1 - rho) / 2))
                 else:  # a chain that does not split: keep only its rank-1 directions matched across seeds
