@@ -176,19 +176,25 @@ def test_parallel_and_serial_bench_give_the_same_numbers(bench, bench_serial):
     assert toy_rows(bench) == toy_rows(bench_serial) and len(toy_rows(bench)) == 8
 
 
-def test_killed_bench_resumes_without_retraining_stored_cells(bench, tmp_path, monkeypatch):
-    from cli import app
-    import synthsae.train as train_mod
-
+def _killed_copy(bench: Path, tmp_path: Path) -> tuple[Path, Path, Path]:
+    """A copy of the quick bench as if killed after topk L0 6 trained but before it was measured, and while
+    toy_l1@wide at L0 6 was training: (bench folder, cells folder, the killed cell)."""
     out = tmp_path / "b"
     shutil.copytree(bench, out)
     cells = out / "cells" / "tiny"
-    # killed after topk L0 6 trained but before it was measured, and while toy_l1@wide at L0 6 was training
     (cells / "l0_6" / "topk" / "bench.json").unlink()
     killed = cells / "l0_6" / "toy_l1@wide"
     for name in ("bench.json", "train.json"):
         (killed / name).unlink()
     shutil.rmtree(killed / "seeds")
+    return out, cells, killed
+
+
+def test_killed_bench_resumes_without_retraining_stored_cells(bench, tmp_path, monkeypatch):
+    from cli import app
+    import synthsae.train as train_mod
+
+    out, cells, killed = _killed_copy(bench, tmp_path)
     (out / "leaderboard.md").unlink()
     before = {p: p.read_bytes() for p in cells.glob("*/*/train.json")}
     calls = []
@@ -219,14 +225,7 @@ def test_killed_parallel_bench_resumes_in_workers(bench, tmp_path):
     calibration probes are byte for byte unchanged), and the resumed cells' numbers equal the uninterrupted run's."""
     from cli import app
 
-    out = tmp_path / "b"
-    shutil.copytree(bench, out)
-    cells = out / "cells" / "tiny"
-    (cells / "l0_6" / "topk" / "bench.json").unlink()
-    killed = cells / "l0_6" / "toy_l1@wide"
-    for name in ("bench.json", "train.json"):
-        (killed / name).unlink()
-    shutil.rmtree(killed / "seeds")
+    out, cells, killed = _killed_copy(bench, tmp_path)
     keep = {p: p.read_bytes() for p in [*cells.glob("*/*/train.json"), *cells.glob("*/*/calibration/*/train.json")]}
     res = CliRunner().invoke(app, ["bench", "--variants", VARIANTS, "--suite", "quick", "--out", str(out), "--resume",
                                    "--quiet", "--jobs", "2"])
