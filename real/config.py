@@ -56,7 +56,7 @@ def _default() -> RealConfig:
     # CPU, under 20 minutes on 2 quiet cores, sized for convergence (measured 2026-11-26 on 416k tokens after block 6,
     # 4 seeds, lr 3e-3): the number of optimizer steps decides. 1152 latents, k 32, batch 2048, 4 passes: 9.5% of
     # live latents stable and still rising; 576, k 16, batch 2048: 25%, rising; batch 512, 4 passes: 44%; batch 512,
-    # 8 passes: 53% (mean stability 0.658 -> 0.676 over the last constant-lr stretch). Collection runs at ~3.7k
+    # 8 passes: 53% (mean stability 0.642 -> 0.658 over the last constant-lr stretch). Collection runs at ~3.7k
     # tokens/s, training on one thread at ~55k tokens x seeds/s.
     return RealConfig(
         preset="default",

@@ -47,8 +47,8 @@ def _verdict(title: str, claim: str, rule: str, checks: list[Check], why: str) -
 # ----------------------------------------------------------------------------------------------- convergence
 
 CONVERGENCE = ("Convergence",
-               "The SAEs converged: between the last two checkpoints the mean stability of live latents and the eval "
-               "FVU stopped moving, and the run has stable latents to study.")
+               "The SAEs converged: between the last two checkpoints at a constant learning rate the mean stability "
+               "of live latents and the eval FVU stopped moving, and the run has stable latents to study.")
 
 
 def _moved(a: float | None, b: float | None, rel: float, floor: float = 0.0) -> bool:
