@@ -61,22 +61,20 @@ def main() -> None:
             torch.baddbmm(sae.b_enc.detach().unsqueeze(1), xs, sae.W_enc.detach(), out=pre)
             sync(dev)
             enc.append(time.perf_counter() - t)
-        steps = []
-        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
-        with profile(activities=acts) as prof:
+        def timed_steps() -> list[float]:
+            out = []
             for _ in range(args.steps):
                 sync(dev)
                 t = time.perf_counter()
                 train_steps(sae, iter([x]), state.step + 1, tcfg, progress=False, state=state, log_every=10**9)
                 sync(dev)
-                steps.append(time.perf_counter() - t)
-        plain = []
-        for _ in range(args.steps):
-            sync(dev)
-            t = time.perf_counter()
-            train_steps(sae, iter([x]), state.step + 1, tcfg, progress=False, state=state, log_every=10**9)
-            sync(dev)
-            plain.append(time.perf_counter() - t)
+                out.append(time.perf_counter() - t)
+            return out
+
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+        with profile(activities=acts) as prof:
+            steps = timed_steps()
+        plain = timed_steps()
         e, st = min(enc), min(plain)
         print(f"\nS={S}: step {st * 1e3:.1f} ms (profiled {min(steps) * 1e3:.1f} ms), encoder matmul alone {e * 1e3:.1f} ms "
               f"-> step at {e / st:.0%} of the encoder-forward bound")

@@ -28,14 +28,9 @@ def configure_threads(batch: int, d_in: int, d_sae: int, device: torch.device | 
 
 
 @contextmanager
-def one_thread(device: torch.device | str = "cpu"):
-    """Run a CPU op on one intra-op thread. torch's parallel integer sort on 2 cores took 160 ms for 32k entries
-    when another process used the other core, against 0.3 ms on one thread (measured 2026-11-26)."""
+def _kept_threads():
+    """The intra-op thread count as it was, back after the block whatever the block set."""
     n = torch.get_num_threads()
-    if str(device).startswith("cuda") or n == 1:
-        yield
-        return
-    torch.set_num_threads(1)
     try:
         yield
     finally:
@@ -43,12 +38,21 @@ def one_thread(device: torch.device | str = "cpu"):
 
 
 @contextmanager
+def one_thread(device: torch.device | str = "cpu"):
+    """Run a CPU op on one intra-op thread. torch's parallel integer sort on 2 cores took 160 ms for 32k entries
+    when another process used the other core, against 0.3 ms on one thread (measured 2026-11-26)."""
+    if str(device).startswith("cuda") or torch.get_num_threads() == 1:
+        yield
+        return
+    with _kept_threads():
+        torch.set_num_threads(1)
+        yield
+
+
+@contextmanager
 def threads_for(batch: int, d_in: int, d_sae: int, device: torch.device | str):
     """configure_threads for a block of SAE work, then the previous thread count back (so a language model's
     forward passes after it keep theirs)."""
-    n = torch.get_num_threads()
-    configure_threads(batch, d_in, d_sae, device)
-    try:
+    with _kept_threads():
+        configure_threads(batch, d_in, d_sae, device)
         yield
-    finally:
-        torch.set_num_threads(n)

@@ -146,3 +146,33 @@ def test_batched_seeds_equal_separate_runs(variant):
         train_steps(alone, iter(batches), 25, tcfg, progress=False)
         for name, p in alone.state_dict().items():
             torch.testing.assert_close(together.state_dict()[name][i : i + 1], p, rtol=1e-5, atol=1e-6, msg=f"{variant} {name}")
+
+
+def test_stable_argsort_runs_on_one_thread_and_gives_the_thread_count_back(monkeypatch):
+    """The sparse code's sort runs on one CPU thread (the parallel sort stalls under contention), is stable, and
+    leaves torch's thread count as it was."""
+    from synthsae.sae.sparse import stable_argsort
+    from synthsae.threads import threads_for
+
+    n = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        seen = []
+        keys = torch.randint(0, 7, (500,), generator=torch.Generator().manual_seed(0))
+        real_sort = torch.sort
+        monkeypatch.setattr(torch, "sort", lambda *a, **kw: (seen.append(torch.get_num_threads()), real_sort(*a, **kw))[1])
+        perm = stable_argsort(keys)
+        monkeypatch.undo()
+        assert seen == [1]  # the sort itself ran on one thread
+        seen.clear()
+        assert torch.equal(perm, torch.sort(keys, stable=True).indices)
+        assert torch.equal(keys[perm], keys.sort().values)
+        for v in range(7):  # stable: equal keys keep their original order
+            idx = perm[keys[perm] == v]
+            assert torch.equal(idx, idx.sort().values)
+        assert torch.get_num_threads() == 2
+        with threads_for(16, 8, 8, "cpu"):  # a small problem: one thread inside ...
+            seen.append(torch.get_num_threads())
+        assert seen == [1] and torch.get_num_threads() == 2  # ... and two again after
+    finally:
+        torch.set_num_threads(n)
