@@ -131,6 +131,7 @@ def test_readout_head_gives_order_one_logits() -> None:
     assert 0.5 < std < 8
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available on this machine")
 def test_cuda_sampling_matches_statistics() -> None:
     truth = build_truth(preset("tiny").truth, device="cuda")
