@@ -143,8 +143,80 @@ def part_a(ctx: "Ctx", res: PartResult, limit: float) -> None:
 # ----------------------------------------------------------------------------------------------- part b
 
 
-def child_b(dry: bool, device: str) -> dict:
-    """Throughput rows and ceilings (run in its own process)."""
+def profile_top(fn, device, n: int = 12) -> list[dict]:
+    """The n ops with the most self time (CUDA time on a GPU) over one call of fn, as rows."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    ev = sorted(prof.key_averages(), key=lambda e: getattr(e, key, 0), reverse=True)[:n]
+    return [{"op": e.key[:60], "self_ms": getattr(e, key, 0) / 1e3, "cpu_self_ms": e.self_cpu_time_total / 1e3,
+             "calls": e.count} for e in ev]
+
+
+def child_profile(dry: bool, device: str, save) -> dict:
+    """Where a GPU-scale training step goes: sampling the truth (paper, synthbench16k) and one paper-shaped SAE
+    step, timed and profiled (the first device run's `paper` training took 54 ms per step)."""
+    import torch
+
+    from synthsae.config import SAEConfig, TrainConfig, preset
+    from synthsae.sae import build_sae
+    from synthsae.train import new_state, set_precision, train_steps
+    from synthsae.truth import build_truth, make_generator, sample
+
+    dev = torch.device(device)
+    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
+    out: dict = {"sampling": [], "step": {}}
+    B = 256 if dry else 4096
+    for name in ("tiny",) if dry else ("paper", "synthbench16k"):
+        t0 = time.perf_counter()
+        truth = build_truth(preset(name).truth, device=dev)
+        build_s = time.perf_counter() - t0
+        gen = make_generator(0, dev)
+        sample(truth, B, gen, details=False)
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(5):
+            sample(truth, B, gen, details=False)
+        sync()
+        per = (time.perf_counter() - t0) / 5
+        out["sampling"].append({"preset": name, "build_s": build_s, "batch": B, "batch_ms": per * 1e3,
+                                "samples_per_s": B / per,
+                                "top_ops": profile_top(lambda: sample(truth, B, gen, details=False), dev, 8)})
+        print(f"  sampling {name}: {per * 1e3:.1f} ms per batch of {B} (build {build_s:.1f} s)", flush=True)
+        save(out)
+    d, m, k, S, dtype = (32, 256, 4, 2, "float32") if dry else (768, 8192, 32, 8, "bfloat16")
+    cfg = SAEConfig(variant="topk", d_sae=m, k=k)
+    tcfg = TrainConfig(seeds=S, steps=10**6, batch_size=B, lr=1e-4, warmup_steps=0, dtype=dtype)
+    t0 = time.perf_counter()
+    sae = build_sae(cfg, d, list(range(S)), device=dev, dtype=torch.float32)
+    build_s = time.perf_counter() - t0
+    set_precision(sae, dtype)
+    x = torch.randn(B, d, device=dev)
+    state = new_state(sae, tcfg)
+    step = lambda: train_steps(sae, iter([x]), state.step + 1, tcfg, progress=False, state=state, log_every=10**9)  # noqa: E731
+    for _ in range(3):
+        step()
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(5):
+        step()
+    sync()
+    per = (time.perf_counter() - t0) / 5
+    out["step"] = {"d": d, "m": m, "k": k, "S": S, "batch": B, "dtype": dtype, "build_s": build_s, "step_ms": per * 1e3,
+                   "top_ops": profile_top(step, dev, 12)}
+    print(f"  paper-shaped step (S {S}, {dtype}): {per * 1e3:.1f} ms; SAE built in {build_s:.1f} s", flush=True)
+    save(out)
+    return out
+
+
+def child_b(dry: bool, device: str, save=lambda numbers: None) -> dict:
+    """Throughput rows and ceilings (run in its own process); `save` gets the numbers after every row."""
     import torch
 
     sys.path.insert(0, str(REPO / "benchmarks"))
@@ -157,12 +229,16 @@ def child_b(dry: bool, device: str) -> dict:
         sizes, B, S_list, dtype, steps, warmup, reps = ([(768, 16384, 32), (2304, 65536, 32), (2304, 65536, 64)],
                                                         4096, [1, 8], "bfloat16", 6, 3, 10)
     out: dict = {"batch": B, "train_dtype": dtype, "ceilings": [], "rows": [], "kernels": []}
+    out["profile"] = child_profile(dry, device, lambda p: save({**out, "profile": p}))
     ceil: dict = {}
     for d, m, _ in sizes:
         if (d, m) in ceil:
             continue
         ceil[(d, m)] = {p: matmul_ceiling(B, d, m, reps, dev, p) for p in ("bfloat16", "tf32", "float32")}
         out["ceilings"].append({"d": d, "m": m, **{f"{p}_tflops": v / 1e12 for p, v in ceil[(d, m)].items()}})
+        print(f"  ceilings d {d} m {m}: " + ", ".join(f"{p} {v / 1e12:.0f}" for p, v in ceil[(d, m)].items())
+              + " TFLOP/s", flush=True)
+        save(out)
     for d, m, k in sizes:
         bound = ceil[(d, m)][dtype] / (2 * d * m)  # tokens/s per seed if a step cost only its encoder forward
         for variant in ("topk", "batchtopk"):
@@ -170,6 +246,7 @@ def child_b(dry: bool, device: str) -> dict:
             for S in S_list:
                 if dev.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(dev)
+                t1 = time.perf_counter()
                 t = time_training(variant, list(range(S)), B, d, m, k, steps, warmup, device=dev, dtype=dtype)
                 one = t if S == 1 else one
                 peak = torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None
@@ -179,7 +256,11 @@ def child_b(dry: bool, device: str) -> dict:
                     "tokens_x_seeds_per_s": tps, "fraction_of_encoder_bound": tps / bound,
                     # sequential = S one-seed steps (each seed's step costs the same), measured as S x the S=1 median
                     "batched_over_sequential": (S * one / t) if one else None, "peak_gib": peak,
+                    "seconds_incl_build": time.perf_counter() - t1,
                 })
+                print(f"  {variant} d {d} m {m} k {k} S {S}: step {t * 1e3:.1f} ms ({time.perf_counter() - t1:.0f} s "
+                      "with the build)", flush=True)
+                save(out)
                 gc.collect()
                 if dev.type == "cuda":
                     torch.cuda.empty_cache()
@@ -201,14 +282,14 @@ def child_b(dry: bool, device: str) -> dict:
 def part_b(ctx: "Ctx", res: PartResult, limit: float) -> None:
     numbers, out, secs, rc = ctx.child("b", limit)
     res.seconds, res.output_tail = secs, tail(out)
-    res.numbers = numbers or {}
+    res.numbers = numbers or {}  # on a timeout: what the child had measured
     res.status = "timeout" if rc is None else ("ok" if rc == 0 and numbers else "failed")
 
 
 # ----------------------------------------------------------------------------------------------- part c
 
 
-def child_c_bench(dry: bool, work: str) -> dict:
+def child_c_bench(dry: bool, work: str, save=lambda numbers: None) -> dict:
     """synthbench16k cells at width 4096 and L0 25 (dry: tiny at L0 3), MCC of each seed's dictionary."""
     import torch
 
@@ -220,8 +301,8 @@ def child_c_bench(dry: bool, work: str) -> dict:
     if dry:
         spec, steps, seeds, l0 = PresetSpec("tiny", "tiny", (3.0,)), 100, 2, 3.0
     else:
-        spec, steps, seeds, l0 = PresetSpec("synthbench16k", "synthbench16k", (25.0,), sae=(("d_sae", 4096),)), 1500, 2, 25.0
-    suite = Suite("device_check", (spec,), seeds=seeds, steps=steps, max_probes=3, l0_tolerance=0.2, wide_seeds=1)
+        spec, steps, seeds, l0 = PresetSpec("synthbench16k", "synthbench16k", (25.0,), sae=(("d_sae", 4096),)), 500, 2, 25.0
+    suite = Suite("device_check", (spec,), seeds=seeds, steps=steps, max_probes=2, l0_tolerance=0.2, wide_seeds=1)
     rows = []
     for variant in ("matryoshka", "batchtopk", "jumprelu", "relu"):
         t0 = time.perf_counter()
@@ -245,6 +326,8 @@ def child_c_bench(dry: bool, work: str) -> dict:
             })
         except Exception as e:
             rows.append({"variant": variant, "error": f"{type(e).__name__}: {e}"[:400], "seconds": time.perf_counter() - t0})
+        print(f"  cell {variant}: {rows[-1].get('mcc', rows[-1].get('error'))} ({rows[-1]['seconds']:.0f} s)", flush=True)
+        save({"cells": rows})
     return {"cells": rows}
 
 
@@ -254,7 +337,7 @@ def part_c(ctx: "Ctx", res: PartResult, limit: float) -> None:
     if ctx.dry:
         args = ["--preset", "tiny", "--steps", "150", "--seeds", "2", "--device", "cpu"]
     else:
-        args = ["--preset", "paper", "--steps", "2000", "--device", "cuda", "--dtype", "bfloat16"]
+        args = ["--preset", "paper", "--steps", "400", "--device", "cuda", "--dtype", "bfloat16"]
     rc, out, stages = run_logged([sys.executable, "-m", "synthsae", "run", *args, "--out", run_dir, "--force", "--quiet"],
                                  limit * 0.5, ctx.log)
     end = time.perf_counter() - t0
@@ -438,6 +521,17 @@ def render_md(env: dict, results: list[PartResult], dry: bool) -> str:
         L += [f"- {x}" for x in r.notes]
         if r.part == "a" and n:
             L.append(f"pytest counts: {n.get('counts')}")
+        prof = n.get("profile") if r.part == "b" else None
+        if prof:
+            for smp in prof.get("sampling", []):
+                L += [f"Sampling `{smp['preset']}`: {smp['batch_ms']:.1f} ms per batch of {smp['batch']} "
+                      f"({smp['samples_per_s']:,.0f} samples/s; truth built in {smp['build_s']:.1f} s). Top ops: "
+                      + ", ".join(f"{o['op']} {o['self_ms']:.1f} ms x{o['calls']}" for o in smp["top_ops"][:6]), ""]
+            st = prof.get("step") or {}
+            if st:
+                L += [f"Paper-shaped step (d {st['d']}, m {st['m']}, k {st['k']}, S {st['S']}, batch {st['batch']}, "
+                      f"{st['dtype']}): {st['step_ms']:.1f} ms (SAE built in {st['build_s']:.1f} s). Top ops: "
+                      + ", ".join(f"{o['op']} {o['self_ms']:.1f} ms x{o['calls']}" for o in st["top_ops"][:8]), ""]
         if r.part == "b" and n.get("rows"):
             L += ["Ceilings (TFLOP/s of the encoder-shaped [B, d] x [d, m] matmul):", "",
                   "| d | m | bf16 | tf32 | fp32 |", "|---|---|---|---|---|"]
@@ -499,13 +593,15 @@ def main() -> int:
         import torch
 
         device = "cuda" if torch.cuda.is_available() and not args.dry_run else "cpu"
+        path = args.work / f"child_{args.child}.json"
+        save = lambda numbers: write_atomic(path, json.dumps(numbers, indent=1))  # noqa: E731  (kept if killed)
         if args.child == "b":
-            numbers = child_b(args.dry_run, device)
+            numbers = child_b(args.dry_run, device, save)
         elif args.child == "c_bench":
-            numbers = child_c_bench(args.dry_run, str(args.work))
+            numbers = child_c_bench(args.dry_run, str(args.work), save)
         else:
             raise SystemExit(f"--child: {args.child!r} is not a part")
-        write_atomic(args.work / f"child_{args.child}.json", json.dumps(numbers, indent=1))
+        save(numbers)
         return 0
     parts = [p for p in args.parts.split(",") if p]
     bad = [p for p in parts if p not in PARTS]

@@ -40,7 +40,7 @@ def convergence_point(sae, x_eval, cfg: RealConfig, step: int, tokens: int) -> d
 
     stab = latent_stability(sae, tau=cfg.analysis.tau, match="maxcos")
     freq, _ = latent_stats(sae, x_eval)
-    live = freq > 1e-5
+    live = (freq > 1e-5).to(stab.device)  # stability comes back on the CPU, the frequencies on the SAE's device
     cls = classify(stab, cfg.analysis.stable_cutoff, cfg.analysis.unstable_cutoff)
     acts = sae.encode(x_eval)
     x_hat = sae.decode(acts)

@@ -55,6 +55,19 @@ def env_world() -> Dist:
     return Dist(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
 
 
+def cuda_for_rank(device: torch.device, local_rank: int, n_devices: int) -> torch.device:
+    """The CUDA device of a rank: the one asked for, else cuda:LOCAL_RANK; a one-line error when the node has fewer
+    GPUs than ranks (NCCL needs one GPU per rank)."""
+    from synthsae.config import ConfigError
+
+    want = device if device.index is not None else torch.device("cuda", local_rank)
+    if want.index >= n_devices:
+        raise ConfigError(f"--device {device}: rank {local_rank} of this node needs cuda:{want.index} but the node has "
+                          f"{n_devices} CUDA device(s); run at most {n_devices} process(es) per node "
+                          f"(--nproc-per-node) or use --device cpu (gloo)")
+    return want
+
+
 def setup(device: torch.device) -> Dist:
     """Join the process group torchrun described (once per process); returns this rank's Dist.
 
@@ -67,7 +80,7 @@ def setup(device: torch.device) -> Dist:
         return Dist(dist.get_rank(), dist.get_world_size(), d.local_rank)
     timeout = timedelta(seconds=float(os.environ.get(TIMEOUT_ENV, "600")))
     if device.type == "cuda":
-        torch.cuda.set_device(device if device.index is not None else torch.device("cuda", d.local_rank))
+        torch.cuda.set_device(cuda_for_rank(device, d.local_rank, torch.cuda.device_count()))
         backend = "cpu:gloo,cuda:nccl"
     else:
         backend = "gloo"

@@ -21,7 +21,7 @@ from synthsae.config import load as load_config
 from synthsae.train import checkpoint_step, train_run
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIG = 'preset = "tiny"\n[train]\nsteps = {steps}\nbatch_size = 128\ncheckpoint_every = {every}\n[analysis]\neval_tokens = 2048\n'
+CONFIG = 'preset = "tiny"\n[train]\ndevice = "cpu"\nsteps = {steps}\nbatch_size = 128\ncheckpoint_every = {every}\n[analysis]\neval_tokens = 2048\n'
 
 
 def torchrun(n: int, *args: str, **popen) -> subprocess.Popen:
@@ -316,3 +316,16 @@ def test_run_under_torchrun_splits_pair_scores_and_rank0_reports(tmp_path):
     _, per = analyze_run(out, device="cpu")
     saved = load_file(str(out / LATENTS_FILE))
     assert torch.equal(saved["stability"], per["stability"]) and saved["stability"].shape == (3, 96)
+
+
+def test_more_ranks_than_gpus_is_a_one_line_error():
+    """NCCL needs a GPU per rank: rank 1 on a one-GPU node is refused in one line (seen on an H200 machine, where
+    `--device auto` under 2 ranks died with 'invalid device ordinal'), and rank 0 gets cuda:0."""
+    from synthsae.config import ConfigError
+    from synthsae.distributed import cuda_for_rank
+
+    assert cuda_for_rank(torch.device("cuda"), 0, 1) == torch.device("cuda", 0)
+    assert cuda_for_rank(torch.device("cuda", 0), 3, 1) == torch.device("cuda", 0)  # an explicit index is kept
+    with pytest.raises(ConfigError) as e:
+        cuda_for_rank(torch.device("cuda"), 1, 1)
+    assert "\n" not in str(e.value) and "--nproc-per-node" in str(e.value) and "--device cpu" in str(e.value)
