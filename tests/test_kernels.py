@@ -159,6 +159,21 @@ def test_row_topk_exact(S, B, n_blocks, k, ties, masked, seed):
 
 
 @needs_triton
+@pytest.mark.parametrize("m,k,block", [(4096, 2, 32), (2048, 1, 32), (1024, 3, 16), (256, 16, 16)])
+def test_row_topk_block_sizes(m, k, block):
+    """Larger blocks (chosen near sqrt(m / k)) give the same exact top-k; the chosen block is the expected one."""
+    from synthsae.sae.kernels import triton_sparse as ts
+
+    assert ts.topk_block(m, k) == block
+    pre = torch.randn(3, m, generator=torch.Generator().manual_seed(m + k))
+    pre[0, : m // 2] = float("-inf")
+    for b in sorted({16, block}):
+        vals, idx = ts.row_topk(pre.to(DEV), k, block=b)
+        assert torch.equal(vals.cpu(), torch.topk(pre, k, dim=-1).values)
+        assert torch.equal(pre.gather(-1, idx.cpu()), vals.cpu())
+
+
+@needs_triton
 @pytest.mark.parametrize("variant", ["topk", "batchtopk", "matryoshka"])
 def test_sae_step_same_gradients_under_triton(variant, monkeypatch):
     """A whole TopK-family forward + backward (selection, encoder gradient, decode, AuxK) gives the reference's loss

@@ -38,8 +38,8 @@ def random_topk_indices(S: int, B: int, m: int, k: int, device: torch.device, ge
     """Duplicate-free latent indices [S, B, k] without an [S, B, m] draw: entry j lies in its own stretch of m // k
     latents after a random per-row start (stretches are disjoint mod m)."""
     s = m // k
-    start = torch.randint(0, m, (S, B, 1), generator=gen, device="cpu").to(device)
-    jitter = torch.randint(0, s, (S, B, k), generator=gen, device="cpu").to(device)
+    start = torch.randint(0, m, (S, B, 1), generator=gen, device=device)
+    jitter = torch.randint(0, s, (S, B, k), generator=gen, device=device)
     return (start + torch.arange(k, device=device) * s + jitter) % m
 
 
@@ -59,11 +59,11 @@ def bench_decoder(S: int, B: int, m: int, d: int, k: int, device: str | torch.de
     from synthsae.sae.sparse import code_from_topk, sparse_decode
 
     dev = torch.device(device)
-    gen = torch.Generator().manual_seed(seed)
-    W = (torch.randn(S, m, d, generator=gen) / d**0.5).to(dev, dtype).requires_grad_(True)
+    gen = torch.Generator(device=dev).manual_seed(seed)  # drawn on the device: W is GBs at real sizes
+    W = (torch.randn(S, m, d, generator=gen, device=dev) / d**0.5).to(dtype).requires_grad_(True)
     idx = random_topk_indices(S, B, m, k, dev, gen)
-    vals = torch.rand(S * B * k, generator=gen).to(dev, dtype).requires_grad_(True)
-    g_out = torch.randn(S * B, d, generator=gen).to(dev, dtype)
+    vals = torch.rand(S * B * k, generator=gen, device=dev).to(dtype).requires_grad_(True)
+    g_out = torch.randn(S * B, d, generator=gen, device=dev).to(dtype)
     code = code_from_topk(idx, m)
 
     def forward() -> Tensor:
@@ -102,8 +102,8 @@ def bench_topk(S: int, B: int, m: int, k: int, device: str | torch.device = "cud
                repeats: int = 10, seed: int = 0) -> dict:
     """Row top-k of [S, B, m] pre-activations: torch.topk (unsorted) against the Triton block-maxima kernel."""
     dev = torch.device(device)
-    gen = torch.Generator().manual_seed(seed)
-    pre = torch.randn(S, B, m, generator=gen).to(dev, dtype)
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    pre = torch.randn(S, B, m, generator=gen, device=dev).to(dtype)
     res: dict = {"S": S, "B": B, "m": m, "k": k, "device": str(dev), "dtype": str(dtype).replace("torch.", ""),
                  "repeats": repeats}
     res["reference_ms"] = _timer(dev, lambda: torch.topk(pre, k, dim=-1, sorted=False), repeats)
@@ -117,3 +117,14 @@ def bench_topk(S: int, B: int, m: int, k: int, device: str | torch.device = "cud
         res["values_equal"] = bool(torch.equal(rv, tv.sort(dim=-1, descending=True).values))
         res["indices_point_at_values"] = bool(torch.equal(pre.gather(-1, ti), tv))
     return res
+
+
+if __name__ == "__main__":  # python -m synthsae.sae.kernels.bench S B m d k [device] [dtype]: one JSON line each
+    import json
+    import sys
+
+    S_, B_, m_, d_, k_ = (int(a) for a in sys.argv[1:6])
+    dev_ = sys.argv[6] if len(sys.argv) > 6 else ("cuda" if torch.cuda.is_available() else "cpu")
+    dt_ = getattr(torch, sys.argv[7]) if len(sys.argv) > 7 else torch.float32
+    print(json.dumps(bench_decoder(S_, B_, m_, d_, k_, device=dev_, dtype=dt_)))
+    print(json.dumps(bench_topk(S_, B_, m_, k_, device=dev_, dtype=dt_)))

@@ -14,7 +14,7 @@ import triton.language as tl
 from jaxtyping import Float, Int
 from torch import Tensor
 
-TOPK_BLOCK = 16  # entries per block of the top-k's block maxima (contiguous, one 64-byte line in float32)
+TOPK_BLOCK = 16  # smallest block of the top-k's block maxima (contiguous entries, one 64-byte line in float32)
 
 
 @triton.jit
@@ -127,12 +127,23 @@ def entry_dots(a: Float[Tensor, "n d"], a_idx: Int[Tensor, " nnz"], b: Float[Ten
     return out
 
 
-def row_topk(pre: Float[Tensor, "... m"], k: int) -> tuple[Tensor, Tensor]:
+def topk_block(m: int, k: int) -> int:
+    """Block size of the top-k: the power of two near sqrt(m / k) (balances the two in-register sorts, m / block
+    block maxima and k * block candidates), at least 16, dividing m and leaving at least k blocks."""
+    k_p2 = triton.next_power_of_2(k)
+    block = TOPK_BLOCK
+    while block < 256 and (2 * block) ** 2 * k_p2 <= m and m % (2 * block) == 0 and k <= m // (2 * block):
+        block *= 2
+    return block
+
+
+def row_topk(pre: Float[Tensor, "... m"], k: int, block: int | None = None) -> tuple[Tensor, Tensor]:
     """Exact top-k along the last dim (largest first); needs m % 16 == 0 and k <= m / 16 (else use torch.topk)."""
     m = pre.shape[-1]
-    nb = m // TOPK_BLOCK
-    if m % TOPK_BLOCK or k > nb or k < 1:
+    if m % TOPK_BLOCK or k > m // TOPK_BLOCK or k < 1:
         raise ValueError(f"row_topk needs m % {TOPK_BLOCK} == 0 and 1 <= k <= m / {TOPK_BLOCK}, got m = {m}, k = {k}")
+    block = block or topk_block(m, k)
+    nb = m // block
     lead = pre.shape[:-1]
     flat = pre.reshape(-1, m)
     if flat.stride(1) != 1:
@@ -144,6 +155,6 @@ def row_topk(pre: Float[Tensor, "... m"], k: int) -> tuple[Tensor, Tensor]:
         maxima = torch.empty(R, nb, dtype=torch.float32, device=pre.device)
         nb_p2 = triton.next_power_of_2(nb)
         k_p2 = min(triton.next_power_of_2(k), nb_p2)
-        _topk_kernel[(R,)](flat, maxima, vals, idx, m, nb, k, flat.stride(0), BLOCK=TOPK_BLOCK,
+        _topk_kernel[(R,)](flat, maxima, vals, idx, m, nb, k, flat.stride(0), BLOCK=block,
                            TILE=min(nb_p2, 256), NB_P2=nb_p2, K_P2=k_p2, num_warps=8 if nb_p2 >= 2048 else 4)
     return vals.view(*lead, k), idx.view(*lead, k)
