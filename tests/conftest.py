@@ -1,7 +1,15 @@
 """Shared test set-up: the shipped variants, and one torch thread (small problems on a shared 2-core machine)."""
 
+import os
+import sys
+
 import pytest
 import torch
+
+# The Triton kernels run on CPU tensors under Triton's interpreter, which must be chosen before triton is imported
+# (tests/test_kernels.py); on a CUDA machine they run compiled, on the GPU.
+if not torch.cuda.is_available() and "triton" not in sys.modules:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from synthsae.config import SAEConfig
 
@@ -27,3 +35,13 @@ def make_sae(S: int, d: int, m: int, variant: str, k: int = 4, seed: int = 0):
         sae.b_dec.copy_(0.3 * torch.randn(sae.b_dec.shape, generator=g))
         sae.b_enc.copy_(0.05 * torch.randn(sae.b_enc.shape, generator=g))
     return sae
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `cuda` skip, with the reason, where no CUDA device is at hand."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (none here)")
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(skip)

@@ -17,9 +17,9 @@ import warnings
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
+from synthsae.sae import kernels
 from synthsae.threads import one_thread
 
 _CHUNK_ELEMS = 1 << 22  # entries x d per chunk of the per-entry dot products (16 MB of float32)
@@ -66,6 +66,8 @@ def fast_topk(pre: Float[Tensor, "... m"], k: int) -> tuple[Tensor, Tensor]:
     m = pre.shape[-1]
     b = TOPK_BLOCK
     nb = m // b
+    if kernels.topk_fits(m, k) and kernels.use_triton(pre):  # CUDA: one read of the row, see kernels.triton_sparse
+        return kernels.row_topk_triton(pre, k)
     if pre.device.type != "cpu" or m % b or nb < 4 * k:
         return torch.topk(pre, k, dim=-1, sorted=False)
     lead = pre.shape[:-1]
@@ -133,7 +135,10 @@ _PSW_BACKWARD = getattr(torch.ops.aten, "_embedding_bag_per_sample_weights_backw
 
 def _entry_dots(grad: Tensor, W_flat: Tensor, code: SparseCode) -> Float[Tensor, " nnz"]:
     """dL/dv[e] = <grad[row_e], W_flat[col_e]>: a sampled dense-dense matmul on the code's CSR pattern (CPU: 2x faster
-    than ATen's embedding-bag per-sample-weights kernel, measured), else that kernel, else chunked dot products."""
+    than ATen's embedding-bag per-sample-weights kernel, measured), else that kernel, else chunked dot products;
+    the Triton kernel where synthsae.sae.kernels selects it (CUDA)."""
+    if kernels.use_triton(grad):
+        return kernels.entry_dots_triton(grad, code.rows, W_flat, code.cols)
     if grad.device.type == "cpu" and grad.dtype in (torch.float32, torch.float64):
         try:
             nnz = code.cols.numel()
@@ -156,7 +161,7 @@ def _entry_dots(grad: Tensor, W_flat: Tensor, code: SparseCode) -> Float[Tensor,
 def _bag_by_col(code: SparseCode, weights: Tensor, table: Tensor, table_rows: Tensor) -> Float[Tensor, "Sm d"]:
     """sum over each latent's entries e of weights[e] * table[table_rows[e]]: CSR^T @ table in O(nnz * d)."""
     perm, offs = code.by_col()
-    return F.embedding_bag(table_rows[perm], table, offs, mode="sum", per_sample_weights=weights[perm])
+    return kernels.bag(table_rows[perm], table, offs, weights[perm])
 
 
 class _GatherPre(torch.autograd.Function):
@@ -195,7 +200,7 @@ class _SparseDecode(torch.autograd.Function):
         W_flat = W_dec.reshape(S * m, d)
         ctx.save_for_backward(vals, W_dec)
         ctx.code = code
-        return F.embedding_bag(code.cols, W_flat, code.offsets, mode="sum", per_sample_weights=vals)
+        return kernels.bag(code.cols, W_flat, code.offsets, vals)
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]

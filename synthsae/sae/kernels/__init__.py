@@ -1,0 +1,130 @@
+"""Run-time choice between the reference sparse ops (ATen: embedding_bag, sampled matmul, torch.topk) and the Triton
+kernels of `triton_sparse`, which serve the same three calls on CUDA.
+
+SYNTHSAE_KERNELS (read at every call, so a test or the device check can switch it):
+  auto (default)  Triton for CUDA tensors when triton imports, else the reference;
+  reference       always the reference (the fallback, and what the kernels are tested against);
+  triton          Triton for CUDA tensors, and for CPU tensors when TRITON_INTERPRET=1 (the interpreter; tests).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from synthsae.config import ConfigError
+
+MODES = ("auto", "reference", "triton")
+ENV = "SYNTHSAE_KERNELS"
+_triton_error: str | None = None
+
+
+def mode() -> str:
+    """The kernel choice from SYNTHSAE_KERNELS (one-line error for any other value)."""
+    v = os.environ.get(ENV, "auto").strip().lower() or "auto"
+    if v not in MODES:
+        raise ConfigError(f"{ENV} = {v!r} is not one of {', '.join(MODES)}")
+    return v
+
+
+def triton_available() -> bool:
+    """True when the Triton kernels import (the first failure's reason is kept in `triton_unavailable_reason`)."""
+    global _triton_error
+    if _triton_error is not None:
+        return False
+    try:
+        from synthsae.sae.kernels import triton_sparse  # noqa: F401
+    except Exception as e:  # ImportError, or a triton that fails to initialise
+        _triton_error = f"{type(e).__name__}: {e}"
+        return False
+    return True
+
+
+def triton_unavailable_reason() -> str | None:
+    """Why the Triton kernels could not be used (None when they can or have not been tried)."""
+    return _triton_error
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def use_triton(t: Tensor) -> bool:
+    """Whether ops on tensor `t` go to the Triton kernels under the present mode."""
+    v = mode()
+    if v == "reference":
+        return False
+    if t.device.type == "cuda":
+        if v == "triton" and not triton_available():
+            raise ConfigError(f"{ENV} = triton but triton cannot be used: {_triton_error}")
+        return triton_available()
+    if v == "triton" and _interpreting():
+        if not triton_available():
+            raise ConfigError(f"{ENV} = triton but triton cannot be used: {_triton_error}")
+        return True
+    return False
+
+
+@contextlib.contextmanager
+def forced(choice: str) -> Iterator[None]:
+    """Run a block under SYNTHSAE_KERNELS = choice (restored afterwards)."""
+    if choice not in MODES:
+        raise ConfigError(f"kernel choice {choice!r} is not one of {', '.join(MODES)}")
+    old = os.environ.get(ENV)
+    os.environ[ENV] = choice
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(ENV, None)
+        else:
+            os.environ[ENV] = old
+
+
+def bag(idx: Tensor, table: Tensor, offsets: Tensor, weights: Tensor) -> Tensor:
+    """Weighted row sums per bag: embedding_bag(mode="sum", per_sample_weights=weights), Triton on CUDA."""
+    if use_triton(table):
+        from synthsae.sae.kernels import triton_sparse
+
+        return triton_sparse.bag(idx, table, offsets, weights)
+    return F.embedding_bag(idx, table, offsets, mode="sum", per_sample_weights=weights)
+
+
+def entry_dots_triton(a: Tensor, a_idx: Tensor, b: Tensor, b_idx: Tensor) -> Tensor:
+    """out[e] = <a[a_idx[e]], b[b_idx[e]]> by the Triton kernel (callers check `use_triton` first)."""
+    from synthsae.sae.kernels import triton_sparse
+
+    return triton_sparse.entry_dots(a, a_idx, b, b_idx)
+
+
+def topk_fits(m: int, k: int) -> bool:
+    """Whether the Triton top-k handles this width (m a multiple of 16 with at least k blocks)."""
+    return m % 16 == 0 and 1 <= k <= m // 16
+
+
+def row_topk_triton(pre: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Top-k along the last dim by the Triton kernel (values largest first); callers check `use_triton`."""
+    from synthsae.sae.kernels import triton_sparse
+
+    return triton_sparse.row_topk(pre, k)
+
+
+def bench_decoder(S: int, B: int, m: int, d: int, k: int, device: str = "cuda", dtype: torch.dtype = torch.float32,
+                  repeats: int = 10) -> dict:
+    """Time the sparse decoder forward + backward, reference against Triton (see synthsae.sae.kernels.bench)."""
+    from synthsae.sae.kernels.bench import bench_decoder as run
+
+    return run(S, B, m, d, k, device=device, dtype=dtype, repeats=repeats)
+
+
+def bench_topk(S: int, B: int, m: int, k: int, device: str = "cuda", dtype: torch.dtype = torch.float32,
+               repeats: int = 10) -> dict:
+    """Time the row top-k, torch.topk against Triton (see synthsae.sae.kernels.bench)."""
+    from synthsae.sae.kernels.bench import bench_topk as run
+
+    return run(S, B, m, k, device=device, dtype=dtype, repeats=repeats)

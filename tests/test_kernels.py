@@ -1,0 +1,252 @@
+"""Triton kernels of the sparse code against the reference ops (ATen) and against float64.
+
+Where no GPU is at hand they run on CPU tensors under Triton's interpreter (tests/conftest.py sets
+TRITON_INTERPRET=1 before triton is imported); with CUDA they run compiled on the GPU. Skipped with the reason when
+triton is not installed.
+
+Tolerance: the kernels sum in a different order than ATen (a tile reduction, not a sequential loop), so fp32 results
+are not bit-identical. Each is checked against the float64 result with the standard bound for a float32 sum of n
+products, |error| <= (n + 2) * eps32 * sum |terms| elementwise (a wrong index, weight or row breaks it by orders of
+magnitude; it allows only rounding). The top-k has no rounding: its values must equal torch.topk's exactly.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from synthsae.config import ConfigError
+from synthsae.sae import kernels
+from synthsae.sae.sparse import code_from_rows_cols, code_from_topk, fast_topk, sparse_decode
+
+EPS32 = torch.finfo(torch.float32).eps
+
+
+def _device() -> str | None:
+    if not kernels.triton_available():
+        return None
+    if torch.cuda.is_available():
+        return "cuda"
+    return "cpu" if kernels._interpreting() else None
+
+
+DEV = _device()
+REASON = (f"triton unavailable ({kernels.triton_unavailable_reason()})" if not kernels.triton_available()
+          else "no CUDA and TRITON_INTERPRET is not set (triton was imported before tests/conftest.py could set it)")
+needs_triton = pytest.mark.skipif(DEV is None, reason=REASON)
+PROP = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def _distinct_idx(S: int, B: int, m: int, k: int, gen: torch.Generator) -> torch.Tensor:
+    """Duplicate-free latent indices per token [S, B, k] (a random permutation's first k)."""
+    return torch.stack([torch.randperm(m, generator=gen)[:k] for _ in range(S * B)]).view(S, B, k)
+
+
+def _bound(n: int, abs_result: torch.Tensor) -> torch.Tensor:
+    """Rounding bound of a float32 sum of n products whose absolute values sum to abs_result."""
+    return (n + 2) * EPS32 * abs_result
+
+
+def _decode_problem(S, B, m, d, k, zero_frac, seed):
+    gen = torch.Generator().manual_seed(seed)
+    W = torch.randn(S, m, d, generator=gen)
+    vals = torch.rand(S * B * k, generator=gen) * 3 - 1
+    vals[torch.rand(S * B * k, generator=gen) < zero_frac] = 0.0
+    g_out = torch.randn(S * B, d, generator=gen)
+    return W, vals, g_out, code_from_topk(_distinct_idx(S, B, m, k, gen), m)
+
+
+def _decode_grads(W, vals, g_out, code, choice, dtype=torch.float32):
+    W = W.to(DEV, dtype).clone().requires_grad_(True)
+    v = vals.to(DEV, dtype).clone().requires_grad_(True)
+    with kernels.forced(choice):
+        out = sparse_decode(v, W, code)
+        out.backward(g_out.to(DEV, dtype))
+    return out.detach().double().cpu(), v.grad.double().cpu(), W.grad.double().cpu()
+
+
+def _to(code, dev):
+    """The same code on device `dev`."""
+    return type(code)(rows=code.rows.to(dev), cols=code.cols.to(dev), offsets=code.offsets.to(dev), n_rows=code.n_rows,
+                      n_cols=code.n_cols, per_row=code.per_row)
+
+
+def _exact(W, vals, g_out, code):
+    """float64 forward and gradients, and the same sums over absolute values (for the bound)."""
+    S, m, d = W.shape
+    Wf = W.double().reshape(S * m, d)
+    dense = torch.zeros(code.n_rows, S * m, dtype=torch.float64)
+    dense[code.rows, code.cols] = vals.double()
+    out, g_v, g_W = dense @ Wf, (g_out.double() @ Wf.t())[code.rows, code.cols], dense.t() @ g_out.double()
+    a = dense.abs()
+    abs_out, abs_gv, abs_gW = a @ Wf.abs(), (g_out.double().abs() @ Wf.abs().t())[code.rows, code.cols], a.t() @ g_out.double().abs()
+    return (out, g_v, g_W.view(S, m, d)), (abs_out, abs_gv, abs_gW.view(S, m, d))
+
+
+@needs_triton
+@PROP
+@given(S=st.integers(1, 3), B=st.integers(1, 6), m=st.integers(1, 48), d=st.integers(1, 40), k=st.integers(1, 8),
+       zero_frac=st.sampled_from([0.0, 0.3, 1.0]), seed=st.integers(0, 2**16))
+def test_sparse_decode_forward_backward_agree(S, B, m, d, k, zero_frac, seed):
+    """Triton and the reference give the float64 result within the fp32 rounding bound, forward and backward, at
+    any (S, B, m, d, k) incl. k = 1 and all-zero values; duplicate-free indices per token as TopK makes them."""
+    k = min(k, m)
+    W, vals, g_out, code = _decode_problem(S, B, m, d, k, zero_frac, seed)
+    exact, absval = _exact(W, vals, g_out, code)
+    counts = torch.bincount(code.cols, minlength=code.n_cols)
+    n_terms = (k, d, int(counts.max()))
+    dcode = _to(code, DEV)
+    tri = _decode_grads(W, vals, g_out, dcode, "triton")
+    ref = _decode_grads(W, vals, g_out, dcode, "reference")
+    for name, t, r, e, a, n in zip(("out", "grad values", "grad W_dec"), tri, ref, exact, absval, n_terms):
+        assert ((t - e).abs() <= _bound(n, a)).all(), f"triton {name}: max error {(t - e).abs().max():.3g}"
+        assert ((r - e).abs() <= _bound(n, a)).all(), f"reference {name}: max error {(r - e).abs().max():.3g}"
+    if zero_frac == 1.0:
+        assert (tri[0] == 0).all() and (tri[2] == 0).all()
+
+
+@needs_triton
+@PROP
+@given(n_rows=st.integers(1, 12), n_cols=st.integers(1, 30), d=st.integers(1, 20), nnz=st.integers(0, 60),
+       seed=st.integers(0, 2**16))
+def test_bag_with_uneven_and_empty_rows(n_rows, n_cols, d, nnz, seed):
+    """BatchTopK codes: rows with any number of entries, empty rows included; the bag and the per-entry dots agree."""
+    gen = torch.Generator().manual_seed(seed)
+    pairs = torch.randperm(n_rows * n_cols, generator=gen)[: min(nnz, n_rows * n_cols)]
+    code, _ = code_from_rows_cols(pairs // n_cols, pairs % n_cols, n_rows, n_cols)
+    w = torch.randn(pairs.numel(), generator=gen)
+    table = torch.randn(n_cols, d, generator=gen)
+    grad = torch.randn(n_rows, d, generator=gen)
+    from synthsae.sae.kernels import triton_sparse as ts
+
+    got = ts.bag(code.cols.to(DEV), table.to(DEV), code.offsets.to(DEV), w.to(DEV)).double().cpu()
+    ref = F.embedding_bag(code.cols, table, code.offsets, mode="sum", per_sample_weights=w).double()
+    dense = torch.zeros(n_rows, n_cols, dtype=torch.float64)
+    dense[code.rows, code.cols] = w.double()
+    exact, a = dense @ table.double(), dense.abs() @ table.double().abs()
+    n = int(torch.bincount(code.rows, minlength=n_rows).max()) if pairs.numel() else 0
+    assert ((got - exact).abs() <= _bound(n, a)).all() and ((ref - exact).abs() <= _bound(n, a)).all()
+    dots = ts.entry_dots(grad.to(DEV), code.rows.to(DEV), table.to(DEV), code.cols.to(DEV)).double().cpu()
+    e = (grad.double()[code.rows] * table.double()[code.cols]).sum(1)
+    ae = (grad.double()[code.rows].abs() * table.double()[code.cols].abs()).sum(1)
+    assert ((dots - e).abs() <= _bound(d, ae)).all()
+
+
+@needs_triton
+@PROP
+@given(S=st.integers(1, 3), B=st.integers(1, 5), n_blocks=st.integers(1, 24), k=st.integers(1, 24),
+       ties=st.booleans(), masked=st.floats(0.0, 1.0), seed=st.integers(0, 2**16))
+def test_row_topk_exact(S, B, n_blocks, k, ties, masked, seed):
+    """The Triton top-k returns torch.topk's values exactly, indices that point at them and are distinct per row,
+    and torch.topk's index set wherever values are distinct; with ties (small integers), zeros and -inf masks."""
+    m, k = 16 * n_blocks, min(k, n_blocks)
+    gen = torch.Generator().manual_seed(seed)
+    pre = (torch.randint(-3, 4, (S, B, m), generator=gen).float() if ties else torch.randn(S, B, m, generator=gen))
+    pre[torch.rand(S, B, m, generator=gen) < masked * 0.9] = float("-inf")
+    vals, idx = kernels.row_topk_triton(pre.to(DEV), k)
+    vals, idx = vals.cpu(), idx.cpu()
+    ref_v, ref_i = torch.topk(pre, k, dim=-1)
+    assert torch.equal(vals.sort(-1, descending=True).values, ref_v)
+    assert torch.equal(pre.gather(-1, idx), vals)
+    assert (idx.sort(-1).values.diff(dim=-1) > 0).all()
+    if not ties and masked == 0.0:
+        assert torch.equal(idx.sort(-1).values, ref_i.sort(-1).values)
+
+
+@needs_triton
+@pytest.mark.parametrize("m,k,block", [(4096, 2, 32), (2048, 1, 32), (1024, 3, 16), (256, 16, 16)])
+def test_row_topk_block_sizes(m, k, block):
+    """Larger blocks (chosen near sqrt(m / k)) give the same exact top-k; the chosen block is the expected one."""
+    from synthsae.sae.kernels import triton_sparse as ts
+
+    assert ts.topk_block(m, k) == block
+    pre = torch.randn(3, m, generator=torch.Generator().manual_seed(m + k))
+    pre[0, : m // 2] = float("-inf")
+    for b in sorted({16, block}):
+        vals, idx = ts.row_topk(pre.to(DEV), k, block=b)
+        assert torch.equal(vals.cpu(), torch.topk(pre, k, dim=-1).values)
+        assert torch.equal(pre.gather(-1, idx.cpu()), vals.cpu())
+
+
+@needs_triton
+@pytest.mark.parametrize("variant", ["topk", "batchtopk", "matryoshka"])
+def test_sae_step_same_gradients_under_triton(variant, monkeypatch):
+    """A whole TopK-family forward + backward (selection, encoder gradient, decode, AuxK) gives the reference's loss
+    and gradients with the Triton kernels: atol 1e-5 of each gradient's scale (fp32 sums of <= B * k terms)."""
+    from conftest import make_sae
+
+    torch.manual_seed(0)
+    x = torch.randn(12, 8)
+    results = {}
+    for choice in ("reference", "triton"):
+        sae = make_sae(2, 8, 64, variant, k=4).to(DEV)
+        dead = torch.zeros(2, 64, dtype=torch.bool, device=DEV)
+        dead[:, ::3] = True
+        with kernels.forced(choice):
+            out = sae(x.to(DEV), dead=dead)
+            out.loss.sum().backward()
+        results[choice] = (out.loss.detach().cpu(), {n: p.grad.detach().cpu() for n, p in sae.named_parameters()})
+    (l_ref, g_ref), (l_tri, g_tri) = results["reference"], results["triton"]
+    torch.testing.assert_close(l_tri, l_ref, rtol=1e-5, atol=1e-6)
+    for n in g_ref:
+        scale = float(g_ref[n].abs().max()) or 1.0
+        torch.testing.assert_close(g_tri[n], g_ref[n], rtol=1e-4, atol=1e-5 * scale, msg=f"gradient of {n}")
+
+
+@needs_triton
+def test_fast_topk_dispatches_to_triton_only_when_told(monkeypatch):
+    """Under SYNTHSAE_KERNELS=reference the Triton top-k is never called; under triton it is, where the width fits."""
+    calls = []
+    real = kernels.row_topk_triton
+    monkeypatch.setattr(kernels, "row_topk_triton", lambda pre, k: calls.append(k) or real(pre, k))
+    pre = torch.randn(3, 64, device=DEV)
+    with kernels.forced("reference"):
+        fast_topk(pre, 4)
+    assert calls == []
+    with kernels.forced("triton"):
+        v, i = fast_topk(pre, 4)
+        fast_topk(pre, 5)  # 5 > 64 / 16 blocks: the reference path
+    assert calls == [4]
+    assert torch.equal(pre.gather(-1, i), v)
+
+
+def test_kernel_choice_is_validated(monkeypatch):
+    """An unknown SYNTHSAE_KERNELS value is refused in one line naming the allowed values; reference never uses triton."""
+    monkeypatch.setenv(kernels.ENV, "fast")
+    with pytest.raises(ConfigError, match="SYNTHSAE_KERNELS = 'fast' is not one of auto, reference, triton"):
+        kernels.mode()
+    monkeypatch.setenv(kernels.ENV, "reference")
+    assert not kernels.use_triton(torch.zeros(1))
+    monkeypatch.setenv(kernels.ENV, "auto")
+    assert not kernels.use_triton(torch.zeros(1))  # auto on CPU: the reference, interpreter or not
+
+
+@needs_triton
+def test_bench_functions_report_both_paths():
+    """bench_decoder / bench_topk time both paths at one shape and report that they agree."""
+    r = kernels.bench_decoder(2, 8, 64, 24, 4, device=DEV, repeats=1)
+    assert r["triton_skipped"] is None and r["reference_ms"] > 0 and r["triton_ms"] > 0
+    assert r["max_abs_diff_out"] < 1e-5 and r["max_abs_diff_grad_W_dec"] < 1e-5 and r["max_abs_diff_grad_values"] < 1e-5
+    t = kernels.bench_topk(2, 8, 128, 4, device=DEV, repeats=1)
+    assert t["values_equal"] and t["indices_point_at_values"]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_kernels_on_cuda_at_real_size(dtype):
+    """On the GPU at a training size (S 2, B 4096, m 16384, d 768, k 32): decode forward/backward and top-k agree
+    with the reference (fp32: 1e-4 of the scale; bf16 storage: 2e-2, both accumulate in fp32 but round outputs)."""
+    if not kernels.triton_available():
+        pytest.skip(f"triton unavailable: {kernels.triton_unavailable_reason()}")
+    r = kernels.bench_decoder(2, 4096, 16384, 768, 32, device="cuda", dtype=dtype, repeats=2)
+    tol = 1e-4 if dtype == torch.float32 else 2e-2
+    assert r["triton_skipped"] is None
+    assert r["max_abs_diff_out"] < tol and r["max_abs_diff_grad_values"] < tol * 10
+    assert r["max_abs_diff_grad_W_dec"] < tol * 10
+    t = kernels.bench_topk(2, 4096, 16384, 32, device="cuda", dtype=dtype, repeats=2)
+    assert t["values_equal"] and t["indices_point_at_values"]
