@@ -42,7 +42,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 PARTS = ("a", "b", "c", "d", "e")
 ORDER = ("a", "b", "e", "d", "c")  # c is the longest and takes what is left
-SHARE = {"a": 60, "b": 110, "e": 50, "d": 110, "c": 170}  # seconds each part may take at most (GPU sizes)
+SHARE = {"a": 50, "b": 110, "e": 45, "d": 90, "c": 150}  # seconds each part may take at most (GPU sizes)
 STAGE = re.compile(r"^\[(\d+)/(\d+)\]\s*(.*)")
 # SynthSAEBench's published MCC at width 4096, L0 25, after 200M samples (the table).
 PUBLISHED_MCC = {"matryoshka": 0.793, "batchtopk": 0.757, "jumprelu": 0.753, "relu": 0.604}
@@ -230,6 +230,27 @@ def child_b(dry: bool, device: str, save=lambda numbers: None) -> dict:
                                                         4096, [1, 8], "bfloat16", 6, 3, 10)
     out: dict = {"batch": B, "train_dtype": dtype, "ceilings": [], "rows": [], "kernels": []}
     out["profile"] = child_profile(dry, device, lambda p: save({**out, "profile": p}))
+    try:
+        from synthsae.sae import kernels  # the CUDA kernels (Triton); absent on older checkouts
+    except ImportError as e:
+        out["kernels_note"] = f"no kernel module: {e}"
+    else:
+        for d, m, k in sizes:
+            for S in S_list[-1:]:
+                row: dict = {"d": d, "m": m, "k": k, "S": S}
+                for name, fn in (("decoder", lambda: kernels.bench_decoder(S=S, B=B, m=m, d=d, k=k, device=dev,
+                                                                           dtype=torch.float32)),
+                                 ("topk", lambda: kernels.bench_topk(S=S, B=B, m=m, k=k, device=dev, dtype=torch.float32))):
+                    try:
+                        row[name] = fn()
+                    except Exception as e:  # recorded, not fatal: the point is to learn what breaks
+                        row[name] = {"error": f"{type(e).__name__}: {e}"[:300]}
+                out["kernels"].append(row)
+                print(f"  kernels d {d} m {m} k {k} S {S}: {json.dumps(row)[:300]}", flush=True)
+                save(out)
+                gc.collect()
+                if dev.type == "cuda":
+                    torch.cuda.empty_cache()
     ceil: dict = {}
     for d, m, _ in sizes:
         if (d, m) in ceil:
@@ -264,18 +285,6 @@ def child_b(dry: bool, device: str, save=lambda numbers: None) -> dict:
                 gc.collect()
                 if dev.type == "cuda":
                     torch.cuda.empty_cache()
-    try:
-        from synthsae.sae import kernels  # the CUDA kernels (Triton); absent on older checkouts
-    except ImportError as e:
-        out["kernels_note"] = f"no kernel module: {e}"
-    else:
-        for d, m, k in sizes:
-            for S in S_list[-1:]:
-                try:
-                    out["kernels"].append({"d": d, "m": m, "k": k, "S": S,
-                                           **kernels.bench_decoder(S=S, B=B, m=m, d=d, k=k, device=dev, dtype=torch.float32)})
-                except Exception as e:  # recorded, not fatal: the point is to learn what breaks
-                    out["kernels"].append({"d": d, "m": m, "k": k, "S": S, "error": f"{type(e).__name__}: {e}"[:300]})
     return out
 
 
@@ -547,7 +556,20 @@ def render_md(env: dict, results: list[PartResult], dry: bool) -> str:
                 L.append(f"| {w['variant']} | {w['d']} | {w['m']} | {w['k']} | {w['S']} | {w['step_ms']:.1f} | "
                          f"{w['tokens_x_seeds_per_s']:,.0f} | {w['fraction_of_encoder_bound']:.0%} | {bos} | {peak} |")
             if n.get("kernels"):
-                L += ["", "Sparse-decoder kernels: " + "; ".join(json.dumps(k) for k in n["kernels"])]
+                f = lambda v: f"{v:.2f}" if isinstance(v, (int, float)) else "-"  # noqa: E731
+                L += ["", "Kernels (float32; reference = the ATen path, triton = synthsae.sae.kernels; forward + backward "
+                      "for the decoder):", "", "| d | m | k | S | decoder ref ms | decoder triton ms | speed-up | max abs diff "
+                      "| top-k ref ms | top-k triton ms | speed-up | top-k equal |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                for kr in n["kernels"]:
+                    dc, tk = kr.get("decoder", {}), kr.get("topk", {})
+                    diff = max((v for key, v in dc.items() if key.startswith("max_abs_diff")), default=None)
+                    L.append(f"| {kr['d']} | {kr['m']} | {kr['k']} | {kr['S']} | {f(dc.get('reference_ms'))} | "
+                             f"{f(dc.get('triton_ms'))} | {f(dc.get('speedup'))} | {diff if diff is not None else '-'} | "
+                             f"{f(tk.get('reference_ms'))} | {f(tk.get('triton_ms'))} | {f(tk.get('speedup'))} | "
+                             f"{tk.get('values_equal', '-')} |")
+                    for name, r_ in (("decoder", dc), ("top-k", tk)):
+                        if r_.get("error") or r_.get("triton_skipped"):
+                            L.append(f"  - {name}: {r_.get('error') or 'triton skipped: ' + str(r_.get('triton_skipped'))}")
             elif n.get("kernels_note"):
                 L += ["", f"Kernels: {n['kernels_note']}"]
         if r.part == "c":
