@@ -176,3 +176,19 @@ def test_stable_argsort_runs_on_one_thread_and_gives_the_thread_count_back(monke
         assert seen == [1] and torch.get_num_threads() == 2  # ... and two again after
     finally:
         torch.set_num_threads(n)
+
+
+@pytest.mark.parametrize("variant", SHIPPED)
+def test_init_is_unit_decoder_rows_and_the_encoder_is_their_transpose(variant):
+    """Each seed's init: float64 draws from its own generator, unit rows rounded once, encoder = decoder^T exactly,
+    and a seed's weights do not depend on the other seeds in the stack."""
+    from synthsae.sae import build_sae
+
+    sae = build_sae(SAEConfig(variant=variant, d_sae=96, k=4), 32, [3, 7], "cpu", torch.float32)
+    assert torch.equal(sae.W_enc, sae.W_dec.transpose(1, 2))
+    torch.testing.assert_close(sae.W_dec.norm(dim=-1), torch.ones(2, 96))
+    gen = torch.Generator().manual_seed(7)
+    w = torch.randn(96, 32, generator=gen, dtype=torch.float64)
+    assert torch.equal(sae.W_dec[1], (w / w.norm(dim=1, keepdim=True)).float())
+    alone = build_sae(SAEConfig(variant=variant, d_sae=96, k=4), 32, [7], "cpu", torch.float32)
+    assert torch.equal(alone.W_dec[0], sae.W_dec[1])
