@@ -73,6 +73,10 @@ def run_real(cfg: RealConfig, out: str | Path, *, force: bool = False, lm=None, 
     check_layer(lm, cfg.collect.layer)
     if not collect_only:
         check_real_fits(cfg, lm)  # before anything is written
+    if not ((out / "acts" / "meta.json").is_file()):  # a fresh collection: its disk before the run folder is made
+        from real.activations import check_collect_disk
+
+        check_collect_disk(cfg.collect, lm.d_model, out / "acts")
     with run_lock(out):  # one process writes a run folder at a time (a second one is refused in one line)
         return _run_locked(cfg, out, force, lm, progress, log, collect_only, t0)
 

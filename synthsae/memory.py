@@ -20,6 +20,10 @@ class MemoryLimitError(ConfigError):
     """The estimated memory of a size exceeds what the machine has free (one line, both numbers)."""
 
 
+class DiskLimitError(ConfigError):
+    """The estimated size of what a stage writes exceeds the free disk where it writes (one line, both numbers)."""
+
+
 def truth_bytes(t: TruthConfig) -> int:
     """Building the truth: a random d x d orthogonal matrix (float64, QR keeps ~3 copies) plus the components."""
     r_max = max(t.subspace_ranks, default=1)
@@ -107,3 +111,29 @@ def check_run_fits(cfg: RunConfig, device: str = "cpu", analysis: bool = True) -
     if analysis:
         check_fits(analysis_bytes(cfg), f"the analysis (train.seeds = {t.seeds} x sae.d_sae = {s.d_sae})",
                    "lower train.seeds or sae.d_sae", device)
+
+
+def free_disk_bytes(path: str | Path) -> int | None:
+    """Free bytes on the file system that holds `path` (its nearest existing parent; None when it cannot be told)."""
+    import shutil
+
+    p = Path(path).absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        return int(shutil.disk_usage(p).free)
+    except OSError:
+        return None
+
+
+def check_disk(need: int, what: str, advice: str, path: str | Path) -> None:
+    """Raise DiskLimitError when `need` bytes exceed the free disk where `path` lives."""
+    free = free_disk_bytes(path)
+    if free is not None and need > free:
+        raise DiskLimitError(f"{what} writes about {_size(need)} to {path} but {_size(free)} of disk is free there; "
+                             f"{advice}")
+
+
+def _size(n: float) -> str:
+    """Bytes as GB (MB below 0.1 GB, so a small planted limit still reads as a number)."""
+    return f"{n / GB:,.1f} GB" if n >= 0.1 * GB else f"{n / 1e6:,.1f} MB"
