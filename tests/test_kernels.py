@@ -158,13 +158,21 @@ def test_row_topk_exact(S, B, n_blocks, k, ties, masked, seed):
         assert torch.equal(idx.sort(-1).values, ref_i.sort(-1).values)
 
 
+def test_topk_shapes_outside_the_kernel_go_to_torch():
+    """Widths the kernel does not take (not a multiple of 16, k above m / 16 or 128, too many blocks) are refused by
+    topk_fits, so fast_topk falls back to torch.topk there."""
+    assert kernels.topk_fits(65536, 32) and kernels.topk_fits(16384, 64) and kernels.topk_fits(16, 1)
+    assert not kernels.topk_fits(100, 2) and not kernels.topk_fits(64, 5) and not kernels.topk_fits(1 << 16, 256)
+    assert not kernels.topk_fits(1 << 24, 1)  # 65,536 blocks of 256
+
+
 @needs_triton
 @pytest.mark.parametrize("m,k,block", [(4096, 2, 32), (2048, 1, 32), (1024, 3, 16), (256, 16, 16)])
 def test_row_topk_block_sizes(m, k, block):
     """Larger blocks (chosen near sqrt(m / k)) give the same exact top-k; the chosen block is the expected one."""
     from synthsae.sae.kernels import triton_sparse as ts
 
-    assert ts.topk_block(m, k) == block
+    assert kernels.topk_block(m, k) == block
     pre = torch.randn(3, m, generator=torch.Generator().manual_seed(m + k))
     pre[0, : m // 2] = float("-inf")
     for b in sorted({16, block}):

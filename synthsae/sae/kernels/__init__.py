@@ -102,9 +102,29 @@ def entry_dots_triton(a: Tensor, a_idx: Tensor, b: Tensor, b_idx: Tensor) -> Ten
     return triton_sparse.entry_dots(a, a_idx, b, b_idx)
 
 
+TOPK_MAX_K = 128  # larger k (e.g. a wide AuxK) goes to torch.topk: the kernel's in-register sort holds k * block keys
+TOPK_MAX_BLOCKS = 4096  # ... and m / block block maxima
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def topk_block(m: int, k: int) -> int:
+    """Block size of the Triton top-k: the power of two near sqrt(m / k) (balances its two in-register sorts, m / block
+    block maxima and k * block candidates), at least 16 and at most 256, dividing m and leaving at least k blocks."""
+    block = 16
+    while block < 256 and (2 * block) ** 2 * _pow2(k) <= m and m % (2 * block) == 0 and k <= m // (2 * block):
+        block *= 2
+    return block
+
+
 def topk_fits(m: int, k: int) -> bool:
-    """Whether the Triton top-k handles this width (m a multiple of 16 with at least k blocks)."""
-    return m % 16 == 0 and 1 <= k <= m // 16
+    """Whether the Triton top-k handles this shape (m a multiple of 16, 1 <= k <= 128, at least k and at most 4096
+    blocks); other shapes use torch.topk."""
+    if m % 16 or not 1 <= k <= min(TOPK_MAX_K, m // 16):
+        return False
+    return _pow2(m // topk_block(m, k)) <= TOPK_MAX_BLOCKS
 
 
 def row_topk_triton(pre: Tensor, k: int) -> tuple[Tensor, Tensor]:
