@@ -207,6 +207,27 @@ def test_sae_step_same_gradients_under_triton(variant, monkeypatch):
 
 
 @needs_triton
+def test_exact_pre_values_agree():
+    """After a low-precision selection the selected pre-activations are recomputed in fp32 by per-entry dots: the
+    Triton kernel gives the float64 values within the fp32 bound for d = 8 products plus the bias."""
+    from conftest import make_sae
+
+    sae = make_sae(2, 8, 64, "topk", k=4).to(DEV)
+    x = torch.randn(12, 8, device=DEV)
+    bias = sae.bias_eff().detach()
+    with torch.no_grad():
+        code, _ = sae.select(sae.pre_acts(x, bias))
+    with kernels.forced("triton"):
+        got = sae.exact_pre(x, code, bias).double().cpu()
+    w = sae.W_enc.detach().double().cpu()
+    rows, cols = code.rows.cpu(), code.cols.cpu()
+    s, j, b = cols // 64, cols % 64, rows % 12
+    terms = x.double().cpu()[b] * w[s, :, j]
+    exact = terms.sum(1) + bias.double().cpu().reshape(-1)[cols]
+    assert ((got - exact).abs() <= _bound(9, terms.abs().sum(1) + exact.abs())).all()
+
+
+@needs_triton
 def test_fast_topk_dispatches_to_triton_only_when_told(monkeypatch):
     """Under SYNTHSAE_KERNELS=reference the Triton top-k is never called; under triton it is, where the width fits."""
     calls = []
