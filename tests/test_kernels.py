@@ -12,7 +12,6 @@ magnitude; it allows only rounding). The top-k has no rounding: its values must 
 
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch

@@ -5,7 +5,6 @@ in one line against planted free space), every GPU-scale preset against the targ
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
