@@ -12,6 +12,7 @@ magnitude; it allows only rounding). The top-k has no rounding: its values must 
 
 from __future__ import annotations
 
+import os
 
 import pytest
 import torch
@@ -306,3 +307,53 @@ def test_sae_step_on_cuda_auto_matches_reference(variant):
     for n in g_ref:
         scale = float(g_ref[n].abs().max()) or 1.0
         torch.testing.assert_close(g_tri[n], g_ref[n], rtol=1e-3, atol=1e-4 * scale, msg=f"gradient of {n}")
+
+
+_COMPILE = r"""
+import sys
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from synthsae.sae.kernels import topk_block, triton_sparse as ts
+
+tgt = GPUTarget("cuda", 90, 32)  # the H200's sm_90; no GPU needed to compile
+for dt in ("fp32", "bf16"):
+    ts_ = dict(BLOCK_E="constexpr", BLOCK_D="constexpr")
+    triton.compile(ASTSource(ts._bag_kernel, dict(idx_ptr="*i64", w_ptr="*" + dt, table_ptr="*" + dt, bounds_ptr="*i64",
+                   out_ptr="*" + dt, d="i32", stride_t="i32", stride_o="i32", **ts_), dict(BLOCK_E=16, BLOCK_D=128)),
+                   target=tgt)
+    triton.compile(ASTSource(ts._dots_kernel, dict(a_ptr="*" + dt, a_idx_ptr="*i64", b_ptr="*" + dt, b_idx_ptr="*i64",
+                   out_ptr="*" + dt, nnz="i32", d="i32", stride_a="i32", stride_b="i32", **ts_),
+                   dict(BLOCK_E=32, BLOCK_D=64)), target=tgt)
+    for m, k in [(256, 4), (2048, 1)]:
+        b = topk_block(m, k)
+        nb = triton.next_power_of_2(m // b)
+        triton.compile(ASTSource(ts._topk_kernel, dict(pre_ptr="*" + dt, maxima_ptr="*fp32", val_ptr="*" + dt,
+                       idx_ptr="*i64", m="i32", n_blocks="i32", k="i32", stride_p="i32", BLOCK="constexpr",
+                       TILE="constexpr", NB_P2="constexpr", K_P2="constexpr"),
+                       dict(BLOCK=b, TILE=min(nb, 256), NB_P2=nb, K_P2=triton.next_power_of_2(k))), target=tgt)
+print("compiled")
+"""
+
+
+def test_kernels_compile_for_the_h200_without_a_gpu(tmp_path):
+    """The interpreter does not lower the kernels: compile them (fp32 and bf16) to sm_90 machine code with Triton's own
+    ptxas, in a process without TRITON_INTERPRET, so a frontend or lowering error shows here and not on the GPU."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("triton")
+    if not torch.cuda.is_available():
+        try:
+            from triton.backends.nvidia import compiler  # noqa: F401
+        except ImportError as e:
+            pytest.skip(f"triton without its CUDA backend: {e}")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path / "triton-cache")
+    root = str(__import__("pathlib").Path(__file__).resolve().parents[1])  # this checkout's synthsae, not an installed one
+    env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    r = subprocess.run([sys.executable, "-c", _COMPILE], env=env, capture_output=True, text=True, timeout=600)
+    if r.returncode and "ptxas" in r.stderr and "not found" in r.stderr.lower():
+        pytest.skip("no ptxas to compile with")
+    assert r.returncode == 0 and "compiled" in r.stdout, r.stderr[-3000:]
