@@ -165,7 +165,46 @@ def test_gpu_scale_synthetic_presets_fit_the_target_machine(name, monkeypatch):
 
     cfg = preset(name)
     monkeypatch.setattr(memory, "available_bytes", lambda device="cpu": RAM_FREE)
-    memory.check_run_fits(cfg, "cpu")
+    monkeypatch.setattr(memory, "free_disk_bytes", lambda path: DISK_FREE)
+    memory.check_run_fits(cfg, "cpu", out="runs/x")
     monkeypatch.setattr(memory, "available_bytes", lambda device="cpu": 1e9)
     with pytest.raises(memory.MemoryLimitError, match="1.0 GB is free"):
         memory.check_run_fits(cfg, "cpu")
+    monkeypatch.setattr(memory, "available_bytes", lambda device="cpu": RAM_FREE)
+    monkeypatch.setattr(memory, "free_disk_bytes", lambda path: 1e6)
+    with pytest.raises(memory.DiskLimitError, match=r"the run .* writes about .* but 1\.0 MB of disk is free"):
+        memory.check_run_fits(cfg, "cpu", out="runs/x")
+
+
+def test_synthetic_run_refused_on_planted_small_disk_before_writing(tmp_path, monkeypatch):
+    """`synthsae run` and `synthsae train` with 10 kB of free disk exit 2 with one line and leave no folder."""
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    monkeypatch.setattr(memory, "free_disk_bytes", lambda path: 10_000)
+    for cmd in ("run", "train"):
+        out = tmp_path / cmd
+        r = CliRunner().invoke(app, [cmd, "--preset", "tiny", "--out", str(out)])
+        assert r.exit_code == 2, r.output
+        errors = [ln for ln in r.stderr.splitlines() if ln.strip()]
+        assert len(errors) == 1 and errors[0].startswith("error:") and "of disk is free" in errors[0], r.stderr
+        assert not out.exists()
+
+
+def test_real_gpu_preset_disk_plan(monkeypatch, tmp_path):
+    """The real `gpu` preset's activations plus its training files fit the target's 64 GB of disk; with 25 GB free the
+    run is refused (the activations alone would fit), with the activations already collected it is not."""
+    from real.config import preset, resolve
+    from real.study import check_real_disk
+
+    cfg = resolve(preset("gpu"))
+    monkeypatch.setattr(memory, "free_disk_bytes", lambda path: DISK_FREE)
+    check_real_disk(cfg, _fake_lm(), tmp_path / "run")
+    monkeypatch.setattr(memory, "free_disk_bytes", lambda path: 25e9)
+    check_real_disk(cfg, _fake_lm(), tmp_path / "run", collect_only=True)
+    with pytest.raises(memory.DiskLimitError, match=r"and training train.seeds = 8 x sae.d_sae = 16384 writes about 2\d\.\d GB"):
+        check_real_disk(cfg, _fake_lm(), tmp_path / "run")
+    (tmp_path / "run" / "acts").mkdir(parents=True)
+    (tmp_path / "run" / "acts" / "meta.json").write_text("{}")
+    check_real_disk(cfg, _fake_lm(), tmp_path / "run")
