@@ -253,6 +253,8 @@ def test_kernel_choice_is_validated(monkeypatch):
     assert not kernels.use_triton(torch.zeros(1))
     monkeypatch.setenv(kernels.ENV, "auto")
     assert not kernels.use_triton(torch.zeros(1))  # auto on CPU: the reference, interpreter or not
+    monkeypatch.setenv(kernels.ENV, "triton")
+    assert not kernels.use_triton(torch.zeros(1, dtype=torch.float64))  # fp32 accumulation: never for float64
 
 
 @needs_triton

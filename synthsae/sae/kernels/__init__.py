@@ -54,10 +54,13 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # the kernels accumulate in float32: not for float64
+
+
 def use_triton(t: Tensor) -> bool:
-    """Whether ops on tensor `t` go to the Triton kernels under the present mode."""
+    """Whether ops on tensor `t` go to the Triton kernels under the present mode (float64 always stays on ATen)."""
     v = mode()
-    if v == "reference":
+    if v == "reference" or t.dtype not in KERNEL_DTYPES:
         return False
     if t.device.type == "cuda":
         if v == "triton" and not triton_available():
