@@ -244,6 +244,35 @@ def test_fast_topk_dispatches_to_triton_only_when_told(monkeypatch):
     assert torch.equal(pre.gather(-1, i), v)
 
 
+@pytest.mark.parametrize("ties", [False, True])
+def test_batchtopk_block_selection_equals_torch_topk(ties, monkeypatch):
+    """BatchTopK's selection by block maxima (CUDA's path; here under SYNTHSAE_KERNELS=triton) picks torch.topk's
+    values exactly, hence the same entries wherever values are distinct; with ties only the values must agree."""
+    from conftest import make_sae
+
+    from synthsae.sae import topk as topk_mod
+
+    calls = []
+    real = topk_mod.block_topk
+    monkeypatch.setattr(topk_mod, "block_topk", lambda p, k: calls.append(k) or real(p, k))
+    sae = make_sae(2, 8, 256, "batchtopk", k=2)
+    g = torch.Generator().manual_seed(3)
+    pre = torch.randint(-4, 5, (2, 12, 256), generator=g).float() if ties else torch.randn(2, 12, 256, generator=g)
+    pre[0, :, ::3] = float("-inf")
+    out = {}
+    for choice in ("reference", "triton"):
+        with kernels.forced(choice):
+            out[choice] = sae.select(pre)
+    assert calls == [24]
+    (c_ref, v_ref), (c_tri, v_tri) = out["reference"], out["triton"]
+    assert torch.equal(v_tri.sort().values, v_ref.sort().values)
+    assert torch.equal(pre.reshape(-1, 256)[c_tri.rows, c_tri.cols % 256], v_tri)
+    if not ties:  # the same entries (a row's entries may come in another order: the code is sorted by row only)
+        key_t, o_t = (c_tri.rows * 512 + c_tri.cols).sort()
+        key_r, o_r = (c_ref.rows * 512 + c_ref.cols).sort()
+        assert torch.equal(key_t, key_r) and torch.equal(v_tri[o_t], v_ref[o_r])
+
+
 def test_kernel_choice_is_validated(monkeypatch):
     """An unknown SYNTHSAE_KERNELS value is refused in one line naming the allowed values; reference never uses triton."""
     monkeypatch.setenv(kernels.ENV, "fast")
@@ -265,6 +294,8 @@ def test_bench_functions_report_both_paths():
     assert r["max_abs_diff_out"] < 1e-5 and r["max_abs_diff_grad_W_dec"] < 1e-5 and r["max_abs_diff_grad_values"] < 1e-5
     t = kernels.bench_topk(2, 8, 128, 4, device=DEV, repeats=1)
     assert t["values_equal"] and t["indices_point_at_values"]
+    b = kernels.bench_batch_topk(2, 8, 128, 2, device=DEV, repeats=1)
+    assert b["values_equal"] and b["indices_point_at_values"] and b["block_ms"] > 0
 
 
 @pytest.mark.cuda
@@ -282,6 +313,8 @@ def test_kernels_on_cuda_at_real_size(dtype):
         assert r[f"max_abs_diff_{name}"] <= tol * r[f"max_abs_{name}"], (name, r)
     t = kernels.bench_topk(2, 4096, 16384, 32, device="cuda", dtype=dtype, repeats=2)
     assert t["values_equal"] and t["indices_point_at_values"]
+    b = kernels.bench_batch_topk(2, 4096, 16384, 32, device="cuda", dtype=dtype, repeats=2)
+    assert b["values_equal"] and b["indices_point_at_values"]
 
 
 @pytest.mark.cuda

@@ -17,8 +17,8 @@ from synthsae.sae import base as _base
 from synthsae.sae import kernels
 from synthsae.sae import register_variant
 from synthsae.sae.base import SAE, SAEOutput, as_seed_batch, batch_fvu
-from synthsae.sae.sparse import (SparseCode, _rowwise_dots, code_from_rows_cols, code_from_topk, fast_topk, gather_pre,
-                                 sparse_decode)
+from synthsae.sae.sparse import (SparseCode, _rowwise_dots, block_topk, code_from_rows_cols, code_from_topk, fast_topk,
+                                 gather_pre, sparse_decode)
 
 
 @register_variant("topk")
@@ -165,7 +165,11 @@ class BatchTopKSAE(TopKSAE):
 
     def select(self, pre: Float[Tensor, "S B m"]) -> tuple[SparseCode, Tensor]:
         S, B, m = pre.shape
-        vals, flat = torch.topk(pre.reshape(S, B * m), min(B * self.cfg.k, B * m), dim=-1, sorted=False)
+        K = min(B * self.cfg.k, B * m)
+        if kernels.use_block_topk(pre, B * m, K):  # CUDA: block maxima first (see sparse.block_topk)
+            vals, flat = block_topk(pre.reshape(S, B * m), K)
+        else:
+            vals, flat = torch.topk(pre.reshape(S, B * m), K, dim=-1, sorted=False)
         seed = torch.arange(S, device=pre.device).view(S, 1)
         rows = (seed * B + flat // m).reshape(-1)
         cols = (seed * m + flat % m).reshape(-1)

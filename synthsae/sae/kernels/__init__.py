@@ -130,6 +130,16 @@ def topk_fits(m: int, k: int) -> bool:
     return _pow2(m // topk_block(m, k)) <= TOPK_MAX_BLOCKS
 
 
+def use_block_topk(t: Tensor, n: int, k: int) -> bool:
+    """Whether a top-k of k among n (a BatchTopK selection) takes sparse.block_topk instead of torch.topk: on CUDA
+    unless SYNTHSAE_KERNELS=reference (and on the CPU under SYNTHSAE_KERNELS=triton, so tests reach it), when the
+    16-entry blocks number at least 4k."""
+    v = mode()
+    if v == "reference" or n % 16 or n // 16 < 4 * k:
+        return False
+    return t.device.type == "cuda" or v == "triton"
+
+
 def row_topk_triton(pre: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """Top-k along the last dim by the Triton kernel (values largest first); callers check `use_triton`."""
     from synthsae.sae.kernels import triton_sparse
@@ -149,5 +159,13 @@ def bench_topk(S: int, B: int, m: int, k: int, device: str = "cuda", dtype: torc
                repeats: int = 10) -> dict:
     """Time the row top-k, torch.topk against Triton (see synthsae.sae.kernels.bench)."""
     from synthsae.sae.kernels.bench import bench_topk as run
+
+    return run(S, B, m, k, device=device, dtype=dtype, repeats=repeats)
+
+
+def bench_batch_topk(S: int, B: int, m: int, k: int, device: str = "cuda", dtype: torch.dtype = torch.float32,
+                     repeats: int = 10) -> dict:
+    """Time BatchTopK's selection, torch.topk against block maxima (see synthsae.sae.kernels.bench)."""
+    from synthsae.sae.kernels.bench import bench_batch_topk as run
 
     return run(S, B, m, k, device=device, dtype=dtype, repeats=repeats)
