@@ -241,6 +241,8 @@ def test_fast_topk_dispatches_to_triton_only_when_told(monkeypatch):
     with kernels.forced("triton"):
         v, i = fast_topk(pre, 4)
         fast_topk(pre, 5)  # 5 > 64 / 16 blocks: the reference path
+    with kernels.forced("triton,topk:reference"):  # the decode kernels without the top-k kernel
+        fast_topk(pre, 4)
     assert calls == [4]
     assert torch.equal(pre.gather(-1, i), v)
 
@@ -276,9 +278,14 @@ def test_batchtopk_block_selection_equals_torch_topk(ties, monkeypatch):
 
 def test_kernel_choice_is_validated(monkeypatch):
     """An unknown SYNTHSAE_KERNELS value is refused in one line naming the allowed values; reference never uses triton."""
-    monkeypatch.setenv(kernels.ENV, "fast")
-    with pytest.raises(ConfigError, match="SYNTHSAE_KERNELS = 'fast' is not one of auto, reference, triton"):
-        kernels.mode()
+    for bad in ("fast", "auto,sort:triton", "topk:quick"):
+        monkeypatch.setenv(kernels.ENV, bad)
+        with pytest.raises(ConfigError, match=f"SYNTHSAE_KERNELS = '{bad}' is not one of auto, reference, triton, "
+                                              "optionally followed by op:choice for op in decode, topk, batch_topk"):
+            kernels.mode()
+    monkeypatch.setenv(kernels.ENV, "Triton, topk:reference,batch_topk:auto")
+    assert (kernels.mode(), kernels.mode("decode"), kernels.mode("topk"), kernels.mode("batch_topk")) == \
+        ("triton", "triton", "reference", "auto")
     monkeypatch.setenv(kernels.ENV, "reference")
     assert not kernels.use_triton(torch.zeros(1))
     monkeypatch.setenv(kernels.ENV, "auto")

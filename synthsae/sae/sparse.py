@@ -66,7 +66,7 @@ def fast_topk(pre: Float[Tensor, "... m"], k: int) -> tuple[Tensor, Tensor]:
     m = pre.shape[-1]
     b = TOPK_BLOCK
     nb = m // b
-    if kernels.topk_fits(m, k) and kernels.use_triton(pre):  # CUDA: one read of the row, see kernels.triton_sparse
+    if kernels.topk_fits(m, k) and kernels.use_triton(pre, "topk"):  # CUDA: one read of the row, see kernels.triton_sparse
         return kernels.row_topk_triton(pre, k)
     if pre.device.type != "cpu" or m % b or nb < 4 * k:
         return torch.topk(pre, k, dim=-1, sorted=False)

@@ -5,6 +5,8 @@ SYNTHSAE_KERNELS (read at every call, so a test or the device check can switch i
   auto (default)  Triton for CUDA tensors when triton imports, else the reference;
   reference       always the reference (the fallback, and what the kernels are tested against);
   triton          Triton for CUDA tensors, and for CPU tensors when TRITON_INTERPRET=1 (the interpreter; tests).
+Per op, after an optional default: e.g. `auto,topk:reference` (ops: decode = the bag and per-entry dots of the
+decode and its gradients, topk = the row top-k of TopK / AuxK, batch_topk = BatchTopK's block-maxima selection).
 """
 
 from __future__ import annotations
@@ -24,12 +26,23 @@ ENV = "SYNTHSAE_KERNELS"
 _triton_error: str | None = None
 
 
-def mode() -> str:
-    """The kernel choice from SYNTHSAE_KERNELS (one-line error for any other value)."""
-    v = os.environ.get(ENV, "auto").strip().lower() or "auto"
-    if v not in MODES:
-        raise ConfigError(f"{ENV} = {v!r} is not one of {', '.join(MODES)}")
-    return v
+OPS = ("decode", "topk", "batch_topk")
+
+
+def mode(op: str | None = None) -> str:
+    """The kernel choice for `op` (or the default) from SYNTHSAE_KERNELS (one-line error naming the allowed values)."""
+    raw = os.environ.get(ENV, "auto").strip().lower() or "auto"
+    default, per = "auto", {}
+    for part in filter(None, (p.strip() for p in raw.split(","))):
+        name, _, val = part.rpartition(":")
+        if val not in MODES or (name and name not in OPS):
+            raise ConfigError(f"{ENV} = {raw!r} is not one of {', '.join(MODES)}, optionally followed by op:choice "
+                              f"for op in {', '.join(OPS)} (e.g. auto,topk:reference)")
+        if name:
+            per[name] = val
+        else:
+            default = val
+    return per.get(op, default) if op else default
 
 
 def triton_available() -> bool:
@@ -57,9 +70,9 @@ def _interpreting() -> bool:
 KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # the kernels accumulate in float32: not for float64
 
 
-def use_triton(t: Tensor) -> bool:
-    """Whether ops on tensor `t` go to the Triton kernels under the present mode (float64 always stays on ATen)."""
-    v = mode()
+def use_triton(t: Tensor, op: str = "decode") -> bool:
+    """Whether op on tensor `t` goes to the Triton kernels under the present mode (float64 always stays on ATen)."""
+    v = mode(op)
     if v == "reference" or t.dtype not in KERNEL_DTYPES:
         return False
     if t.device.type == "cuda":
@@ -75,18 +88,25 @@ def use_triton(t: Tensor) -> bool:
 
 @contextlib.contextmanager
 def forced(choice: str) -> Iterator[None]:
-    """Run a block under SYNTHSAE_KERNELS = choice (restored afterwards)."""
-    if choice not in MODES:
-        raise ConfigError(f"kernel choice {choice!r} is not one of {', '.join(MODES)}")
+    """Run a block under SYNTHSAE_KERNELS = choice (validated; restored afterwards)."""
     old = os.environ.get(ENV)
     os.environ[ENV] = choice
     try:
+        mode()
+    except ConfigError:
+        _restore(old)
+        raise
+    try:
         yield
     finally:
-        if old is None:
-            os.environ.pop(ENV, None)
-        else:
-            os.environ[ENV] = old
+        _restore(old)
+
+
+def _restore(old: str | None) -> None:
+    if old is None:
+        os.environ.pop(ENV, None)
+    else:
+        os.environ[ENV] = old
 
 
 def bag(idx: Tensor, table: Tensor, offsets: Tensor, weights: Tensor) -> Tensor:
@@ -134,7 +154,7 @@ def use_block_topk(t: Tensor, n: int, k: int) -> bool:
     """Whether a top-k of k among n (a BatchTopK selection) takes sparse.block_topk instead of torch.topk: on CUDA
     unless SYNTHSAE_KERNELS=reference (and on the CPU under SYNTHSAE_KERNELS=triton, so tests reach it), when the
     16-entry blocks number at least 4k."""
-    v = mode()
+    v = mode("batch_topk")
     if v == "reference" or n % 16 or n // 16 < 4 * k:
         return False
     return t.device.type == "cuda" or v == "triton"
