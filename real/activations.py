@@ -67,6 +67,29 @@ def validate_collect(c: CollectConfig) -> None:
         raise ConfigError(f"collect.dtype = {c.dtype!r}: must be float32 or float16")
 
 
+def collect_disk_bytes(c: CollectConfig, d_model: int, done_contexts: int = 0) -> int:
+    """Bytes a collection still writes (on the high side: every token after position 0 kept): per token d_model
+    activations in the storage dtype plus three int32 ids, the windows file, 4 kB of header and metadata per file.
+    An atomic write renames its temporary file, so a shard never occupies twice its size."""
+    n_train, n_eval = c.n_contexts()
+    left = max(0, n_train + n_eval - done_contexts)
+    per_token = d_model * (2 if c.dtype == "float16" else 4) + 12
+    tokens = left * (c.ctx_len - 1)
+    windows = 0 if done_contexts else 4 * (n_train + n_eval) * c.ctx_len
+    n_files = tokens // c.shard_tokens + 3  # shards, the windows, meta.json
+    return tokens * per_token + windows + 4096 * n_files
+
+
+def check_collect_disk(c: CollectConfig, d_model: int, out: str | Path, done_contexts: int = 0) -> None:
+    """Refuse (one line: the estimate and the free disk) a collection that would not fit where it writes."""
+    from synthsae.memory import check_disk
+
+    n_train, n_eval = c.n_contexts()
+    check_disk(collect_disk_bytes(c, d_model, done_contexts),
+               f"collecting {n_train + n_eval - done_contexts:,} windows x {c.ctx_len - 1} tokens x d_model {d_model} "
+               f"({c.dtype})", "free disk, pass another --out, lower collect.train_tokens or store float16", out)
+
+
 def _identity(c: CollectConfig, lm, contexts_hash: str, corpus_desc: str) -> dict:
     """What a cache must match to be reused: model weights, layer, windows (hence corpus and seed)."""
     return {"format": FORMAT, "model": c.model, "model_fingerprint": lm.fingerprint, "layer": c.layer,
@@ -125,6 +148,7 @@ def collect(c: CollectConfig, out: str | Path, *, lm=None, progress: bool = True
     else:
         if out.exists() and any(out.iterdir()):
             raise ConfigError(f"{out}: is not empty and holds no {META}; pass another --out")
+        check_collect_disk(c, lm.d_model, out)  # before anything is written
         meta = {**ident, "n_train_contexts": n_train, "n_eval_contexts": n_eval, "complete": False,
                 "config": asdict(c), "counts": {}}
         atomic_save_safetensors({"tokens": tokens}, out / CONTEXTS)
@@ -132,6 +156,8 @@ def collect(c: CollectConfig, out: str | Path, *, lm=None, progress: bool = True
 
     store = ActivationStore(out, require_complete=False)
     done_ctx = store.shards[-1].ctx_end if store.shards else 0
+    if done_ctx:  # a resumed collection: what is left must fit
+        check_collect_disk(c, lm.d_model, out, done_ctx)
     counts = dict(meta.get("counts") or {})
     for k in ("kept", "position0", "padding", "outliers"):
         counts.setdefault(k, 0)

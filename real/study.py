@@ -73,6 +73,7 @@ def run_real(cfg: RealConfig, out: str | Path, *, force: bool = False, lm=None, 
     check_layer(lm, cfg.collect.layer)
     if not collect_only:
         check_real_fits(cfg, lm)  # before anything is written
+    check_real_disk(cfg, lm, out, collect_only)  # before the run folder is made
     with run_lock(out):  # one process writes a run folder at a time (a second one is refused in one line)
         return _run_locked(cfg, out, force, lm, progress, log, collect_only, t0)
 
@@ -177,6 +178,25 @@ def _run_locked(cfg: RealConfig, out: Path, force: bool, lm, progress: bool, log
     merge_json_key(mpath, "seconds", {**(json.loads(mpath.read_text()).get("seconds") or {}), **seconds,
                                       "total_this_call": time.perf_counter() - t0})
     return json.loads(mpath.read_text())
+
+
+def check_real_disk(cfg: RealConfig, lm, out: Path, collect_only: bool = False) -> None:
+    """Refuse (one line: estimate and free disk) a real run whose activations still to collect plus, unless only
+    collecting, its seed folders, checkpoints and pooled dictionaries would not fit on the disk of `out`."""
+    from real.activations import collect_disk_bytes
+    from synthsae.memory import check_disk, sae_disk_bytes
+    from synthsae.train import DTYPES
+
+    c, S, m, d = cfg.collect, cfg.train.seeds, cfg.sae.d_sae, lm.d_model
+    need = 0 if (out / "acts" / "meta.json").is_file() else collect_disk_bytes(c, d)  # a started cache: collect checks
+    what = f"collecting {c.train_tokens + c.eval_tokens:,} tokens x d_model {d} ({c.dtype})"
+    from real.train import FINISHED
+
+    if not collect_only and not (out / FINISHED).is_file():
+        need += sae_disk_bytes(S, d, m, torch.empty((), dtype=DTYPES[cfg.train.dtype]).element_size())
+        what += f" and training train.seeds = {S} x sae.d_sae = {m}"
+    if need:
+        check_disk(need, what, "free disk, pass another --out, lower --tokens or --seeds", out)
 
 
 def check_real_fits(cfg: RealConfig, lm) -> None:

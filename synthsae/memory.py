@@ -20,6 +20,10 @@ class MemoryLimitError(ConfigError):
     """The estimated memory of a size exceeds what the machine has free (one line, both numbers)."""
 
 
+class DiskLimitError(ConfigError):
+    """The estimated size of what a stage writes exceeds the free disk where it writes (one line, both numbers)."""
+
+
 def truth_bytes(t: TruthConfig) -> int:
     """Building the truth: a random d x d orthogonal matrix (float64, QR keeps ~3 copies) plus the components."""
     r_max = max(t.subspace_ranks, default=1)
@@ -97,8 +101,24 @@ def check_fits(need: int, what: str, advice: str, device: str = "cpu") -> None:
         raise MemoryLimitError(f"{what} needs about {need / GB:,.1f} GB of memory but {free / GB:,.1f} GB is free {where}; {advice}")
 
 
-def check_run_fits(cfg: RunConfig, device: str = "cpu", analysis: bool = True) -> None:
-    """Refuse a run whose truth, training step or analysis would not fit, before anything is written."""
+def sae_disk_bytes(S: int, d: int, m: int, param_bytes: int = 4) -> int:
+    """What training writes for S seeds of width m over d (on the high side): the seed folders, two checkpoints at
+    once while the newer one is committed (parameters plus Adam's two float32 moments each), and as much again
+    for the pooled dictionaries of a whole run."""
+    params = S * (2 * d * m + m + d)
+    return params * param_bytes * 2 + 2 * params * (param_bytes + 8)
+
+
+def run_disk_bytes(cfg: RunConfig) -> int:
+    """A synthetic run's files: sae_disk_bytes plus the truth (components and the frame / subspace bases, float32)."""
+    t = cfg.truth
+    truth = 4 * t.d * (t.n_components + sum(t.subspace_ranks) + sum(t.frame_sizes) + t.n_classes)
+    return sae_disk_bytes(cfg.train.seeds, t.d, cfg.sae.d_sae, _DTYPE_BYTES.get(cfg.train.dtype, 4)) + truth
+
+
+def check_run_fits(cfg: RunConfig, device: str = "cpu", analysis: bool = True, out: str | Path | None = None) -> None:
+    """Refuse a run whose truth, training step or analysis would not fit, before anything is written (and, given the
+    run folder, one whose files would not fit on its disk)."""
     t, s = cfg.train, cfg.sae
     check_fits(truth_bytes(cfg.truth), f"the truth (truth.d = {cfg.truth.d}, {cfg.truth.n_components} components)",
                "lower truth.d or the number of components")
@@ -107,3 +127,32 @@ def check_run_fits(cfg: RunConfig, device: str = "cpu", analysis: bool = True) -
     if analysis:
         check_fits(analysis_bytes(cfg), f"the analysis (train.seeds = {t.seeds} x sae.d_sae = {s.d_sae})",
                    "lower train.seeds or sae.d_sae", device)
+    if out is not None:
+        check_disk(run_disk_bytes(cfg), f"the run (train.seeds = {t.seeds} x sae.d_sae = {s.d_sae} x truth.d = "
+                   f"{cfg.truth.d}: seed folders, checkpoints, pooled dictionaries)", "free disk or pass another --out", out)
+
+
+def free_disk_bytes(path: str | Path) -> int | None:
+    """Free bytes on the file system that holds `path` (its nearest existing parent; None when it cannot be told)."""
+    import shutil
+
+    p = Path(path).absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        return int(shutil.disk_usage(p).free)
+    except OSError:
+        return None
+
+
+def check_disk(need: int, what: str, advice: str, path: str | Path) -> None:
+    """Raise DiskLimitError when `need` bytes exceed the free disk where `path` lives."""
+    free = free_disk_bytes(path)
+    if free is not None and need > free:
+        raise DiskLimitError(f"{what} writes about {_size(need)} to {path} but {_size(free)} of disk is free there; "
+                             f"{advice}")
+
+
+def _size(n: float) -> str:
+    """Bytes as GB (MB below 0.1 GB, so a small planted limit still reads as a number)."""
+    return f"{n / GB:,.1f} GB" if n >= 0.1 * GB else f"{n / 1e6:,.1f} MB"

@@ -72,7 +72,7 @@ def run_study(cfg: RunConfig, out: str | Path, *, resume: bool = False, force: b
     out = Path(out)
     dd = distributed.setup(pick_device(device or cfg.train.device))  # torchrun: join the ranks first
     check_target(out, resume, force)
-    check_run_fits(cfg, str(pick_device(device or cfg.train.device)))  # before anything is written
+    check_run_fits(cfg, str(pick_device(device or cfg.train.device)), out=None if resume else out)  # before any write
     distributed.barrier("checked")  # no rank sees the folder rank 0's lock creates
     with run_lock(out) if dd.is_main else contextlib.nullcontext():  # rank 0 holds the run's lock
         return _run_locked(cfg, out, resume=resume, force=force, device=device, progress=progress, log=log,

@@ -568,7 +568,7 @@ def train_run(cfg: RunConfig, out: Path, *, resume: bool = False, force: bool = 
 
         raise ConfigError(f"train.seeds = {t.seeds}: fewer seeds than processes ({dd.world}); "
                           f"run at most {t.seeds} processes")
-    check_run_fits(cfg, str(device), analysis=False)  # before anything is written
+    check_run_fits(cfg, str(device), analysis=False, out=None if resume else out)  # before anything is written
     if force:
         check_overwritable(out)
     with run_lock(out) if dd.is_main else contextlib.nullcontext():

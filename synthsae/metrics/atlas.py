@@ -23,6 +23,7 @@ from torch import Tensor
 from synthsae.metrics.matching import unit_rows
 from synthsae.metrics.subspaces import cluster_by_span, orthonormal_basis
 
+RANK1_BLOCK_BYTES = 1 << 28  # float64 cosines formed at once by the chain fallback (256 MB)
 SCHEMA = "synthsae.atlas/2"  # 2: typed AtlasResult (synthsae.results), also metrics.json key "atlas"
 MAX_RHO = 0.99  # chained components are re-clustered at rho 0.95, 0.975, 0.9875, 0.99375, then given up
 CHAIN_TILING = 4  # an unheld component with more than this many latents per seed per span dimension is a chain:
@@ -148,16 +149,23 @@ def energy_basis(vecs: Float[Tensor, "n d"], seed_of: Int[Tensor, " n"], energy:
     return U
 
 
-def _rank1_groups(Df: Tensor, mem: Tensor, m: int, tau: float, min_seeds: int) -> list[Tensor]:
+def _rank1_groups(Df: Tensor, mem: Tensor, m: int, tau: float, min_seeds: int,
+                  block_bytes: int | None = None) -> list[Tensor]:
     """Components of latents (among `mem`) linked to their best partner of each other seed at signed cos >= tau,
-    found in >= min_seeds seeds."""
+    found in >= min_seeds seeds. The float64 cosines are formed a block of rows at a time (at most block_bytes, default
+    RANK1_BLOCK_BYTES): a chain of 80k latents would need 51 GB as one matrix."""
     X = Df[mem].double()
     seed = mem // m
-    cos = X @ X.T
+    n = X.shape[0]
+    rows = max(1, (block_bytes or RANK1_BLOCK_BYTES) // (8 * max(n, 1)))
     src, dst = [], []
     for t in torch.unique(seed).tolist():
         other = torch.nonzero(seed == t).squeeze(1)
-        v, j = cos[:, other].max(dim=1)
+        Xo = X[other]
+        v = torch.empty(n, dtype=torch.float64)
+        j = torch.empty(n, dtype=torch.long)
+        for r0 in range(0, n, rows):
+            v[r0 : r0 + rows], j[r0 : r0 + rows] = (X[r0 : r0 + rows] @ Xo.T).max(dim=1)
         ok = (v >= tau) & (seed != t)
         src.append(torch.nonzero(ok).squeeze(1).numpy())
         dst.append(other[j[ok]].numpy())

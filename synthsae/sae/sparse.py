@@ -66,10 +66,20 @@ def fast_topk(pre: Float[Tensor, "... m"], k: int) -> tuple[Tensor, Tensor]:
     m = pre.shape[-1]
     b = TOPK_BLOCK
     nb = m // b
-    if kernels.topk_fits(m, k) and kernels.use_triton(pre):  # CUDA: one read of the row, see kernels.triton_sparse
+    if kernels.topk_fits(m, k) and kernels.use_triton(pre, "topk"):  # CUDA: one read of the row, see kernels.triton_sparse
         return kernels.row_topk_triton(pre, k)
     if pre.device.type != "cpu" or m % b or nb < 4 * k:
         return torch.topk(pre, k, dim=-1, sorted=False)
+    return block_topk(pre, k)
+
+
+def block_topk(pre: Float[Tensor, "... m"], k: int) -> tuple[Tensor, Tensor]:
+    """fast_topk's block-maxima top-k in torch ops on any device (needs m % 16 == 0 and m / 16 >= k): one read of
+    `pre` for the block maxima, then torch.topk over m / 16 maxima and k * 16 candidates. BatchTopK uses it on CUDA,
+    where k = B * k_per_token is too large for the Triton kernel."""
+    m = pre.shape[-1]
+    b = TOPK_BLOCK
+    nb = m // b
     lead = pre.shape[:-1]
     flat = pre.reshape(-1, b, nb)  # block c = entries c, c + nb, c + 2 nb, ...: its max is a contiguous SIMD max
     rows = flat.shape[0]

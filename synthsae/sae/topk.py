@@ -14,10 +14,11 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from synthsae.sae import base as _base
+from synthsae.sae import kernels
 from synthsae.sae import register_variant
 from synthsae.sae.base import SAE, SAEOutput, as_seed_batch, batch_fvu
-from synthsae.sae.sparse import (SparseCode, _rowwise_dots, code_from_rows_cols, code_from_topk, fast_topk, gather_pre,
-                                 sparse_decode)
+from synthsae.sae.sparse import (SparseCode, _rowwise_dots, block_topk, code_from_rows_cols, code_from_topk, fast_topk,
+                                 gather_pre, sparse_decode)
 
 
 @register_variant("topk")
@@ -55,7 +56,11 @@ class TopKSAE(SAE):
         B = x.shape[-2]
         xs = as_seed_batch(x, S).reshape(S * B, d).to(self.dtype)
         w_t = self.W_enc.detach().transpose(1, 2).reshape(S * m, d)
-        return _rowwise_dots(xs, code.rows, w_t, code.cols, code.per_row) + bias.detach().reshape(-1)[code.cols]
+        if kernels.use_triton(xs):
+            dots = kernels.entry_dots_triton(xs, code.rows, w_t, code.cols)
+        else:
+            dots = _rowwise_dots(xs, code.rows, w_t, code.cols, code.per_row)
+        return dots + bias.detach().reshape(-1)[code.cols]
 
     def decode_code(self, code: SparseCode, vals: Tensor, S: int, B: int) -> Float[Tensor, "S B d"]:
         return sparse_decode(vals, self.W_dec, code).view(S, B, self.d_in) + self.b_dec.unsqueeze(1)
@@ -160,7 +165,11 @@ class BatchTopKSAE(TopKSAE):
 
     def select(self, pre: Float[Tensor, "S B m"]) -> tuple[SparseCode, Tensor]:
         S, B, m = pre.shape
-        vals, flat = torch.topk(pre.reshape(S, B * m), min(B * self.cfg.k, B * m), dim=-1, sorted=False)
+        K = min(B * self.cfg.k, B * m)
+        if kernels.use_block_topk(pre, B * m, K):  # CUDA: block maxima first (see sparse.block_topk)
+            vals, flat = block_topk(pre.reshape(S, B * m), K)
+        else:
+            vals, flat = torch.topk(pre.reshape(S, B * m), K, dim=-1, sorted=False)
         seed = torch.arange(S, device=pre.device).view(S, 1)
         rows = (seed * B + flat // m).reshape(-1)
         cols = (seed * m + flat % m).reshape(-1)

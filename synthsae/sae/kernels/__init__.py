@@ -5,6 +5,8 @@ SYNTHSAE_KERNELS (read at every call, so a test or the device check can switch i
   auto (default)  Triton for CUDA tensors when triton imports, else the reference;
   reference       always the reference (the fallback, and what the kernels are tested against);
   triton          Triton for CUDA tensors, and for CPU tensors when TRITON_INTERPRET=1 (the interpreter; tests).
+Per op, after an optional default: e.g. `auto,topk:reference` (ops: decode = the bag and per-entry dots of the
+decode and its gradients, topk = the row top-k of TopK / AuxK, batch_topk = BatchTopK's block-maxima selection).
 """
 
 from __future__ import annotations
@@ -24,12 +26,23 @@ ENV = "SYNTHSAE_KERNELS"
 _triton_error: str | None = None
 
 
-def mode() -> str:
-    """The kernel choice from SYNTHSAE_KERNELS (one-line error for any other value)."""
-    v = os.environ.get(ENV, "auto").strip().lower() or "auto"
-    if v not in MODES:
-        raise ConfigError(f"{ENV} = {v!r} is not one of {', '.join(MODES)}")
-    return v
+OPS = ("decode", "topk", "batch_topk")
+
+
+def mode(op: str | None = None) -> str:
+    """The kernel choice for `op` (or the default) from SYNTHSAE_KERNELS (one-line error naming the allowed values)."""
+    raw = os.environ.get(ENV, "auto").strip().lower() or "auto"
+    default, per = "auto", {}
+    for part in filter(None, (p.strip() for p in raw.split(","))):
+        name, _, val = part.rpartition(":")
+        if val not in MODES or (name and name not in OPS):
+            raise ConfigError(f"{ENV} = {raw!r} is not one of {', '.join(MODES)}, optionally followed by op:choice "
+                              f"for op in {', '.join(OPS)} (e.g. auto,topk:reference)")
+        if name:
+            per[name] = val
+        else:
+            default = val
+    return per.get(op, default) if op else default
 
 
 def triton_available() -> bool:
@@ -54,10 +67,13 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-def use_triton(t: Tensor) -> bool:
-    """Whether ops on tensor `t` go to the Triton kernels under the present mode."""
-    v = mode()
-    if v == "reference":
+KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # the kernels accumulate in float32: not for float64
+
+
+def use_triton(t: Tensor, op: str = "decode") -> bool:
+    """Whether op on tensor `t` goes to the Triton kernels under the present mode (float64 always stays on ATen)."""
+    v = mode(op)
+    if v == "reference" or t.dtype not in KERNEL_DTYPES:
         return False
     if t.device.type == "cuda":
         if v == "triton" and not triton_available():
@@ -72,18 +88,25 @@ def use_triton(t: Tensor) -> bool:
 
 @contextlib.contextmanager
 def forced(choice: str) -> Iterator[None]:
-    """Run a block under SYNTHSAE_KERNELS = choice (restored afterwards)."""
-    if choice not in MODES:
-        raise ConfigError(f"kernel choice {choice!r} is not one of {', '.join(MODES)}")
+    """Run a block under SYNTHSAE_KERNELS = choice (validated; restored afterwards)."""
     old = os.environ.get(ENV)
     os.environ[ENV] = choice
     try:
+        mode()
+    except ConfigError:
+        _restore(old)
+        raise
+    try:
         yield
     finally:
-        if old is None:
-            os.environ.pop(ENV, None)
-        else:
-            os.environ[ENV] = old
+        _restore(old)
+
+
+def _restore(old: str | None) -> None:
+    if old is None:
+        os.environ.pop(ENV, None)
+    else:
+        os.environ[ENV] = old
 
 
 def bag(idx: Tensor, table: Tensor, offsets: Tensor, weights: Tensor) -> Tensor:
@@ -102,9 +125,39 @@ def entry_dots_triton(a: Tensor, a_idx: Tensor, b: Tensor, b_idx: Tensor) -> Ten
     return triton_sparse.entry_dots(a, a_idx, b, b_idx)
 
 
+TOPK_MAX_K = 128  # larger k (e.g. a wide AuxK) goes to torch.topk: the kernel's in-register sort holds k * block keys
+TOPK_MAX_BLOCKS = 4096  # ... and m / block block maxima
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def topk_block(m: int, k: int) -> int:
+    """Block size of the Triton top-k: the power of two near sqrt(m / k) (balances its two in-register sorts, m / block
+    block maxima and k * block candidates), at least 16 and at most 256, dividing m and leaving at least k blocks."""
+    block = 16
+    while block < 256 and (2 * block) ** 2 * _pow2(k) <= m and m % (2 * block) == 0 and k <= m // (2 * block):
+        block *= 2
+    return block
+
+
 def topk_fits(m: int, k: int) -> bool:
-    """Whether the Triton top-k handles this width (m a multiple of 16 with at least k blocks)."""
-    return m % 16 == 0 and 1 <= k <= m // 16
+    """Whether the Triton top-k handles this shape (m a multiple of 16, 1 <= k <= 128, at least k and at most 4096
+    blocks); other shapes use torch.topk."""
+    if m % 16 or not 1 <= k <= min(TOPK_MAX_K, m // 16):
+        return False
+    return _pow2(m // topk_block(m, k)) <= TOPK_MAX_BLOCKS
+
+
+def use_block_topk(t: Tensor, n: int, k: int) -> bool:
+    """Whether a top-k of k among n (a BatchTopK selection) takes sparse.block_topk instead of torch.topk: on CUDA
+    unless SYNTHSAE_KERNELS=reference (and on the CPU under SYNTHSAE_KERNELS=triton, so tests reach it), when the
+    16-entry blocks number at least 4k."""
+    v = mode("batch_topk")
+    if v == "reference" or n % 16 or n // 16 < 4 * k:
+        return False
+    return t.device.type == "cuda" or v == "triton"
 
 
 def row_topk_triton(pre: Tensor, k: int) -> tuple[Tensor, Tensor]:
@@ -126,5 +179,13 @@ def bench_topk(S: int, B: int, m: int, k: int, device: str = "cuda", dtype: torc
                repeats: int = 10) -> dict:
     """Time the row top-k, torch.topk against Triton (see synthsae.sae.kernels.bench)."""
     from synthsae.sae.kernels.bench import bench_topk as run
+
+    return run(S, B, m, k, device=device, dtype=dtype, repeats=repeats)
+
+
+def bench_batch_topk(S: int, B: int, m: int, k: int, device: str = "cuda", dtype: torch.dtype = torch.float32,
+                     repeats: int = 10) -> dict:
+    """Time BatchTopK's selection, torch.topk against block maxima (see synthsae.sae.kernels.bench)."""
+    from synthsae.sae.kernels.bench import bench_batch_topk as run
 
     return run(S, B, m, k, device=device, dtype=dtype, repeats=repeats)

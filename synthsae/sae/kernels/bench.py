@@ -94,7 +94,9 @@ def bench_decoder(S: int, B: int, m: int, d: int, k: int, device: str | torch.de
         res["forward_speedup"] = (res["reference_forward_ms"] / res["triton_forward_ms"]
                                   if res["triton_forward_ms"] > 0 else None)
         for name, a, b in zip(("out", "grad_values", "grad_W_dec"), ref, got):
-            res[f"max_abs_diff_{name}"] = float((a.detach().float() - b.detach().float()).abs().max()) if a.numel() else 0.0
+            a, b = a.detach().float(), b.detach().float()
+            res[f"max_abs_diff_{name}"] = float((a - b).abs().max()) if a.numel() else 0.0
+            res[f"max_abs_{name}"] = float(a.abs().max()) if a.numel() else 0.0
     return res
 
 
@@ -119,6 +121,31 @@ def bench_topk(S: int, B: int, m: int, k: int, device: str | torch.device = "cud
     return res
 
 
+def bench_batch_topk(S: int, B: int, m: int, k: int, device: str | torch.device = "cuda",
+                     dtype: torch.dtype = torch.float32, repeats: int = 10, seed: int = 0) -> dict:
+    """BatchTopK's selection (the top B * k of each seed's B * m pre-activations): torch.topk against
+    sparse.block_topk (block maxima in torch ops), the path BatchTopK takes on CUDA."""
+    from synthsae.sae.sparse import block_topk
+
+    dev = torch.device(device)
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    pre = torch.randn(S, B * m, generator=gen, device=dev).to(dtype)
+    K = B * k
+    res: dict = {"S": S, "B": B, "m": m, "k": k, "device": str(dev), "dtype": str(dtype).replace("torch.", ""),
+                 "repeats": repeats}
+    res["reference_ms"] = _timer(dev, lambda: torch.topk(pre, K, dim=-1, sorted=False), repeats)
+    if not kernels.use_block_topk(pre, B * m, K) and dev.type == "cuda":
+        res["block_skipped"] = f"B * m = {B * m} has fewer than 4 x {K} blocks of 16"
+        return res
+    res["block_ms"] = _timer(dev, lambda: block_topk(pre, K), repeats)
+    res["speedup"] = res["reference_ms"] / res["block_ms"] if res["block_ms"] > 0 else None
+    rv = torch.topk(pre, K, dim=-1).values
+    bv, bi = block_topk(pre, K)
+    res["values_equal"] = bool(torch.equal(rv, bv.sort(dim=-1, descending=True).values))
+    res["indices_point_at_values"] = bool(torch.equal(pre.gather(-1, bi), bv))
+    return res
+
+
 if __name__ == "__main__":  # python -m synthsae.sae.kernels.bench S B m d k [device] [dtype]: one JSON line each
     import json
     import sys
@@ -128,3 +155,4 @@ if __name__ == "__main__":  # python -m synthsae.sae.kernels.bench S B m d k [de
     dt_ = getattr(torch, sys.argv[7]) if len(sys.argv) > 7 else torch.float32
     print(json.dumps(bench_decoder(S_, B_, m_, d_, k_, device=dev_, dtype=dt_)))
     print(json.dumps(bench_topk(S_, B_, m_, k_, device=dev_, dtype=dt_)))
+    print(json.dumps(bench_batch_topk(S_, B_, m_, k_, device=dev_, dtype=dt_)))

@@ -127,21 +127,13 @@ def entry_dots(a: Float[Tensor, "n d"], a_idx: Int[Tensor, " nnz"], b: Float[Ten
     return out
 
 
-def topk_block(m: int, k: int) -> int:
-    """Block size of the top-k: the power of two near sqrt(m / k) (balances the two in-register sorts, m / block
-    block maxima and k * block candidates), at least 16, dividing m and leaving at least k blocks."""
-    k_p2 = triton.next_power_of_2(k)
-    block = TOPK_BLOCK
-    while block < 256 and (2 * block) ** 2 * k_p2 <= m and m % (2 * block) == 0 and k <= m // (2 * block):
-        block *= 2
-    return block
-
-
 def row_topk(pre: Float[Tensor, "... m"], k: int, block: int | None = None) -> tuple[Tensor, Tensor]:
     """Exact top-k along the last dim (largest first); needs m % 16 == 0 and k <= m / 16 (else use torch.topk)."""
     m = pre.shape[-1]
     if m % TOPK_BLOCK or k > m // TOPK_BLOCK or k < 1:
         raise ValueError(f"row_topk needs m % {TOPK_BLOCK} == 0 and 1 <= k <= m / {TOPK_BLOCK}, got m = {m}, k = {k}")
+    from synthsae.sae.kernels import topk_block
+
     block = block or topk_block(m, k)
     nb = m // block
     lead = pre.shape[:-1]
