@@ -269,3 +269,27 @@ def test_bad_model_files_are_one_line_errors(tmp_path, corpus):
         assert r.exit_code == 2, r.output
         lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
         assert len(lines) == 1 and lines[0].startswith("error:") and expect in lines[0], r.stderr
+
+
+# ----------------------------------------------------------------------------------------------- presets
+
+
+def test_gpu_preset_is_sized_in_steps_from_the_converged_cpu_point():
+    """The gpu preset's steps are the CPU default's converged steps x lr, at the gpu lr, times the width allowance;
+    fewer tokens keep the steps (more passes); --passes decides the steps again; a bad `steps` is one line."""
+    from real.config import CONVERGED_STEPS_X_LR, GPU_STEPS, WIDTH_ALLOWANCE, preset, resolve, with_overrides
+    from synthsae.config import ConfigError
+
+    default = resolve(preset("default"))
+    assert default.train.steps * default.train.lr == pytest.approx(CONVERGED_STEPS_X_LR)  # the measured point
+    gpu = resolve(preset("gpu"))
+    assert gpu.train.steps == GPU_STEPS == round(WIDTH_ALLOWANCE * CONVERGED_STEPS_X_LR / gpu.train.lr) == 37_500
+    assert gpu.passes == 8  # ceil(37,500 x 4,096 / 20M)
+    small = with_overrides(preset("gpu"), tokens=4_662_420)
+    assert small.train.steps == 37_500 and small.passes == 33
+    assert with_overrides(preset("gpu"), passes=2).train.steps == 2 * 20_000_000 // 4096
+    assert with_overrides(preset("gpu"), prepend_bos=False).collect.prepend_bos is False
+    bad = preset("gpu")
+    bad.steps = -1
+    with pytest.raises(ConfigError, match="steps = -1: must be an integer >= 0"):
+        resolve(bad)
