@@ -923,7 +923,8 @@ def real_collect(
     cfg = _real_config(preset_name, model, layer, tokens, None, None, None, corpus, None, None, no_bos)
     meta = run_real(cfg, out, collect_only=True, log=lambda m: console.print(m, highlight=False))
     c = meta["counts"]
-    console.print(f"{out / 'acts'}: {c['kept']} tokens kept; left out position 0 {c['position0']}, padding "
+    bos = f"BOS token {meta['bos_token_id']}" if meta.get("prepend_bos") else "no BOS"
+    console.print(f"{out / 'acts'}: {c['kept']} tokens kept; left out position 0 ({bos}) {c['position0']}, padding "
                   f"{c['padding']}, outliers {c['outliers']}", highlight=False)
 
 

@@ -135,6 +135,7 @@ def test_cli_no_prepend_bos_is_recorded_and_a_run_of_the_other_setting_refused(r
     out = tmp_path / "run"
     r = _cli("real", "collect", "--out", out, "--no-prepend-bos", *common)
     assert r.exit_code == 0, r.output
+    assert "left out position 0 (no BOS)" in r.stdout and "corpus: read 1 of 1 files" in r.stdout
     meta = json.loads((out / "acts" / "meta.json").read_text())
     assert meta["prepend_bos"] is False
     assert json.loads((out / "real_config.json").read_text())["collect"]["prepend_bos"] is False
@@ -142,6 +143,7 @@ def test_cli_no_prepend_bos_is_recorded_and_a_run_of_the_other_setting_refused(r
     assert r.exit_code == 2 and "another config (differs in collect)" in r.stderr, r.output
     r = _cli("real", "collect", "--out", tmp_path / "run2", *common)
     assert r.exit_code == 0, r.output
+    assert "left out position 0 (BOS token 3)" in r.stdout
     assert json.loads((tmp_path / "run2" / "acts" / "meta.json").read_text())["prepend_bos"] is True
 
 
