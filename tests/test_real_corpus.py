@@ -169,3 +169,17 @@ def test_a_corpus_smaller_than_asked_is_refused_before_collecting_with_both_numb
     fit = int(msg.split("--tokens ")[1].split(" ")[0])
     ok = collect(CollectConfig(**{**cfg.__dict__, "train_tokens": fit}), tmp_path / "acts", lm=lm, progress=False)
     assert ok.meta["complete"]
+
+
+def test_chunked_reading_keeps_multibyte_characters_and_paragraphs_whole(tmp_path, monkeypatch):
+    """Files are read in byte chunks: a character or a paragraph break cut by a chunk boundary is still read whole."""
+    import real.corpus as C
+
+    text = "\n\n".join(f"caf\u00e9 \u4e2d\u6587 \U0001f600 paragraph {i} " * (i % 7 + 1) for i in range(60))
+    f = tmp_path / "utf8.txt"
+    f.write_text(text, encoding="utf-8")
+    monkeypatch.setattr(C, "CHUNK_BYTES", 7)
+    log = CorpusLog()
+    got = list(C._file_pieces(f, log))
+    assert got == _whole_text_pieces(text, C.MAX_DOC_CHARS)
+    assert log.invalid_utf8 == [] and log.binary == [] and log.bytes_read == len(text.encode())
