@@ -41,35 +41,41 @@ SUFFIXES = (".txt", ".jsonl")  # what a --corpus folder contributes
 
 
 class Splitter:
-    """Cuts a text fed in chunks into pieces of at most ~limit characters at paragraph breaks ("\\n\\n"), in time
+    """Cuts a text fed in chunks into pieces of at most ~limit characters at paragraph breaks ("\n\n"), in time
     linear in its length; a run of more than 2 x limit characters without a break is cut every `limit` characters.
 
     The pieces are those of joining paragraphs while they fit under `limit` (the rule of the whole-text split this
-    replaced, which was quadratic on a file without blank lines)."""
+    replaced, which was quadratic on a file without blank lines). `work` counts the characters copied or scanned."""
 
     def __init__(self, limit: int = MAX_DOC_CHARS):
-        self.limit, self.cur, self.tail = limit, "", ""
+        self.limit, self.cur, self.tail, self.work = limit, "", "", 0
 
     def _emit(self, out: list[str], s: str) -> None:
         if s.strip():
             out.append(s)
 
+    def _cut(self, s: str, keep: int, out: list[str]) -> str:
+        """Emit `limit`-long pieces from the start of s while more than 2 x limit of its first `keep` characters remain."""
+        i = 0
+        while keep - i > 2 * self.limit:
+            self._emit(out, s[i : i + self.limit])
+            i += self.limit
+        self.work += len(s)
+        return s[i:]
+
     def _para(self, para: str, out: list[str]) -> None:
-        lim = self.limit
-        if self.cur and len(self.cur) + len(para) > lim:
+        if self.cur and len(self.cur) + len(para) > self.limit:
             self._emit(out, self.cur)
             self.cur = ""
         self.cur = f"{self.cur}\n\n{para}" if self.cur else para
-        if len(self.cur) > 2 * lim:
-            i = 0
-            while len(self.cur) - i > 2 * lim:
-                self._emit(out, self.cur[i : i + lim])
-                i += lim
-            self.cur = self.cur[i:]
+        self.work += len(self.cur)
+        if len(self.cur) > 2 * self.limit:
+            self.cur = self._cut(self.cur, len(self.cur), out)
 
     def feed(self, text: str) -> list[str]:
         out: list[str] = []
         buf = self.tail + text
+        self.work += len(buf)
         start, search = 0, max(len(self.tail) - 1, 0)
         while (j := buf.find("\n\n", search)) >= 0:
             self._para(buf[start:j], out)
@@ -80,11 +86,7 @@ class Splitter:
             if self.cur:
                 self._emit(out, self.cur)
                 self.cur = ""
-            i = 0
-            while known - i > 2 * self.limit:
-                self._emit(out, tail[i : i + self.limit])
-                i += self.limit
-            tail = tail[i:]
+            tail = self._cut(tail, known, out)
         self.tail = tail
         return out
 

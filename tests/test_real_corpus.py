@@ -42,24 +42,51 @@ def test_streamed_split_equals_the_whole_text_rule(parts, cuts, limit):
     assert list(split_pieces(chunks, limit)) == _whole_text_pieces(text, limit)
 
 
-def _time_file_split(path: Path) -> float:
-    best = float("inf")
-    for _ in range(3):
-        t0 = time.perf_counter()
-        n = sum(len(p) for p in stream_pieces([path], 0, CorpusLog()))
-        best = min(best, time.perf_counter() - t0)
+def _quadratic_work(text: str, limit: int) -> int:
+    """Characters the former whole-text split copied: each cut re-copied the rest of the text."""
+    work, cur = 0, ""
+    for para in text.split("\n\n"):
+        cur = f"{cur}\n\n{para}" if cur else para
+        work += len(cur)
+        while len(cur) > 2 * limit:
+            cur = cur[limit:]
+            work += len(cur)
+    return work
+
+
+def _splitter_work(path: Path) -> int:
+    import real.corpus as C
+
+    sp = C.Splitter()
+    n = 0
+    for chunk in C._decoded_chunks(path, CorpusLog()):
+        n += len(sp.feed(chunk))
+    n += len(sp.close())
     assert n > 0
-    return best
+    return sp.work
 
 
 def test_a_file_without_blank_lines_splits_in_linear_time(tmp_path):
-    """4x the size takes about 4x the time (a quadratic split takes 16x): min of 3 timings, ratio < 8."""
+    """The characters the splitter copies or scans grow like the file (4x the size: 4x the work), where the former
+    split's grew like its square (16x); and 4x the size takes well under 16x the time (min of 5 timings)."""
     small, big = tmp_path / "small.txt", tmp_path / "big.txt"
     line = "word " * 1000 + "\n"  # single newlines only: no paragraph break anywhere
-    small.write_text(line * 800)  # 4 MB
+    small.write_text(line * 800)  # 4 MB (smaller files fit in the CPU caches and time unlike the larger)
     big.write_text(line * 3200)  # 16 MB
-    ratio = _time_file_split(big) / _time_file_split(small)
-    assert ratio < 8, f"t(16 MB) / t(4 MB) = {ratio:.1f}"
+    ratio = _splitter_work(big) / _splitter_work(small)
+    assert 3.9 < ratio < 4.1, ratio
+    text = line * 100
+    assert _quadratic_work(text * 4, 2000) / _quadratic_work(text, 2000) > 14  # the measure sees a quadratic split
+
+    def best(path: Path) -> float:
+        times = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            _splitter_work(path)
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    assert best(big) / best(small) < 12  # a quadratic split: ~16
     pieces = list(split_pieces([line * 10]))
     assert max(map(len, pieces)) <= 4000 and "".join(pieces) == (line * 10)[: sum(map(len, pieces))]
 
