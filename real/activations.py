@@ -1,10 +1,13 @@
 """Collect residual-stream activations after block L into safetensors shards; read them back memory-mapped.
 
 Folder layout (`acts/` of a real run, or any folder):
-- `meta.json`: model, its fingerprint, layer, d_model, window length, corpus, the outlier rule, counts;
+- `meta.json`: model, its fingerprint, layer, d_model, window length, whether each window starts with BOS (and its
+  id), corpus and what was read of it, the outlier rule, counts;
 - `contexts.safetensors`: `tokens [n_contexts, ctx_len]` int32 (the windows, train first, eval last);
 - `shards/shard_<k>.safetensors`: `acts [n, d]`, `token_ids [n]`, `context_ids [n]`, `positions [n]` for the
   kept tokens of a contiguous range of windows (in the file's metadata).
+Each window starts with the tokenizer's BOS when it defines one and `prepend_bos` is on (SAELens's prepend_bos: the
+model sees inputs shaped like its training data); position 0 (BOS or not) is never kept.
 Kept tokens: position > 0 and norm <= `outlier_factor` x the median norm (measured on the first batch and
 then fixed). Each shard is written atomically, so a killed collection resumes after its last shard.
 """
@@ -49,6 +52,7 @@ class CollectConfig:
     corpus_seed: int = 0
     outlier_factor: float = 10.0
     dtype: str = "float32"  # storage dtype of the activations (float32 or float16)
+    prepend_bos: bool = True  # each window starts with the tokenizer's BOS token when it defines one
 
     def n_contexts(self) -> tuple[int, int]:
         per = self.ctx_len - 1  # position 0 is never kept
@@ -65,6 +69,10 @@ def validate_collect(c: CollectConfig) -> None:
         raise ConfigError(f"collect.outlier_factor = {c.outlier_factor!r}: must be a number > 1")
     if c.dtype not in ("float32", "float16"):
         raise ConfigError(f"collect.dtype = {c.dtype!r}: must be float32 or float16")
+    if not isinstance(c.prepend_bos, bool):
+        raise ConfigError(f"collect.prepend_bos = {c.prepend_bos!r}: must be true or false")
+    if not isinstance(c.corpus, list) or not all(isinstance(p, str) and p for p in c.corpus):
+        raise ConfigError(f"collect.corpus = {c.corpus!r}: must be a list of file or folder paths")
 
 
 def collect_disk_bytes(c: CollectConfig, d_model: int, done_contexts: int = 0) -> int:
@@ -90,11 +98,28 @@ def check_collect_disk(c: CollectConfig, d_model: int, out: str | Path, done_con
                f"({c.dtype})", "free disk, pass another --out, lower collect.train_tokens or store float16", out)
 
 
-def _identity(c: CollectConfig, lm, contexts_hash: str, corpus_desc: str) -> dict:
-    """What a cache must match to be reused: model weights, layer, windows (hence corpus and seed)."""
+def bos_id(c: CollectConfig, tokenizer) -> int | None:
+    """The BOS token id each window starts with: the tokenizer's, when it defines one and prepend_bos is on."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    return int(bos) if c.prepend_bos and bos is not None else None
+
+
+def check_ctx_len(c: CollectConfig, lm) -> None:
+    """A window may not be longer than the positions the model was built for."""
+    cfg = lm.model.config
+    cfg = getattr(cfg, "text_config", None) or cfg
+    limit = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
+    if isinstance(limit, int) and c.ctx_len > limit:
+        raise ConfigError(f"collect.ctx_len = {c.ctx_len}: longer than the {limit} positions {lm.name} takes; "
+                          f"pick at most {limit}")
+
+
+def _identity(c: CollectConfig, lm, contexts_hash: str, corpus_desc: str, bos: int | None) -> dict:
+    """What a cache must match to be reused: model weights, layer, BOS setting, windows (hence corpus and seed)."""
     return {"format": FORMAT, "model": c.model, "model_fingerprint": lm.fingerprint, "layer": c.layer,
-            "d_model": lm.d_model, "n_layers": lm.n_layers, "ctx_len": c.ctx_len, "contexts_hash": contexts_hash,
-            "corpus": corpus_desc, "dtype": c.dtype, "outlier_factor": c.outlier_factor}
+            "d_model": lm.d_model, "n_layers": lm.n_layers, "ctx_len": c.ctx_len, "prepend_bos": bos is not None,
+            "bos_token_id": bos, "contexts_hash": contexts_hash, "corpus": corpus_desc, "dtype": c.dtype,
+            "outlier_factor": c.outlier_factor}
 
 
 def _hash_tokens(t: Tensor) -> str:
@@ -104,30 +129,70 @@ def _hash_tokens(t: Tensor) -> str:
 
 
 def _mismatch(saved: dict, want: dict) -> str | None:
-    for k in ("format", "model_fingerprint", "layer", "ctx_len", "contexts_hash", "dtype", "outlier_factor"):
-        if saved.get(k) != want.get(k):
-            return f"{k}: cached {saved.get(k)!r}, requested {want.get(k)!r}"
+    for k in ("format", "model_fingerprint", "layer", "ctx_len", "prepend_bos", "contexts_hash", "dtype", "outlier_factor"):
+        have = saved.get(k, False) if k == "prepend_bos" else saved.get(k)  # folders from before BOS: none prepended
+        if have != want.get(k):
+            return f"{k}: cached {have!r}, requested {want.get(k)!r}"
     return None
 
 
+def windows(c: CollectConfig, tokenizer, log=None) -> tuple[Tensor, str, int | None, dict | None]:
+    """The token windows of a collection (train first, eval last), the corpus description, the BOS id they start with
+    and, for user files, what was read (also said in one line through `log`). A corpus smaller than the tokens asked
+    for is refused here, before any activation is computed, in one line with both numbers."""
+    from real.corpus import CorpusLog, CorpusTooSmall, default_documents, pack_stream, shuffled, stream_pieces
+
+    n_train, n_eval = c.n_contexts()
+    bos = bos_id(c, tokenizer)
+    if c.corpus:
+        read = CorpusLog()
+        pieces = stream_pieces(c.corpus, c.corpus_seed, read)
+        desc = ("files: " if all(Path(p).is_file() for p in c.corpus) else "files and folders: ") + ", ".join(c.corpus)
+        what = f"--corpus {' '.join(c.corpus)}"
+    else:
+        read = None
+        docs, desc = default_documents()
+        pieces, what = shuffled(docs, c.corpus_seed), "the default Debian text"
+    try:
+        tokens = pack_stream(pieces, tokenizer, n_train + n_eval, c.ctx_len, bos, what=what)
+    except CorpusTooSmall as exc:
+        body = c.ctx_len - (bos is not None)
+        fit = (exc.tokens // body - n_eval) * (c.ctx_len - 1)
+        hint = f"--tokens {fit} or less" if fit > 0 else "a smaller collect.eval_tokens"
+        raise ConfigError(f"corpus: {what} holds {exc.tokens:,} tokens, {(n_train + n_eval) * body:,} are needed for "
+                          f"{c.train_tokens:,} training + {c.eval_tokens:,} eval tokens; give more text "
+                          f"(--corpus FILE or DIR) or {hint}") from None
+    finally:
+        if read is not None and log is not None:
+            log(read.line())
+    info = None
+    if read is not None:
+        info = {"line": read.line(), "files_listed": read.files_listed, "files_read": read.files_read,
+                "bytes_read": read.bytes_read, "binary": read.binary, "invalid_utf8": read.invalid_utf8,
+                "ignored": read.ignored}
+    return tokens, desc, bos, info
+
+
 def collect(c: CollectConfig, out: str | Path, *, lm=None, progress: bool = True, stop_after_shards: int | None = None,
-            force: bool = False) -> "ActivationStore":
+            force: bool = False, log=None) -> "ActivationStore":
     """Collect (or finish collecting) activations into `out`; an existing complete cache is returned as is.
 
     A folder holding activations of another model, layer, corpus or window length is refused (one line), and only
     replaced with force. stop_after_shards=N stops after writing N shards in this call (as if killed; tests use it).
     """
-    from real.corpus import default_documents, pack_contexts, read_documents
     from real.model import check_layer, hidden_after, load_model
 
     validate_collect(c)
     out = Path(out)
     lm = lm or load_model(c.model)
     check_layer(lm, c.layer)
+    check_ctx_len(c, lm)
     n_train, n_eval = c.n_contexts()
-    docs, corpus_desc = read_documents(c.corpus) if c.corpus else default_documents()
-    tokens = pack_contexts(docs, lm.tokenizer, n_train + n_eval, c.ctx_len, c.corpus_seed)
-    ident = _identity(c, lm, _hash_tokens(tokens), corpus_desc)
+    if log is None and progress:
+        def log(m: str) -> None:
+            print(m, file=sys.stderr)
+    tokens, corpus_desc, bos, read = windows(c, lm.tokenizer, log)
+    ident = _identity(c, lm, _hash_tokens(tokens), corpus_desc, bos)
     meta_path = out / META
     meta: dict
     if meta_path.is_file():
@@ -140,7 +205,7 @@ def collect(c: CollectConfig, out: str | Path, *, lm=None, progress: bool = True
             import shutil
 
             shutil.rmtree(out)
-            return collect(c, out, lm=lm, progress=progress, stop_after_shards=stop_after_shards)
+            return collect(c, out, lm=lm, progress=progress, stop_after_shards=stop_after_shards, log=lambda m: None)
         if bad:
             raise ConfigError(f"{out}: holds activations of another collection ({bad}); pass another --out or --force")
         if meta.get("complete"):
@@ -150,7 +215,7 @@ def collect(c: CollectConfig, out: str | Path, *, lm=None, progress: bool = True
             raise ConfigError(f"{out}: is not empty and holds no {META}; pass another --out")
         check_collect_disk(c, lm.d_model, out)  # before anything is written
         meta = {**ident, "n_train_contexts": n_train, "n_eval_contexts": n_eval, "complete": False,
-                "config": asdict(c), "counts": {}}
+                "config": asdict(c), "counts": {}, "corpus_read": read}
         atomic_save_safetensors({"tokens": tokens}, out / CONTEXTS)
         atomic_write_json(meta_path, meta)
 

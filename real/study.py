@@ -83,7 +83,7 @@ def _run_locked(cfg: RealConfig, out: Path, force: bool, lm, progress: bool, log
 
     log(f"[2/8] collecting activations after block {cfg.collect.layer} ({cfg.collect.train_tokens} train + "
         f"{cfg.collect.eval_tokens} eval tokens) -> {out / 'acts'}")
-    store = collect(cfg.collect, out / "acts", lm=lm, progress=progress, force=force)
+    store = collect(cfg.collect, out / "acts", lm=lm, progress=progress, force=force, log=log)
     prepare(cfg, out, force)  # only once the activations are known to match: a refused call changes nothing
     if collect_only:
         return store.meta
