@@ -210,6 +210,47 @@ def clusters_verdict(an: AnalysisResult | None) -> Verdict:
     return _verdict(*CLUSTERS, rule, checks, why)
 
 
+TRUTH_FILTER = ("Does stability mark true features?",
+                "On planted truth, a latent's stability tells true latents (a planted atom or inside a planted block) "
+                "from the rest: ranking by stability separates them far better than the rotated-seeds null's "
+                "stability does, and keeping the stable latents raises the share of true ones.")
+FILTER_AUROC_MIN = 0.75  # stability's AUROC for the true label at least this ...
+FILTER_MARGIN = 0.1  # ... and this far above the null's AUROC; stable latents' precision this far above the base rate
+FILTER_RECALL_MIN = 0.5  # supporting: the stable filter keeps at least this share of the true latents
+
+
+def truth_filter_verdict(an: AnalysisResult | None) -> Verdict:
+    tf = an.truth_filter if an is not None else None
+    if tf is None:
+        return not_measured(*TRUTH_FILTER, "a planted truth (real-data runs have none)")
+    a, soft = tf.auroc, tf.auroc_soft
+    n_other = tf.n_live - tf.n_true
+    checks = [
+        Check("true and other live latents both present", tf.n_true > 0 and n_other > 0, True,
+              f"{tf.n_true} true, {n_other} other live latents"),
+        Check("stability's AUROC for the true label high and above the null's",
+              _ok(a.value) and a.value >= FILTER_AUROC_MIN and above(a, FILTER_MARGIN), True,
+              f"AUROC {_f(a.value)} vs rotated-seeds null {_f(a.baseline)} (>= {FILTER_AUROC_MIN} and null + {FILTER_MARGIN})"),
+        Check("stable latents are more often true than live latents in general",
+              _ok(tf.precision.value) and _ok(tf.base_rate) and tf.precision.value >= tf.base_rate + FILTER_MARGIN, True,
+              f"precision of 'stable' {_f(tf.precision.value)} vs base rate {_f(tf.base_rate)} (+{FILTER_MARGIN})"),
+        Check("the stable filter keeps most true latents", _ok(tf.recall.value) and tf.recall.value >= FILTER_RECALL_MIN,
+              False, f"recall {_f(tf.recall.value)} (>= {FILTER_RECALL_MIN})"),
+        Check("soft stability's AUROC above the null's", above(soft, FILTER_MARGIN), False,
+              f"{_f(soft.value)} vs null {_f(soft.baseline)} (+{FILTER_MARGIN})"),
+    ]
+    rule = (f"labels: {tf.label_rule}. Core: both classes present; the AUROC of stability for the label >= "
+            f"{FILTER_AUROC_MIN} and >= the AUROC of the rotated-seeds null's stability (same labels) + {FILTER_MARGIN}; "
+            f"the precision of 'stable' (stability >= {tf.stable_cutoff}) >= the share of true live latents + "
+            f"{FILTER_MARGIN}. Supporting: recall of 'stable' >= {FILTER_RECALL_MIN}; soft stability's AUROC >= its "
+            f"null's + {FILTER_MARGIN}")
+    why = (f"AUROC {_f(a.value)} (null {_f(a.baseline)}), soft {_f(soft.value)} (null {_f(soft.baseline)}); 'stable' "
+           f"keeps {_f(tf.frac_stable, 2)} of live latents, precision {_f(tf.precision.value)} vs base rate "
+           f"{_f(tf.base_rate)}, recall {_f(tf.recall.value)}; atoms-only AUROC {_f(tf.auroc_atoms)}, blocks-only "
+           f"{_f(tf.auroc_blocks)}")
+    return _verdict(*TRUTH_FILTER, rule, checks, why)
+
+
 # ----------------------------------------------------------------------------------------------- ablation
 
 
