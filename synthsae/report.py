@@ -357,14 +357,19 @@ def build_report(run_dir: str | Path, title: str | None = None) -> tuple[Path, P
     m = _metrics(run_dir)
     fig_dir = run_dir / "figures"
     fig_dir.mkdir(exist_ok=True)
-    sections = build_sections(m, load_latents(run_dir), fig_dir) + atlas_sections(m.atlas)
+    from synthsae.report_questions import question_sections
+
+    lat = load_latents(run_dir)
+    sections = build_sections(m, lat, fig_dir) + question_sections(m.analysis, lat, fig_dir) + atlas_sections(m.atlas)
     return write_report(run_dir, title or f"synthsae report: {run_dir.name}", _summary(run_dir, m), sections)
 
 
 def verdicts(run_dir: str | Path) -> list[Verdict]:
     """Every claim's verdict for a run (for terminal summaries and compare): rules only, no figures drawn."""
+    from synthsae.report_questions import question_verdicts
+
     m = _metrics(Path(run_dir))
-    return all_verdicts(m.analysis, m.ablation, m.pooling)
+    return all_verdicts(m.analysis, m.ablation, m.pooling) + question_verdicts(m.analysis)
 
 
 # ----------------------------------------------------------------------------------------------- comparison

@@ -251,6 +251,34 @@ def truth_filter_verdict(an: AnalysisResult | None) -> Verdict:
     return _verdict(*TRUTH_FILTER, rule, checks, why)
 
 
+SEED_BUDGET = ("How many seeds are enough?",
+               "The run has enough seeds: recomputed from fewer seeds (every subset of n < S seeds, same matches), the "
+               "share of stable latents stays within a small band of the all-S value from some n < S on.")
+
+
+def seed_budget_verdict(an: AnalysisResult | None) -> Verdict:
+    sb = an.seed_budget if an is not None else None
+    if sb is None:
+        return not_measured(*SEED_BUDGET, "a seed budget (it needs at least 3 seeds)")
+    n0 = sb.smallest_n_within_target
+    last = sb.rows[-1] if sb.rows else None
+    checks = [
+        Check(f"the stable share is pinned to +-{sb.target} from some n < S on", n0 is not None, True,
+              f"smallest n: {n0 if n0 is not None else 'none'} of S = {sb.seeds}; at n = {last.n if last else '-'}: "
+              f"+-{_f(last.stable_share_within if last else None)} ({sb.quantile:.0%})"),
+        Check("half the seeds would have been enough", n0 is not None and n0 <= sb.seeds // 2, False,
+              f"smallest n {n0 if n0 is not None else 'none'} vs S / 2 = {sb.seeds // 2}"),
+    ]
+    rule = (f"over every subset of n seeds (or {sb.max_subsets} drawn at random), the {sb.quantile:.0%} quantile of "
+            f"|stable share of the subset - all-S stable share|. Core: some n < S from which every larger n < S is "
+            f"within +-{sb.target}. Supporting: that n <= S / 2 (the spread against all S understates the error of n "
+            "fresh seeds as n nears S, so a small n is the more trustworthy answer)")
+    rows = {r.n: r for r in sb.rows}
+    why = "; ".join(f"{n} seeds: +-{_f(rows[n].stable_share_within)}" for n in sorted(rows)) + \
+        f" (all {sb.seeds}: {_f(sb.stable_share_all)} stable)"
+    return _verdict(*SEED_BUDGET, rule, checks, why)
+
+
 # ----------------------------------------------------------------------------------------------- ablation
 
 

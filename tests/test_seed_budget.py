@@ -120,3 +120,19 @@ def test_smallest_n_needs_every_larger_n_within_target():
             for n, w in zip(range(2, 8), [0.12, 0.04, 0.04, 0.06, 0.046, 0.02])]
     assert smallest_n(rows, 0.05) == 6  # n = 3 is within by luck of the cut-off's rounding, n = 5 is not
     assert smallest_n(rows, 0.01) is None and smallest_n(rows, 0.2) == 2
+
+
+def test_verdict_holds_for_identical_seeds_and_not_when_seeds_disagree_at_random():
+    from types import SimpleNamespace
+
+    from synthsae.verdicts import seed_budget_verdict
+
+    same = unit_rows(torch.randn(1, 30, 32, generator=torch.Generator().manual_seed(0))).expand(6, -1, -1).clone()
+    sb = seed_budget(pair_scores(same, "maxcos")[0], 0.7, torch.ones(6, 30, dtype=torch.bool), 0.8)
+    assert seed_budget_verdict(SimpleNamespace(seed_budget=sb)).verdict == "held"
+    # each latent reappears with p = 0.7: 5 of 6 seeds need all 4 others matched, 6 seeds 4 of 5: the share moves
+    dec, _ = planted_seeds(6, np.full(200, 0.7), 256, seed=1)
+    sb = seed_budget(pair_scores(dec, "maxcos")[0], 0.7, torch.ones(6, 200, dtype=torch.bool), 0.8)
+    v = seed_budget_verdict(SimpleNamespace(seed_budget=sb))
+    assert sb.smallest_n_within_target is None and v.verdict == "did not hold"
+    assert seed_budget_verdict(None).verdict == "not measured"
