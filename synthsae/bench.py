@@ -286,6 +286,20 @@ def adapt_analysis(res) -> dict:
         "atom_recovery_chance": atoms.frac_recovered.baseline if atoms else None,
         "subspace_recovery_orthogonal": geo["orthogonal"].mean_recovery if "orthogonal" in geo else None,
         "subspace_recovery_superposed": geo["superposed"].mean_recovery if "superposed" in geo else None,
+        **adapt_questions(res),
+    }
+
+
+def adapt_questions(res) -> dict:
+    """Truth filter (AUROC of stability for true latents, its null, precision / recall of 'stable') and seed budget
+    (the stable share's 95% spread at S - 1 seeds and the smallest n within +-0.05) of one AnalysisResult."""
+    tf, sb = res.truth_filter, res.seed_budget
+    return {
+        "truth_auroc": tf.auroc.value if tf else None, "truth_auroc_null": tf.auroc.baseline if tf else None,
+        "truth_precision": tf.precision.value if tf else None, "truth_recall": tf.recall.value if tf else None,
+        "truth_base_rate": tf.base_rate if tf else None,
+        "seed_budget_within": sb.rows[-1].stable_share_within if sb and sb.rows else None,
+        "seed_budget_n": sb.smallest_n_within_target if sb else None,
     }
 
 

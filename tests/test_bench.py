@@ -43,6 +43,8 @@ def install_plugin(root: Path) -> None:
 
 VARIANTS = "toy_l1,topk,blocktopk"
 GROUP_COLUMNS = {"group stability", "group null"}  # filled for group variants (blocktopk) only
+BUDGET_COLUMNS = {"stable share ± at S-1 seeds", "seeds for ±0.05"}  # need >= 3 seeds: empty for 2-seed wide rows
+MAYBE_NONE = {"seeds for ±0.05", "stable: precision"}  # '-' is an answer: no n < S within ±0.05 / no stable latent
 
 
 @pytest.fixture(scope="module")
@@ -92,14 +94,15 @@ def test_plugin_variant_on_quick_leaderboard_every_column_filled(bench):
     toy = [r for r in rows if r[0] == "toy_l1" and r[1] == "variant"]
     assert len(toy) == len(SUITES["quick"].presets[0].l0s)  # one row per L0 target
     for r in toy:
-        missing = {h for h, v in zip(heads, r) if v in ("-", "")}
+        missing = {h for h, v in zip(heads, r) if v in ("-", "")} - MAYBE_NONE
         assert missing == GROUP_COLUMNS, f"empty columns for toy_l1: {missing}"  # not a group variant
     # blocktopk: every column filled, group stability among them; its wide baseline too (it has no pooling)
     block = [r for r in rows if r[0] in ("blocktopk", "blocktopk wide")]
     assert len(block) == 2 * len(toy)
     for r in block:
-        missing = {h for h, v in zip(heads, r) if v in ("-", "")}
-        assert missing == (set() if r[1] == "variant" else {"pooled stability"}), f"empty columns for {r[0]}: {missing}"
+        missing = {h for h, v in zip(heads, r) if v in ("-", "")} - MAYBE_NONE
+        want = set() if r[1] == "variant" else {"pooled stability"} | (BUDGET_COLUMNS - MAYBE_NONE)
+        assert missing == want, f"empty columns for {r[0]}: {missing}"
     kinds = {r[1] for r in rows}
     assert {"variant", "baseline: bagging", "baseline: pooled SAE", "baseline: single SAE at bag width"} <= kinds
     assert {r[0] for r in rows if r[1] == "variant"} == {"toy_l1", "topk", "blocktopk"}
@@ -139,6 +142,12 @@ def test_leaderboard_numbers_equal_synthsae_analyze(bench):
             assert row["subspace_recovery_orthogonal"] == pytest.approx(geo["orthogonal"]["mean_recovery"])
             assert row["subspace_recovery_superposed"] == pytest.approx(geo["superposed"]["mean_recovery"])
             assert row["dead_fraction"] == pytest.approx(ana["frequency"]["frac_dead"])
+            tf, sb = ana["truth_filter"], ana["seed_budget"]
+            assert row["truth_auroc"] == pytest.approx(tf["auroc"]["value"], abs=1e-12)
+            assert row["truth_auroc_null"] == pytest.approx(tf["auroc"]["baseline"], abs=1e-12)
+            assert row["truth_recall"] == pytest.approx(tf["recall"]["value"], abs=1e-12)
+            assert row["seed_budget_within"] == pytest.approx(sb["rows"][-1]["stable_share_within"], abs=1e-12)
+            assert row["seed_budget_n"] == sb["smallest_n_within_target"]
     md = (bench / "leaderboard.md").read_text()
     line = next(r for r in md_rows(md.split("## tiny, L0 target 3")[1].split("##")[0]) if r[:2] == ["toy_l1", "variant"])
     heads = [h for h, _, _ in COLUMNS]
