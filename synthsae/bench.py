@@ -61,6 +61,7 @@ class Suite:
     wide_seeds: int = 2
     max_probes: int = 5  # penalty calibration: at most this many one-seed probe runs per cell
     l0_tolerance: float = 0.1  # stop calibrating once |L0 / target - 1| <= this
+    seed_mode: str = "shared_data"  # train.seed_mode of every cell (`synthsae bench --seed-mode`)
 
 
 SUITES: dict[str, Suite] = {
@@ -135,10 +136,19 @@ def resolve_variants(names: list[str] | None) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def get_suite(name: str) -> Suite:
+def get_suite(name: str, seed_mode: str | None = None) -> Suite:
+    """A named suite, with every cell's train.seed_mode set when given (validated: one line naming the allowed modes)."""
+    from dataclasses import replace
+
+    from synthsae.config import SEED_MODES
+
     if name not in SUITES:
         raise ConfigError(f"--suite = {name!r}: must be one of {', '.join(SUITES)}")
-    return SUITES[name]
+    if seed_mode is None:
+        return SUITES[name]
+    if seed_mode not in SEED_MODES:
+        raise ConfigError(f"--seed-mode = {seed_mode!r}: must be one of {', '.join(SEED_MODES)}")
+    return replace(SUITES[name], seed_mode=seed_mode)
 
 
 # ----------------------------------------------------------------------------------------------- cells
@@ -169,6 +179,7 @@ def cell_config(suite: Suite, spec: PresetSpec, variant: str, l0: float, wide: b
     t = cfg.train
     t.seeds = suite.wide_seeds if wide else suite.seeds
     t.init_seeds = []
+    t.seed_mode = suite.seed_mode
     if suite.steps is not None:
         t.steps = suite.steps
         t.checkpoint_every = min(t.checkpoint_every, max(1, suite.steps // 3))
@@ -435,7 +446,9 @@ def check_out(out: Path, suite: Suite, resume: bool) -> None:
         raise FileExistsError(f"{out}: is not empty (an earlier bench?); pass --resume to finish it or add variants to it")
     if marker.is_file():
         saved = json.loads(marker.read_text())
-        if saved.get("suite") != json.loads(json.dumps(asdict(suite))):
+        have = dict(saved.get("suite") or {})
+        have.setdefault("seed_mode", "shared_data")  # benches from before seed modes
+        if have != json.loads(json.dumps(asdict(suite))):
             raise ConfigError(f"--suite = {suite.name!r}: {out} holds a bench of suite {saved.get('name')!r} "
                               "with other settings; use another --out")
 
@@ -546,7 +559,7 @@ def _run_cells(todo: list[tuple[int, tuple]], n_jobs: int, run: Callable[[tuple]
 
 def run_bench(variants: list[str] | None, suite_name: str, out: str | Path, *, resume: bool = False,
               progress: bool = True, log: Callable[[str], None] = lambda m: None, pool: bool = True,
-              jobs: int | None = None) -> BenchResult:
+              jobs: int | None = None, seed_mode: str | None = None) -> BenchResult:
     """Train and measure every missing cell, then write the leaderboard from every cell stored under `out`.
 
     jobs > 1 trains that many cells at once in worker processes (default: default_jobs()); the numbers are the
@@ -557,7 +570,7 @@ def run_bench(variants: list[str] | None, suite_name: str, out: str | Path, *, r
     from synthsae.bench_report import write_leaderboard
 
     t0 = time.perf_counter()
-    suite = get_suite(suite_name)
+    suite = get_suite(suite_name, seed_mode)
     names = resolve_variants(variants)
     n_jobs = check_jobs(jobs)
     out = Path(out)

@@ -360,7 +360,7 @@ def build_report(run_dir: str | Path, title: str | None = None) -> tuple[Path, P
     from synthsae.report_questions import question_sections
 
     lat = load_latents(run_dir)
-    sections = build_sections(m, lat, fig_dir) + question_sections(m.analysis, lat, fig_dir) + atlas_sections(m.atlas)
+    sections = build_sections(m, lat, fig_dir) + question_sections(m.analysis, lat, fig_dir, m.seed_modes) + atlas_sections(m.atlas)
     return write_report(run_dir, title or f"synthsae report: {run_dir.name}", _summary(run_dir, m), sections)
 
 
@@ -369,7 +369,7 @@ def verdicts(run_dir: str | Path) -> list[Verdict]:
     from synthsae.report_questions import question_verdicts
 
     m = _metrics(Path(run_dir))
-    return all_verdicts(m.analysis, m.ablation, m.pooling) + question_verdicts(m.analysis)
+    return all_verdicts(m.analysis, m.ablation, m.pooling) + question_verdicts(m.analysis, m.seed_modes)
 
 
 # ----------------------------------------------------------------------------------------------- comparison

@@ -9,15 +9,16 @@ import numpy as np
 
 from synthsae import figures
 from synthsae.report_render import Section, Table, fmt
-from synthsae.results import AnalysisResult, Verdict
-from synthsae.verdicts import seed_budget_verdict, truth_filter_verdict
+from synthsae.results import AnalysisResult, SeedModesResult, Verdict
+from synthsae.verdicts import seed_budget_verdict, seed_modes_verdict, truth_filter_verdict
 
 
-def question_verdicts(an: AnalysisResult | None) -> list[Verdict]:
+def question_verdicts(an: AnalysisResult | None, sm: SeedModesResult | None = None) -> list[Verdict]:
     """The questions' verdicts in report order: truth filter (left out when the analysis had no planted truth),
-    seed budget."""
+    seed budget, seed modes (only when `synthsae seed-modes` ran)."""
     has_truth = an is None or an.truth_filter is not None
-    return ([truth_filter_verdict(an)] if has_truth else []) + [seed_budget_verdict(an)]
+    return ([truth_filter_verdict(an)] if has_truth else []) + [seed_budget_verdict(an)] + \
+        ([seed_modes_verdict(sm)] if sm is not None else [])
 
 
 def _section(v: Verdict) -> Section:
@@ -91,7 +92,25 @@ def seed_budget_section(v: Verdict, an: AnalysisResult | None, fig_dir: Path) ->
     return sec
 
 
-def question_sections(an: AnalysisResult | None, lat: dict, fig_dir: Path) -> list[Section]:
-    """The truth-filter and seed-budget sections (the truth filter only when the analysis had a planted truth)."""
+def seed_modes_section(sm: SeedModesResult) -> Section:
+    sec = _section(seed_modes_verdict(sm))
+    ind = next((r for r in sm.rows if r.mode == "independent"), None)
+    sec.paragraphs.append("Each mode is the run's config with only train.seed_mode changed, trained into seed_modes/<mode>/ "
+                          "and analysed with the run's settings. independent: own init, own data stream; shared_init: one "
+                          "init, own data streams; shared_data: own init, one data stream.")
+    sec.tables.append(Table(
+        ["seed mode", "mean stability (null)", "minus independent", "stable share (null)", "AUROC for true latents", "EV"],
+        [[r.mode + (" (this run)" if r.own else ""), f"{fmt(r.stability.value)} ({fmt(r.stability.baseline)})",
+          fmt(r.stability.value - ind.stability.value) if ind is not None and r.stability.value is not None
+          and ind.stability.value is not None else "-",
+          f"{fmt(r.frac_stable.value)} ({fmt(r.frac_stable.baseline)})", fmt(r.truth_auroc), fmt(r.ev, 4)] for r in sm.rows],
+        "The same config under each seed mode"))
+    return sec
+
+
+def question_sections(an: AnalysisResult | None, lat: dict, fig_dir: Path, sm: SeedModesResult | None = None) -> list[Section]:
+    """The truth-filter (only with a planted truth), seed-budget and seed-mode (only when measured) sections."""
+    has_truth = an is None or an.truth_filter is not None
     v = question_verdicts(an)
-    return ([truth_filter_section(v[0], an, lat, fig_dir)] if len(v) == 2 else []) + [seed_budget_section(v[-1], an, fig_dir)]
+    return ([truth_filter_section(v[0], an, lat, fig_dir)] if has_truth else []) + [seed_budget_section(v[-1], an, fig_dir)] \
+        + ([seed_modes_section(sm)] if sm is not None else [])

@@ -714,6 +714,30 @@ class SourcesResult:
     pooling_folders: Optional[list[str]] = doc("folders the stored pooling study pooled (null: none)", None)
 
 
+# ----------------------------------------------------------------------------------------------- seed modes
+
+
+@dataclass(kw_only=True)
+class SeedModeRow:
+    """One way of seeding (what the S seeds share) of the same config, analysed the same way."""
+
+    mode: str = doc("independent (own init, own data), shared_init (one init, own data) or shared_data (own init, one data stream)")
+    run_dir: str = doc("run folder of this mode (the run itself, or its companion under seed_modes/<mode>)")
+    own: bool = doc("true for the run's own mode")
+    stability: Chance = doc("mean stability of live latents (baseline: the rotated-seeds null)")
+    frac_stable: Chance = doc("stable share of live latents (baseline: the rotated-seeds null)")
+    truth_auroc: Optional[float] = doc("AUROC of stability for true latents (null: no planted truth)", None)
+    ev: Optional[float] = doc("explained variance on held-out samples, mean over seeds", None)
+
+
+@dataclass(kw_only=True)
+class SeedModesResult:
+    """The run's stability beside the same config trained under other seed modes (metrics.json key 'seed_modes')."""
+
+    own_mode: str = doc("the run's seed mode")
+    rows: list[SeedModeRow] = doc("the run's own mode first, then each companion", factory=list)
+
+
 # ----------------------------------------------------------------------------------------------- verdicts
 
 

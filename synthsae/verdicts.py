@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from synthsae.results import AblationResult, AnalysisResult, Chance, Check, PoolingResult, Verdict
+from synthsae.results import AblationResult, AnalysisResult, Chance, Check, PoolingResult, SeedModesResult, Verdict
 
 MARGIN = 0.1  # a number must beat its null by this much (stability, cluster and span fractions)
 STABLE_FRAC_MIN = 0.2  # a stable core: at least this share of live latents ...
@@ -277,6 +277,27 @@ def seed_budget_verdict(an: AnalysisResult | None) -> Verdict:
     why = "; ".join(f"{n} seeds: +-{_f(rows[n].stable_share_within)}" for n in sorted(rows)) + \
         f" (all {sb.seeds}: {_f(sb.stable_share_all)} stable)"
     return _verdict(*SEED_BUDGET, rule, checks, why)
+
+
+SEED_MODES = ("Stability or stabilization?",
+              "The run's stability is not bought by what its seeds share: the same config trained with seeds that share "
+              "neither initialisation nor data order (independent) is about as stable.")
+SEED_MODE_TOL = 0.05  # sharing init or data may add at most this much mean stability over independent seeds
+
+
+def seed_modes_verdict(sm: SeedModesResult | None) -> Verdict:
+    ind = next((r for r in sm.rows if r.mode == "independent"), None) if sm is not None else None
+    if ind is None:
+        return not_measured(*SEED_MODES, "an independent-seeds companion (`synthsae seed-modes RUN`)")
+    checks = [Check(f"{r.mode} adds at most {SEED_MODE_TOL} mean stability over independent seeds",
+                    _ok(r.stability.value) and _ok(ind.stability.value) and r.stability.value - ind.stability.value <= SEED_MODE_TOL,
+                    True, f"{_f(r.stability.value)} vs independent {_f(ind.stability.value)} (+{SEED_MODE_TOL})")
+              for r in sm.rows if r.mode != "independent"]
+    rule = (f"the same config trained and analysed under each seed mode; core: every shared mode's mean stability (live "
+            f"latents) <= independent seeds' + {SEED_MODE_TOL}")
+    why = "; ".join(f"{r.mode}{' (this run)' if r.own else ''} {_f(r.stability.value)} (null {_f(r.stability.baseline)}, "
+                    f"stable {_f(r.frac_stable.value, 2)})" for r in sm.rows)
+    return _verdict(*SEED_MODES, rule, checks, why)
 
 
 # ----------------------------------------------------------------------------------------------- ablation

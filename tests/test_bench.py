@@ -13,6 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from synthsae.bench import SUITES, _next_coef, calibrate, cell_config, sparsity_knob
+from synthsae.config import ConfigError
 from synthsae.bench_report import COLUMNS, pareto_front
 
 PLUGIN = textwrap.dedent('''
@@ -251,6 +252,7 @@ def test_killed_parallel_bench_resumes_in_workers(bench, tmp_path):
     (["--variants", "nope"], "--variants"),
     (["--variants", ","], "--variants"),
     (["--jobs", "0"], "--jobs"),
+    (["--seed-mode", "same"], "--seed-mode"),
 ])
 def test_bad_bench_flags_exit_2_with_one_line(tmp_path, args, field):
     from cli import app
@@ -324,3 +326,23 @@ def test_sparsity_knobs_of_shipped_variants():
 def test_pareto_front():
     pts = [(0.5, 0.5), (0.6, 0.4), (0.4, 0.6), (0.45, 0.45), (0.6, 0.3)]
     assert pareto_front(pts) == [2, 0, 1]  # (0.45, 0.45) and (0.6, 0.3) are dominated
+
+
+def test_seed_mode_reaches_every_cell_and_a_bench_keeps_its_mode(tmp_path):
+    from dataclasses import asdict
+
+    from synthsae.bench import cell_config, check_out, get_suite
+
+    suite = get_suite("quick", "shared_init")
+    spec = suite.presets[0]
+    for wide in (False, True):
+        t = cell_config(suite, spec, "topk", spec.l0s[0], wide).train
+        assert t.seed_mode == "shared_init" and len(set(t.resolved_init_seeds())) == 1 and t.data_varies()
+    assert cell_config(get_suite("quick"), spec, "topk", spec.l0s[0]).train.seed_mode == "shared_data"
+    out = tmp_path / "b"
+    out.mkdir()
+    old = {k: v for k, v in asdict(get_suite("quick")).items() if k != "seed_mode"}  # a bench from before seed modes
+    (out / "suite.json").write_text(json.dumps({"name": "quick", "suite": old}))
+    check_out(out, get_suite("quick"), resume=True)
+    with pytest.raises(ConfigError, match="--suite"):
+        check_out(out, suite, resume=True)

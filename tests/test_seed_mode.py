@@ -77,3 +77,38 @@ def test_shared_init_seeds_part_with_their_data_and_shared_data_seeds_see_the_sa
     torch.testing.assert_close(sae.W_dec[1:2], one.W_dec, rtol=1e-5, atol=1e-6)
     meta = json.loads((tmp_path / "sd" / "seeds" / "seed_1" / "cfg.json").read_text())["metadata"]
     assert meta["seed_mode"] == "shared_data" and meta["data_seed"] == 1234
+
+
+def test_seed_modes_verdict_fails_when_a_shared_mode_is_what_makes_seeds_stable():
+    from synthsae.results import Chance, SeedModeRow, SeedModesResult
+    from synthsae.verdicts import seed_modes_verdict
+
+    def row(mode, stab, own=False):
+        return SeedModeRow(mode=mode, run_dir=mode, own=own, stability=Chance(stab, 0.0), frac_stable=Chance(stab, 0.0))
+
+    assert seed_modes_verdict(SeedModesResult(own_mode="shared_init", rows=[row("shared_init", 0.9, True),
+                                                                         row("independent", 0.5)])).verdict == "did not hold"
+    assert seed_modes_verdict(SeedModesResult(own_mode="shared_data", rows=[row("shared_data", 0.52, True),
+                                                                         row("independent", 0.5)])).verdict == "held"
+    assert seed_modes_verdict(SeedModesResult(own_mode="shared_data", rows=[row("shared_data", 0.5, True)])).verdict == "not measured"
+    assert seed_modes_verdict(None).verdict == "not measured"
+
+
+def test_seed_modes_command_trains_the_independent_companion_and_reports_it(tmp_path):
+    from cli import app
+
+    run = tmp_path / "run"
+    train_run(tiny("shared_data"), run, progress=False)
+    res = CliRunner().invoke(app, ["seed-modes", str(run), "--quiet", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    m = json.loads((run / "metrics.json").read_text())["seed_modes"]
+    assert m["own_mode"] == "shared_data" and [r["mode"] for r in m["rows"]] == ["shared_data", "independent"]
+    comp = run / "seed_modes" / "independent"
+    meta = json.loads((comp / "seeds" / "seed_1" / "cfg.json").read_text())["metadata"]
+    assert meta["seed_mode"] == "independent" and meta["data_seed"] == 1234 + 1
+    assert "## Stability or stabilization?" in (run / "report.md").read_text()
+    before = (comp / "train.json").stat().st_mtime_ns
+    assert CliRunner().invoke(app, ["seed-modes", str(run), "--quiet", "--device", "cpu"]).exit_code == 0
+    assert (comp / "train.json").stat().st_mtime_ns == before  # reused, not retrained
+    bad = CliRunner().invoke(app, ["seed-modes", str(run), "--modes", "independent,same", "--quiet"])
+    assert bad.exit_code == 2 and "--modes" in bad.output and "shared_init" in bad.output
