@@ -1028,6 +1028,8 @@ def bench_cmd(
     quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
     seed_mode: Optional[str] = typer.Option(None, "--seed-mode", help="train.seed_mode of every cell: independent, "
                                             "shared_init or shared_data (default: shared_data, as in a run)"),
+    matched_compute: bool = typer.Option(False, "--matched-compute", help="add the long baseline: the base width trained "
+                                         "S/2 x the steps (the compute of half the seeds), beside the wide one"),
 ) -> None:
     """A leaderboard of SAE variants at matched L0: truth recovery, seed stability, pooled baselines, cost."""
     from synthsae.bench import check_jobs, check_out, get_suite, resolve_variants, run_bench
@@ -1037,9 +1039,9 @@ def bench_cmd(
         raise UserError("--variants: give at least one variant name")
     resolve_variants(names)
     check_jobs(jobs)
-    check_out(out, get_suite(suite, seed_mode), resume)  # before any work: a refused bench leaves the folder untouched
+    check_out(out, get_suite(suite, seed_mode, matched_compute), resume)  # before any work: a refused bench leaves the folder untouched
     try:
-        res = run_bench(names, suite, out, resume=resume, progress=not quiet, jobs=jobs, seed_mode=seed_mode,
+        res = run_bench(names, suite, out, resume=resume, progress=not quiet, jobs=jobs, seed_mode=seed_mode, matched_compute=matched_compute,
                         log=lambda m: console.print(m, highlight=False))
     except KeyboardInterrupt:
         err_console.print(f"interrupted: `synthsae bench --resume --suite {suite} --out {out}` finishes the bench")

@@ -72,6 +72,11 @@ NOTES = """\
   itself; *bagging* = a half's dictionaries concatenated (the mean of their reconstructions), stability between
   the two halves' bags; *wide* = one SAE of the same variant as wide as a bag, trained at the same L0 target
   (stability between its seeds). Throughput and wall time of baselines: '-' (no training) or their own run.
+- **matched compute** (`--matched-compute`): a half of the seeds costs S / 2 trainings at the base width. The *wide*
+  baseline (S / 2 = 2 times wider, same steps) and the *long* baseline (base width, S / 2 times the steps) spend the
+  same training compute in one SAE; each has 2 seeds, one standing for each half, so its stability is between
+  disjoint halves' compute as the pooled SAE's and bagging's are. EV at the same L0 target and truth recovery
+  (MCC, atoms) in the same columns.
 """
 
 
@@ -82,6 +87,10 @@ def leaderboard_rows(rows: list[dict]) -> list[dict]:
         base = {"preset": r["preset"], "l0_target": r["l0_target"], "variant": r["variant"]}
         if r.get("wide"):
             out.append({**r, **base, "name": f"{r['variant']} wide", "kind": "baseline: single SAE at bag width",
+                        "width": r["d_sae"], "pooled_stability": None})
+            continue
+        if r.get("long"):
+            out.append({**r, **base, "name": f"{r['variant']} long", "kind": "baseline: single SAE, a half's compute in steps",
                         "width": r["d_sae"], "pooled_stability": None})
             continue
         out.append({**r, **base, "name": r["variant"], "kind": "variant", "width": r["d_sae"]})

@@ -346,3 +346,29 @@ def test_seed_mode_reaches_every_cell_and_a_bench_keeps_its_mode(tmp_path):
     check_out(out, get_suite("quick"), resume=True)
     with pytest.raises(ConfigError, match="--suite"):
         check_out(out, suite, resume=True)
+
+
+def test_matched_compute_adds_the_long_baseline(tmp_path, monkeypatch):
+    """--matched-compute: one SAE at the base width trained S/2 x the steps (2 seeds), beside the wide one, as a
+    baseline row with EV, stability and truth recovery."""
+    import dataclasses
+
+    import synthsae.bench as B
+    from synthsae.bench import run_bench
+    from synthsae.config import load
+
+    small = dataclasses.replace(SUITES["quick"], presets=(B.PresetSpec("tiny", "tiny", (4.0,)),), steps=100,
+                                eval_tokens=2048, pool_refit_steps=20)
+    monkeypatch.setitem(B.SUITES, "quick", small)
+    res = run_bench(["topk"], "quick", tmp_path / "b", progress=False, jobs=1, matched_compute=True, pool=False)
+    cells = tmp_path / "b" / "cells" / "tiny" / "l0_4"
+    base, long = load(cells / "topk" / "config.toml"), load(cells / "topk@long" / "config.toml")
+    assert long.train.steps == 2 * base.train.steps and long.sae.d_sae == base.sae.d_sae and long.train.seeds == 2
+    assert load(cells / "topk@wide" / "config.toml").sae.d_sae == 2 * base.sae.d_sae
+    assert len(res.rows) == 3 and sum(bool(r.get("long")) for r in res.rows) == 1
+    heads = [h for h, _, _ in COLUMNS]
+    row = next(r for r in md_rows((tmp_path / "b" / "leaderboard.md").read_text()) if r[0] == "topk long")
+    assert row[1] == "baseline: single SAE, a half's compute in steps"
+    for h in ("EV", "atom MCC", "stability maxcos", "maxcos null", "stability AUROC for true latents"):
+        assert row[heads.index(h)] not in ("-", ""), h
+    assert json.loads((tmp_path / "b" / "suite.json").read_text())["suite"]["long_factor"] == 2
