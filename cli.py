@@ -490,6 +490,16 @@ def print_analysis(res) -> None:
         t.add_row("atoms: recovered at cos >= 0.9", _vb(tr.atoms.frac_recovered))
         t.add_row("atom latents: stability", _f(tr.atoms.atom_latent_stability))
         t.add_row("latents in rank >= 4 blocks: stability", _f(tr.block_latent_stability_rank_ge_4))
+    if res.truth_filter is not None:
+        tf = res.truth_filter
+        t.add_row("stability AUROC for true latents", f"{_vb(tf.auroc)}; 'stable': precision {_f(tf.precision.value)} "
+                  f"(base rate {_f(tf.base_rate)}), recall {_f(tf.recall.value)}")
+    if res.seed_budget is not None:
+        from synthsae.metrics.seed_budget import budget_sentence
+
+        sb = res.seed_budget
+        t.add_row("seed budget", budget_sentence(sb, sb.rows[0].n) + f"; within +-{sb.target} from n = "
+                  f"{sb.smallest_n_within_target if sb.smallest_n_within_target is not None else '- (none < S)'}")
     console.print(t)
     if tr is not None and tr.blocks:
         align = {r.block: r for r in tr.cluster_alignment.per_block} if tr.cluster_alignment else {}
@@ -817,8 +827,11 @@ def seed_modes_cmd(
     if not is_run_dir(run_dir) or not (run_dir / "train.json").is_file():
         raise UserError(f"{str(run_dir)!r}: not a finished synthetic run (config.toml, seeds/ and train.json)")
     _check_metrics_target(run_dir / "metrics.json")
-    res = seed_mode_study(run_dir, [m.strip() for m in modes.split(",") if m.strip()] if modes else None,
-                          None if device == "auto" else device, progress=not quiet)
+    from synthsae.rundir import run_lock
+
+    with run_lock(run_dir):  # no other synthsae process writes the run meanwhile
+        res = seed_mode_study(run_dir, [m.strip() for m in modes.split(",") if m.strip()] if modes else None,
+                              None if device == "auto" else device, progress=not quiet)
     for r in res.rows:
         console.print(f"{r.mode}{' (this run)' if r.own else ''}: mean stability {r.stability.value:.3f} "
                       f"(null {r.stability.baseline:.3f}), stable {r.frac_stable.value:.3f}, EV {r.ev:.4f}", highlight=False)

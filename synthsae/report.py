@@ -385,6 +385,8 @@ _KEY_NUMBERS = [  # (label, getter on Metrics, digits)
     ("atom-latent stability", lambda m: m.analysis.truth.atoms.atom_latent_stability, 3),
     ("rank>=4 block-latent stability", lambda m: m.analysis.truth.block_latent_stability_rank_ge_4, 3),
     ("unstable in multi-seed clusters", lambda m: m.analysis.unstable_clusters.frac_in_multi_seed.value, 3),
+    ("stability AUROC for true latents", lambda m: m.analysis.truth_filter.auroc.value, 3),
+    ("stable share +- at S-1 seeds (95%)", lambda m: m.analysis.seed_budget.rows[-1].stable_share_within, 3),
     ("single-seed EV", lambda m: m.pooling.single.ev.mean, 4),
     ("single-seed stability between halves", lambda m: m.pooling.single.stability_between_halves.mean, 3),
     ("primary pool stability between halves", lambda m: m.pooling.variants[m.pooling.primary].stability_pool_vs_pool.mean, 3),
