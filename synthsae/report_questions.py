@@ -76,7 +76,7 @@ def seed_budget_section(v: Verdict, an: AnalysisResult | None, fig_dir: Path) ->
         "mean stability does not (it is unbiased at every n).")
     sec.tables.append(Table(
         ["n", "subsets", "stable share", f"within (±, {sb.quantile:.0%})", "mean stability", "within (±)",
-         "per-latent within (±)", "per-latent mean |dev|"],
+         "per-latent within (±)", "per-latent mean abs. deviation"],
         [[str(r.n), f"{r.n_subsets}{'' if r.all_subsets else ' (sampled)'}", fmt(r.stable_share_mean),
           fmt(r.stable_share_within), fmt(r.mean_stability_mean), fmt(r.mean_stability_within), fmt(r.latent_within),
           fmt(r.latent_mean_abs_dev)] for r in sb.rows]
