@@ -90,6 +90,8 @@ def test_seed_modes_verdict_fails_when_a_shared_mode_is_what_makes_seeds_stable(
                                                                          row("independent", 0.5)])).verdict == "did not hold"
     assert seed_modes_verdict(SeedModesResult(own_mode="shared_data", rows=[row("shared_data", 0.52, True),
                                                                          row("independent", 0.5)])).verdict == "held"
+    assert seed_modes_verdict(SeedModesResult(own_mode="shared_data", rows=[row("shared_data", 0.52, True), row("independent", 0.5),
+                                                                         row("shared_init", 0.9)])).verdict == "held"  # shown, not counted
     assert seed_modes_verdict(SeedModesResult(own_mode="shared_data", rows=[row("shared_data", 0.5, True)])).verdict == "not measured"
     assert seed_modes_verdict(None).verdict == "not measured"
 
