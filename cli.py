@@ -490,6 +490,16 @@ def print_analysis(res) -> None:
         t.add_row("atoms: recovered at cos >= 0.9", _vb(tr.atoms.frac_recovered))
         t.add_row("atom latents: stability", _f(tr.atoms.atom_latent_stability))
         t.add_row("latents in rank >= 4 blocks: stability", _f(tr.block_latent_stability_rank_ge_4))
+    if res.truth_filter is not None:
+        tf = res.truth_filter
+        t.add_row("stability AUROC for true latents", f"{_vb(tf.auroc)}; 'stable': precision {_f(tf.precision.value)} "
+                  f"(base rate {_f(tf.base_rate)}), recall {_f(tf.recall.value)}")
+    if res.seed_budget is not None:
+        from synthsae.metrics.seed_budget import budget_sentence
+
+        sb = res.seed_budget
+        t.add_row("seed budget", budget_sentence(sb, sb.rows[0].n) + f"; within +-{sb.target} from n = "
+                  f"{sb.smallest_n_within_target if sb.smallest_n_within_target is not None else '- (none < S)'}")
     console.print(t)
     if tr is not None and tr.blocks:
         align = {r.block: r for r in tr.cluster_alignment.per_block} if tr.cluster_alignment else {}
@@ -795,6 +805,40 @@ def compare_cmd(
     console.print(f"wrote {md} and {page}", highlight=False)
 
 
+# ----------------------------------------------------------------------------------------------- seed modes (issue 21)
+
+
+@app.command("seed-modes")
+@user_errors
+def seed_modes_cmd(
+    run_dir: Path = typer.Argument(..., help="a finished synthetic run directory"),
+    modes: Optional[str] = typer.Option(None, "--modes", help="comma-separated seed modes to train beside the run's own "
+                                        "(independent, shared_init, shared_data; default: independent, or both shared "
+                                        "modes for an independent run)"),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when available), cpu, cuda, cuda:N"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
+) -> None:
+    """Stability or stabilization: train the run's config under other train.seed_mode values (RUN/seed_modes/<mode>/),
+    analyse them alike and add the comparison to metrics.json ("seed_modes") and the report."""
+    from synthsae.metrics.run_analysis import is_run_dir
+    from synthsae.report import build_report
+    from synthsae.seed_modes import seed_mode_study
+
+    if not is_run_dir(run_dir) or not (run_dir / "train.json").is_file():
+        raise UserError(f"{str(run_dir)!r}: not a finished synthetic run (config.toml, seeds/ and train.json)")
+    _check_metrics_target(run_dir / "metrics.json")
+    from synthsae.rundir import run_lock
+
+    with run_lock(run_dir):  # no other synthsae process writes the run meanwhile
+        res = seed_mode_study(run_dir, [m.strip() for m in modes.split(",") if m.strip()] if modes else None,
+                              None if device == "auto" else device, progress=not quiet)
+    for r in res.rows:
+        console.print(f"{r.mode}{' (this run)' if r.own else ''}: mean stability {r.stability.value:.3f} "
+                      f"(null {r.stability.baseline:.3f}), stable {r.frac_stable.value:.3f}, EV {r.ev:.4f}", highlight=False)
+    md, page = build_report(run_dir)
+    console.print(f"wrote {run_dir / 'metrics.json'} (key \"seed_modes\"); report: {page}", highlight=False)
+
+
 # ----------------------------------------------------------------------------------------------- atlas (issue 15)
 
 
@@ -997,6 +1041,10 @@ def bench_cmd(
     resume: bool = typer.Option(False, "--resume", help="reuse the stored cells of --out: finish a killed bench or add variants"),
     jobs: Optional[int] = typer.Option(None, "--jobs", help="cells trained at once in worker processes, one torch thread each (default: min(2, CPU cores); 1 on a GPU)"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
+    seed_mode: Optional[str] = typer.Option(None, "--seed-mode", help="train.seed_mode of every cell: independent, "
+                                            "shared_init or shared_data (default: shared_data, as in a run)"),
+    matched_compute: bool = typer.Option(False, "--matched-compute", help="add the long baseline: the base width trained "
+                                         "S/2 x the steps (the compute of half the seeds), beside the wide one"),
 ) -> None:
     """A leaderboard of SAE variants at matched L0: truth recovery, seed stability, pooled baselines, cost."""
     from synthsae.bench import check_jobs, check_out, get_suite, resolve_variants, run_bench
@@ -1006,9 +1054,9 @@ def bench_cmd(
         raise UserError("--variants: give at least one variant name")
     resolve_variants(names)
     check_jobs(jobs)
-    check_out(out, get_suite(suite), resume)  # before any work: a refused bench leaves the folder untouched
+    check_out(out, get_suite(suite, seed_mode, matched_compute), resume)  # before any work: a refused bench leaves the folder untouched
     try:
-        res = run_bench(names, suite, out, resume=resume, progress=not quiet, jobs=jobs,
+        res = run_bench(names, suite, out, resume=resume, progress=not quiet, jobs=jobs, seed_mode=seed_mode, matched_compute=matched_compute,
                         log=lambda m: console.print(m, highlight=False))
     except KeyboardInterrupt:
         err_console.print(f"interrupted: `synthsae bench --resume --suite {suite} --out {out}` finishes the bench")

@@ -7,6 +7,7 @@ Layout of a bench folder (one cell = one (preset, L0, variant) run folder holdin
         calibration.json, calibration/probe_<i>/    penalty variants: the probes that set the penalty for L0
         bench.json                                  the cell's leaderboard numbers (written last)
     OUT/cells/<preset>/l0_<L0>/<variant>@wide/      baseline: one SAE as wide as a bag of half the seeds (its own run)
+    OUT/cells/<preset>/l0_<L0>/<variant>@long/      baseline (--matched-compute): the base width trained S/2 x the steps
     OUT/leaderboard.md, leaderboard.html, figures/pareto.png
 
 A cell is trained once and kept: a later bench with more variants trains only the new cells, and `resume`
@@ -33,6 +34,7 @@ from synthsae.fileio import atomic_write_json
 
 BENCH_SCHEMA = "synthsae.bench/1"
 WIDE = "@wide"  # suffix of the wide single-SAE baseline cell
+LONG = "@long"  # suffix of the long single-SAE baseline cell (the compute of half the seeds at the base width)
 
 
 @dataclass(frozen=True)
@@ -58,9 +60,11 @@ class Suite:
     eval_tokens: int | None = None
     pool_refit_steps: int | None = None
     wide_factor: int = 2  # the wide single SAE has wide_factor x d_sae latents: the width of a bag of S / 2 = 2 seeds
-    wide_seeds: int = 2
+    wide_seeds: int = 2  # seeds of the wide and long baselines: one per half of the seeds
+    long_factor: int = 0  # > 0: a baseline at the base width trained long_factor x the steps (S / 2: a half's compute)
     max_probes: int = 5  # penalty calibration: at most this many one-seed probe runs per cell
     l0_tolerance: float = 0.1  # stop calibrating once |L0 / target - 1| <= this
+    seed_mode: str = "shared_data"  # train.seed_mode of every cell (`synthsae bench --seed-mode`)
 
 
 SUITES: dict[str, Suite] = {
@@ -135,10 +139,23 @@ def resolve_variants(names: list[str] | None) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def get_suite(name: str) -> Suite:
+def get_suite(name: str, seed_mode: str | None = None, matched_compute: bool = False) -> Suite:
+    """A named suite, with every cell's train.seed_mode set when given (validated: one line naming the allowed modes)
+    and, with matched_compute, the long baseline (the base width trained S / 2 x the steps: a half's compute)."""
+    from dataclasses import replace
+
+    from synthsae.config import SEED_MODES
+
     if name not in SUITES:
         raise ConfigError(f"--suite = {name!r}: must be one of {', '.join(SUITES)}")
-    return SUITES[name]
+    suite = SUITES[name]
+    if matched_compute:
+        suite = replace(suite, long_factor=max(1, suite.seeds // 2))
+    if seed_mode is None:
+        return suite
+    if seed_mode not in SEED_MODES:
+        raise ConfigError(f"--seed-mode = {seed_mode!r}: must be one of {', '.join(SEED_MODES)}")
+    return replace(suite, seed_mode=seed_mode)
 
 
 # ----------------------------------------------------------------------------------------------- cells
@@ -148,11 +165,16 @@ def l0_tag(l0: float) -> str:
     return f"l0_{l0:g}"
 
 
-def cell_dir(out: Path, spec: PresetSpec, l0: float, variant: str, wide: bool = False) -> Path:
-    return Path(out) / "cells" / spec.label / l0_tag(l0) / (variant + (WIDE if wide else ""))
+def cell_dir(out: Path, spec: PresetSpec, l0: float, variant: str, wide: bool = False, long: bool = False) -> Path:
+    return Path(out) / "cells" / spec.label / l0_tag(l0) / (variant + suffix(wide, long))
 
 
-def cell_config(suite: Suite, spec: PresetSpec, variant: str, l0: float, wide: bool = False) -> RunConfig:
+def suffix(wide: bool, long: bool = False) -> str:
+    """The cell folder suffix of a baseline: @wide, @long, or none for the variant's own cell."""
+    return WIDE if wide else LONG if long else ""
+
+
+def cell_config(suite: Suite, spec: PresetSpec, variant: str, l0: float, wide: bool = False, long: bool = False) -> RunConfig:
     """The run config of one cell (before penalty calibration): the preset with the suite's schedule and L0."""
     cfg = preset(spec.preset)
     for key, value in spec.truth:
@@ -167,12 +189,16 @@ def cell_config(suite: Suite, spec: PresetSpec, variant: str, l0: float, wide: b
         cfg.sae.d_sae *= suite.wide_factor
         cfg.sae.matryoshka_prefixes = []
     t = cfg.train
-    t.seeds = suite.wide_seeds if wide else suite.seeds
+    t.seeds = suite.wide_seeds if wide or long else suite.seeds
     t.init_seeds = []
+    t.seed_mode = suite.seed_mode
     if suite.steps is not None:
         t.steps = suite.steps
         t.checkpoint_every = min(t.checkpoint_every, max(1, suite.steps // 3))
         cfg.sae.l1_warmup_steps = min(cfg.sae.l1_warmup_steps, max(1, suite.steps // 5))
+    if long:  # matched compute: the steps of long_factor seeds, in one seed, at the base width
+        t.steps *= max(1, suite.long_factor)
+        t.checkpoint_every = min(t.checkpoint_every, max(1, t.steps // 3))
     if suite.batch_size is not None:
         t.batch_size = suite.batch_size
     if suite.eval_tokens is not None:
@@ -244,22 +270,22 @@ def calibrate(cfg: RunConfig, target: float, knob: str, folder: Path, suite: Sui
     return rec
 
 
-def train_cell(suite: Suite, spec: PresetSpec, variant: str, l0: float, out: Path, *, wide: bool = False,
+def train_cell(suite: Suite, spec: PresetSpec, variant: str, l0: float, out: Path, *, wide: bool = False, long: bool = False,
                progress: bool = True, train: Callable | None = None) -> tuple[RunConfig, Path, dict | None]:
     """Calibrate (penalty variants) and train one cell unless its train.json exists; returns its config."""
     from synthsae.config import load as load_config
     from synthsae.train import train_run
 
     train = train or train_run
-    folder = cell_dir(out, spec, l0, variant, wide)
+    folder = cell_dir(out, spec, l0, variant, wide, long)
     folder.mkdir(parents=True, exist_ok=True)
     if (folder / "train.json").is_file():
         cal = folder / "calibration.json"
         return load_config(folder / "config.toml"), folder, json.loads(cal.read_text()) if cal.is_file() else None
-    cfg = cell_config(suite, spec, variant, l0, wide)
+    cfg = cell_config(suite, spec, variant, l0, wide, long)
     knob = sparsity_knob(variant)
     narrow = cell_dir(out, spec, l0, variant) / "calibration.json"
-    if wide and knob != "k" and narrow.is_file():  # start from the narrow cell's penalty: fewer probes
+    if (wide or long) and knob != "k" and narrow.is_file():  # start from the narrow cell's penalty: fewer probes
         setattr(cfg.sae, knob, float(json.loads(narrow.read_text())["chosen"]))
     cal = calibrate(cfg, l0, knob, folder, suite, progress=progress, train=train) if knob != "k" else None
     train(cfg, folder, resume=True, progress=progress)
@@ -286,6 +312,20 @@ def adapt_analysis(res) -> dict:
         "atom_recovery_chance": atoms.frac_recovered.baseline if atoms else None,
         "subspace_recovery_orthogonal": geo["orthogonal"].mean_recovery if "orthogonal" in geo else None,
         "subspace_recovery_superposed": geo["superposed"].mean_recovery if "superposed" in geo else None,
+        **adapt_questions(res),
+    }
+
+
+def adapt_questions(res) -> dict:
+    """Truth filter (AUROC of stability for true latents, its null, precision / recall of 'stable') and seed budget
+    (the stable share's 95% spread at S - 1 seeds and the smallest n within +-0.05) of one AnalysisResult."""
+    tf, sb = res.truth_filter, res.seed_budget
+    return {
+        "truth_auroc": tf.auroc.value if tf else None, "truth_auroc_null": tf.auroc.baseline if tf else None,
+        "truth_precision": tf.precision.value if tf else None, "truth_recall": tf.recall.value if tf else None,
+        "truth_base_rate": tf.base_rate if tf else None,
+        "seed_budget_within": sb.rows[-1].stable_share_within if sb and sb.rows else None,
+        "seed_budget_n": sb.smallest_n_within_target if sb else None,
     }
 
 
@@ -421,7 +461,10 @@ def check_out(out: Path, suite: Suite, resume: bool) -> None:
         raise FileExistsError(f"{out}: is not empty (an earlier bench?); pass --resume to finish it or add variants to it")
     if marker.is_file():
         saved = json.loads(marker.read_text())
-        if saved.get("suite") != json.loads(json.dumps(asdict(suite))):
+        have = dict(saved.get("suite") or {})
+        have.setdefault("seed_mode", "shared_data")  # benches from before seed modes ...
+        have.setdefault("long_factor", 0)  # ... and the long baseline
+        if have != json.loads(json.dumps(asdict(suite))):
             raise ConfigError(f"--suite = {suite.name!r}: {out} holds a bench of suite {saved.get('name')!r} "
                               "with other settings; use another --out")
 
@@ -444,21 +487,21 @@ def check_jobs(jobs: int | None) -> int:
 
 
 def bench_cell(out: Path, suite: Suite, spec: PresetSpec, l0: float, variant: str, wide: bool, *, pool: bool,
-               progress: bool) -> dict:
+               progress: bool, long: bool = False) -> dict:
     """Train (if needed) and measure one cell, write its bench.json last; returns what the caller logs.
 
     Runs in the bench's process (--jobs 1) or in a worker process; every cell is seeded by its own config, so
     where it runs does not change its numbers.
     """
     t0 = time.perf_counter()
-    folder = cell_dir(out, spec, l0, variant, wide)
+    folder = cell_dir(out, spec, l0, variant, wide, long)
     was_trained = (folder / "train.json").is_file()
-    cfg, folder, cal = train_cell(suite, spec, variant, l0, out, wide=wide, progress=progress)
+    cfg, folder, cal = train_cell(suite, spec, variant, l0, out, wide=wide, long=long, progress=progress)
     from synthsae.threads import configure_threads
 
     configure_threads(cfg.train.batch_size, cfg.truth.d, cfg.sae.d_sae, "cpu")  # metrics: same threads as training
-    row = cell_numbers(folder, pool=pool and not wide, progress=progress)
-    row.update({"preset": spec.label, "l0_target": l0, "wide": wide, "calibration": cal,
+    row = cell_numbers(folder, pool=pool and not wide and not long, progress=progress)
+    row.update({"preset": spec.label, "l0_target": l0, "wide": wide, "long": long, "calibration": cal,
                 "calibration_seconds": _probe_seconds(folder)})
     # wall time from what is stored (so a resumed cell reports its whole cost): probes + training + metrics
     row["wall_seconds"] = row["calibration_seconds"] + row["train_seconds"] + row["metric_seconds"]
@@ -500,26 +543,26 @@ def _run_cells(todo: list[tuple[int, tuple]], n_jobs: int, run: Callable[[tuple]
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     pending = list(todo)
-    narrow_left = {(j[0].label, j[1], j[2]) for _, j in todo if not j[3]}
+    narrow_left = {(j[0].label, j[1], j[2]) for _, j in todo if not (j[3] or j[4])}
     running: dict = {}
     ctx = mp.get_context("spawn")  # a fresh interpreter: no OpenMP state forked from this process
     ex = ProcessPoolExecutor(max_workers=n_jobs, mp_context=ctx, initializer=_worker_init, initargs=(os.getpid(),))
     try:
         while pending or running:
             while pending and len(running) < n_jobs:
-                ready = next((p for p in pending if not (p[1][3] and sparsity_knob(p[1][2]) != "k"
+                ready = next((p for p in pending if not ((p[1][3] or p[1][4]) and sparsity_knob(p[1][2]) != "k"
                                                          and (p[1][0].label, p[1][1], p[1][2]) in narrow_left)), None)
                 if ready is None:
                     break
                 pending.remove(ready)
-                i, (spec, l0, variant, wide) = ready
-                log(f"[{i}/{total}] start {spec.label} L0 {l0:g} {variant}{WIDE if wide else ''}")
+                i, (spec, l0, variant, wide, long) = ready
+                log(f"[{i}/{total}] start {spec.label} L0 {l0:g} {variant}{suffix(wide, long)}")
                 running[ex.submit(run, ready[1])] = ready
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for fut in done:
                 i, job = running.pop(fut)
                 info = fut.result()  # a failed cell stops the bench (its error is raised here)
-                if not job[3]:
+                if not (job[3] or job[4]):
                     narrow_left.discard((job[0].label, job[1], job[2]))
                 on_done(i, job, info)
     except BaseException:
@@ -532,7 +575,7 @@ def _run_cells(todo: list[tuple[int, tuple]], n_jobs: int, run: Callable[[tuple]
 
 def run_bench(variants: list[str] | None, suite_name: str, out: str | Path, *, resume: bool = False,
               progress: bool = True, log: Callable[[str], None] = lambda m: None, pool: bool = True,
-              jobs: int | None = None) -> BenchResult:
+              jobs: int | None = None, seed_mode: str | None = None, matched_compute: bool = False) -> BenchResult:
     """Train and measure every missing cell, then write the leaderboard from every cell stored under `out`.
 
     jobs > 1 trains that many cells at once in worker processes (default: default_jobs()); the numbers are the
@@ -543,7 +586,7 @@ def run_bench(variants: list[str] | None, suite_name: str, out: str | Path, *, r
     from synthsae.bench_report import write_leaderboard
 
     t0 = time.perf_counter()
-    suite = get_suite(suite_name)
+    suite = get_suite(suite_name, seed_mode, matched_compute)
     names = resolve_variants(variants)
     n_jobs = check_jobs(jobs)
     out = Path(out)
@@ -553,10 +596,10 @@ def run_bench(variants: list[str] | None, suite_name: str, out: str | Path, *, r
     trained: list[str] = []
     # every variant's own cells first, then the wide baselines (a penalty variant's wide cell starts from its
     # calibration); within each, suite order
-    jobs_list = [(spec, l0, v, wide) for wide in (False, True) for spec in suite.presets for l0 in spec.l0s
-                 for v in names]
+    jobs_list = [(spec, l0, v, wide, long) for wide, long in ((False, False), (True, False), (False, True))
+                 if not long or suite.long_factor for spec in suite.presets for l0 in spec.l0s for v in names]
     todo = [(i, j) for i, j in enumerate(jobs_list, 1)
-            if not (cell_dir(out, j[0], j[1], j[2], j[3]) / "bench.json").is_file()]
+            if not (cell_dir(out, *j[:5]) / "bench.json").is_file()]
     n_done = len(jobs_list) - len(todo)
 
     def on_done(i: int, job: tuple, info: dict) -> None:
@@ -564,15 +607,15 @@ def run_bench(variants: list[str] | None, suite_name: str, out: str | Path, *, r
         n_done += 1
         if info["trained"]:
             trained.append(info["folder"])
-        spec, l0, variant, wide = job
-        log(f"[{n_done}/{len(jobs_list)} done] {spec.label} L0 {l0:g} {variant}{WIDE if wide else ''}: "
+        spec, l0, variant, wide, long = job
+        log(f"[{n_done}/{len(jobs_list)} done] {spec.label} L0 {l0:g} {variant}{suffix(wide, long)}: "
             f"{info['seconds']:.0f} s ({time.perf_counter() - t0:.0f} s since start)")
 
     cell = functools.partial(_cell_job, out, suite, pool=pool)
     if n_jobs == 1 or len(todo) <= 1:
         for i, job in todo:
-            spec, l0, variant, wide = job
-            log(f"[{i}/{len(jobs_list)}] start {spec.label} L0 {l0:g} {variant}{WIDE if wide else ''}")
+            spec, l0, variant, wide, long = job
+            log(f"[{i}/{len(jobs_list)}] start {spec.label} L0 {l0:g} {variant}{suffix(wide, long)}")
             on_done(i, job, cell(job, progress=progress))
     else:
         _run_cells(todo, n_jobs, functools.partial(cell, progress=False), on_done, log, len(jobs_list))
@@ -582,8 +625,8 @@ def run_bench(variants: list[str] | None, suite_name: str, out: str | Path, *, r
 
 
 def _cell_job(out: Path, suite: Suite, job: tuple, *, pool: bool, progress: bool) -> dict:
-    spec, l0, variant, wide = job
-    return bench_cell(out, suite, spec, l0, variant, wide, pool=pool, progress=progress)
+    spec, l0, variant, wide, long = job
+    return bench_cell(out, suite, spec, l0, variant, wide, pool=pool, progress=progress, long=long)
 
 
 def _probe_seconds(folder: Path) -> float:

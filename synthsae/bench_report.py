@@ -33,6 +33,13 @@ COLUMNS = [  # (header, key in a leaderboard row, digits)
     ("group stability", "group_stability", 3),
     ("group null", "group_stability_null", 3),
     ("pooled stability", "pooled_stability", 3),
+    ("stability AUROC for true latents", "truth_auroc", 3),
+    ("AUROC null", "truth_auroc_null", 3),
+    ("stable: precision", "truth_precision", 3),
+    ("stable: recall", "truth_recall", 3),
+    ("true base rate", "truth_base_rate", 3),
+    ("stable share ± at S-1 seeds", "seed_budget_within", 3),
+    ("seeds for ±0.05", "seed_budget_n", None),
     ("tokens x seeds / s", "throughput", 0),
     ("wall s", "wall_seconds", 1),
 ]
@@ -51,6 +58,13 @@ NOTES = """\
   its groups, whose latents may turn freely inside the group's span, so its stability is per group: the fraction
   of other seeds with a group spanning the same space (overlap ||U_g^T U_h||^2 / max(r_g, r_h) >= 0.9, as
   `synthsae atlas`), over live groups; null: the same for the rotated seeds. Its latent-level columns are shown too.
+- **stability AUROC for true latents** (synthetic truths): how well a latent's stability ranks true latents (cos >=
+  0.9 to a planted atom or squared projection >= 0.9 into a planted block) above the other live latents; **AUROC
+  null**: the same for the rotated-seeds null's stability (about 0.5); **stable: precision / recall**: "stability
+  >= the stable cut-off" as a detector of true latents, beside the **true base rate** (the precision of keeping
+  every live latent). Says how far a variant's stability can be trusted as a filter (docs/metrics.md).
+- **stable share ± at S-1 seeds**: 95% of the subsets of S-1 seeds give a stable share within ± this of all S
+  seeds'; **seeds for ±0.05**: the smallest n from which every n < S is within ±0.05 ('-': none; docs/metrics.md).
 - **pooled stability**: stability between the two primary pooled SAEs (config `analysis.pool_primary`, at the
   variant's width) built from disjoint halves of the seeds.
 - **baseline** rows (not variants): *pooled* = the primary pooled SAE of all seeds (its stability: pool of half A
@@ -58,6 +72,11 @@ NOTES = """\
   itself; *bagging* = a half's dictionaries concatenated (the mean of their reconstructions), stability between
   the two halves' bags; *wide* = one SAE of the same variant as wide as a bag, trained at the same L0 target
   (stability between its seeds). Throughput and wall time of baselines: '-' (no training) or their own run.
+- **matched compute** (`--matched-compute`): a half of the seeds costs S / 2 trainings at the base width. The *wide*
+  baseline (S / 2 = 2 times wider, same steps) and the *long* baseline (base width, S / 2 times the steps) spend the
+  same training compute in one SAE; each has 2 seeds, one standing for each half, so its stability is between
+  disjoint halves' compute as the pooled SAE's and bagging's are. EV at the same L0 target and truth recovery
+  (MCC, atoms) in the same columns.
 """
 
 
@@ -68,6 +87,10 @@ def leaderboard_rows(rows: list[dict]) -> list[dict]:
         base = {"preset": r["preset"], "l0_target": r["l0_target"], "variant": r["variant"]}
         if r.get("wide"):
             out.append({**r, **base, "name": f"{r['variant']} wide", "kind": "baseline: single SAE at bag width",
+                        "width": r["d_sae"], "pooled_stability": None})
+            continue
+        if r.get("long"):
+            out.append({**r, **base, "name": f"{r['variant']} long", "kind": "baseline: single SAE, a half's compute in steps",
                         "width": r["d_sae"], "pooled_stability": None})
             continue
         out.append({**r, **base, "name": r["variant"], "kind": "variant", "width": r["d_sae"]})

@@ -119,7 +119,8 @@ class TrainConfig:
     seeds: int = 8
     init_seeds: list[int] = field(default_factory=list)  # empty = 0..seeds-1
     data_seed: int = 1234
-    vary_data: bool = False  # True = each seed gets its own data stream
+    vary_data: bool = False  # True = each seed gets its own data stream (with seed_mode shared_data: independent)
+    seed_mode: str = "shared_data"  # what seeds share: see SEED_MODES and resolved_seed_mode()
     steps: int = 3000
     batch_size: int = 1024
     lr: float = 3e-3
@@ -132,7 +133,17 @@ class TrainConfig:
     dtype: str = "float32"
 
     def resolved_init_seeds(self) -> list[int]:
-        return list(self.init_seeds) if self.init_seeds else list(range(self.seeds))
+        """The init seed of every seed index: all the first one under seed_mode shared_init."""
+        seeds = list(self.init_seeds) if self.init_seeds else list(range(self.seeds))
+        return [seeds[0]] * len(seeds) if self.resolved_seed_mode() == "shared_init" else seeds
+
+    def resolved_seed_mode(self) -> str:
+        """seed_mode, with vary_data = true (its older spelling) turning the default shared_data into independent."""
+        return "independent" if self.seed_mode == "shared_data" and self.vary_data else self.seed_mode
+
+    def data_varies(self) -> bool:
+        """Whether seed s reads its own data stream (data_seed + s) rather than the one shared stream."""
+        return self.resolved_seed_mode() in ("independent", "shared_init")
 
 
 @dataclass
@@ -412,6 +423,11 @@ def validate_sae(s: SAEConfig, d: int | None = None, prefix: str = "sae") -> Non
         _check_int(f"{prefix}.k", s.k, 1, n_groups)
 
 
+# what the S seeds share: independent = own init and own data stream; shared_init = one init, own data streams;
+# shared_data = own init, one data stream (the default, as before seed_mode existed)
+SEED_MODES = ("independent", "shared_init", "shared_data")
+
+
 def validate_train(t: TrainConfig, prefix: str = "train") -> None:
     """Raise ConfigError on the first bad training value."""
     _check_int(f"{prefix}.seeds", t.seeds, 1)
@@ -422,6 +438,8 @@ def validate_train(t: TrainConfig, prefix: str = "train") -> None:
             raise _err(f"{prefix}.init_seeds", t.init_seeds, "must not repeat a seed")
         for i, s in enumerate(t.init_seeds):
             _check_int(f"{prefix}.init_seeds[{i}]", s, 0)
+    if t.seed_mode not in SEED_MODES:
+        raise _err(f"{prefix}.seed_mode", t.seed_mode, f"must be one of {', '.join(SEED_MODES)}")
     _check_int(f"{prefix}.data_seed", t.data_seed, 0)
     _check_int(f"{prefix}.steps", t.steps, 1)
     _check_int(f"{prefix}.batch_size", t.batch_size, 1)

@@ -45,7 +45,7 @@ def train_bytes(cfg: RunConfig) -> int:
     S, d, m, B = cfg.train.seeds, cfg.truth.d, cfg.sae.d_sae, cfg.train.batch_size
     b = _DTYPE_BYTES.get(cfg.train.dtype, 4)
     params = S * (2 * d * m + m + d)
-    streams = S if cfg.train.vary_data else 1
+    streams = S if cfg.train.data_varies() else 1
     return 4 * params * b + 6 * S * B * m * b + S * m * 8 + streams * (sample_bytes(cfg.truth, B, details=False) + 3 * B * d * b)
 
 

@@ -11,12 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from synthsae.fileio import merge_json_key
-from synthsae.results import AblationResult, AnalysisResult, AtlasResult, PoolingResult, SourcesResult
+from synthsae.results import AblationResult, AnalysisResult, AtlasResult, PoolingResult, SeedModesResult, SourcesResult
 from synthsae.serialize import from_json, to_json
 
 STAGES = {"analysis": AnalysisResult, "ablation": AblationResult, "pooling": PoolingResult, "sources": SourcesResult,
-          "atlas": AtlasResult}
-RERUN = {"analysis": "analyze", "sources": "analyze", "ablation": "ablate", "pooling": "pool", "atlas": "atlas"}
+          "atlas": AtlasResult, "seed_modes": SeedModesResult}
+RERUN = {"analysis": "analyze", "sources": "analyze", "ablation": "ablate", "pooling": "pool", "atlas": "atlas", "seed_modes": "seed-modes"}
 
 
 class MetricsError(ValueError):
@@ -32,6 +32,7 @@ class Metrics:
     pooling: PoolingResult | None = None
     sources: SourcesResult | None = None  # SAE folders loaded from other libraries (synthsae.loaders)
     atlas: AtlasResult | None = None  # cross-seed feature atlas (synthsae atlas, real run's atlas stage)
+    seed_modes: SeedModesResult | None = None  # the run beside other seed modes (synthsae seed-modes)
 
 
 def write_stage(path: str | Path, key: str, result) -> None:

@@ -357,14 +357,19 @@ def build_report(run_dir: str | Path, title: str | None = None) -> tuple[Path, P
     m = _metrics(run_dir)
     fig_dir = run_dir / "figures"
     fig_dir.mkdir(exist_ok=True)
-    sections = build_sections(m, load_latents(run_dir), fig_dir) + atlas_sections(m.atlas)
+    from synthsae.report_questions import question_sections
+
+    lat = load_latents(run_dir)
+    sections = build_sections(m, lat, fig_dir) + question_sections(m.analysis, lat, fig_dir, m.seed_modes) + atlas_sections(m.atlas)
     return write_report(run_dir, title or f"synthsae report: {run_dir.name}", _summary(run_dir, m), sections)
 
 
 def verdicts(run_dir: str | Path) -> list[Verdict]:
     """Every claim's verdict for a run (for terminal summaries and compare): rules only, no figures drawn."""
+    from synthsae.report_questions import question_verdicts
+
     m = _metrics(Path(run_dir))
-    return all_verdicts(m.analysis, m.ablation, m.pooling)
+    return all_verdicts(m.analysis, m.ablation, m.pooling) + question_verdicts(m.analysis, m.seed_modes)
 
 
 # ----------------------------------------------------------------------------------------------- comparison
@@ -380,6 +385,8 @@ _KEY_NUMBERS = [  # (label, getter on Metrics, digits)
     ("atom-latent stability", lambda m: m.analysis.truth.atoms.atom_latent_stability, 3),
     ("rank>=4 block-latent stability", lambda m: m.analysis.truth.block_latent_stability_rank_ge_4, 3),
     ("unstable in multi-seed clusters", lambda m: m.analysis.unstable_clusters.frac_in_multi_seed.value, 3),
+    ("stability AUROC for true latents", lambda m: m.analysis.truth_filter.auroc.value, 3),
+    ("stable share +- at S-1 seeds (95%)", lambda m: m.analysis.seed_budget.rows[-1].stable_share_within, 3),
     ("single-seed EV", lambda m: m.pooling.single.ev.mean, 4),
     ("single-seed stability between halves", lambda m: m.pooling.single.stability_between_halves.mean, 3),
     ("primary pool stability between halves", lambda m: m.pooling.variants[m.pooling.primary].stability_pool_vs_pool.mean, 3),

@@ -245,6 +245,64 @@ class TruthResult:
 
 
 @dataclass(kw_only=True)
+class TruthFilterResult:
+    """Does stability mark true features? Live latents labelled true / not true against the planted truth; stability
+    as a score for that label. Baselines: the rotated-seeds null's stability with the same labels (chance: AUROC 0.5)."""
+
+    label_rule: str = doc("what makes a latent true")
+    stable_cutoff: float = doc("'stable' (the detector) = stability >= this")
+    n_live: int = doc("live latents, summed over seeds")
+    n_true: int = doc("of them, true latents")
+    n_true_atom: int = doc("live latents on a planted atom")
+    n_true_block: int = doc("live latents in a planted block")
+    base_rate: Optional[float] = doc("share of live latents that are true (the precision of keeping everything)", None)
+    auroc: Chance = doc("AUROC of per-latent stability for the true label (ties count one half; null: no true or no other latents)")
+    auroc_soft: Chance = doc("AUROC of soft stability (mean best match score) for the same label")
+    precision: Chance = doc("share of stable live latents that are true (null: none stable)")
+    recall: Chance = doc("share of true live latents that are stable")
+    frac_stable: Optional[float] = doc("share of live latents that are stable", None)
+    auroc_atoms: Optional[float] = doc("AUROC of stability, atom latents against not-true ones (block-only latents left out)", None)
+    auroc_blocks: Optional[float] = doc("AUROC of stability, block latents against not-true ones (atom-only latents left out)", None)
+    mean_stability_true: Optional[float] = doc("mean stability of true live latents", None)
+    mean_stability_not_true: Optional[float] = doc("mean stability of the other live latents", None)
+
+
+@dataclass(kw_only=True)
+class SeedBudgetRow:
+    """The stability numbers of subsets of n seeds against the all-S values (spread = the 95% quantile of |difference|)."""
+
+    n: int = doc("seeds in a subset")
+    n_subsets: int = doc("subsets compared")
+    all_subsets: bool = doc("every n-subset (true) or a seeded random sample of them")
+    stable_share_mean: Optional[float] = doc("mean over subsets of the stable share of their live latents", None)
+    stable_share_std: Optional[float] = doc("its standard deviation over subsets", None)
+    stable_share_within: Optional[float] = doc("95% of subsets have a stable share within +- this of the all-S value", None)
+    mean_stability_mean: Optional[float] = doc("mean over subsets of the mean stability of their live latents", None)
+    mean_stability_within: Optional[float] = doc("95% of subsets have a mean stability within +- this of the all-S value", None)
+    latent_within: Optional[float] = doc("95% of (subset, latent) pairs have a stability within +- this of the latent's all-S stability", None)
+    latent_mean_abs_dev: Optional[float] = doc("mean |stability among the subset - all-S stability| over (subset, latent) pairs", None)
+
+
+@dataclass(kw_only=True)
+class SeedBudgetResult:
+    """How many seeds are enough? Stability recomputed among every subset of n < S seeds (same match table, same
+    tau and cut-off) and compared with all S seeds. The all-S value shares seeds with every subset, so for n close
+    to S the spread understates the error of n fresh seeds."""
+
+    seeds: int = doc("S, the seeds of the run")
+    tau: float = doc("match threshold")
+    stable_cutoff: float = doc("stable at stability >= this")
+    max_subsets: int = doc("at most this many subsets per n (all of them when there are fewer)")
+    sample_seed: int = doc("seed of the subset sample")
+    quantile: float = doc("quantile of the spreads (0.95)")
+    target: float = doc("the spread of the stable share that smallest_n_within_target must reach")
+    stable_share_all: Optional[float] = doc("stable share of the live latents with all S seeds", None)
+    mean_stability_all: Optional[float] = doc("mean stability of the live latents with all S seeds", None)
+    rows: list[SeedBudgetRow] = doc("n = 2 .. S-1", factory=list)
+    smallest_n_within_target: Optional[int] = doc("smallest n < S such that it and every larger n < S give the stable share within +- target (95%); null: none", None)
+
+
+@dataclass(kw_only=True)
 class AnalysisResult:
     """Everything the analysis measured for S seeds (metrics.json key 'analysis')."""
 
@@ -256,6 +314,8 @@ class AnalysisResult:
     frequency: Optional[FrequencyResult] = doc("frequency against stability (null: no frequencies)", None)
     truth: Optional[TruthResult] = doc("truth recovery (null: no planted truth)", None)
     seconds: float = doc("wall time of the analysis", 0.0)
+    truth_filter: Optional[TruthFilterResult] = doc("does stability mark true features (null: no planted truth)", None)
+    seed_budget: Optional[SeedBudgetResult] = doc("how many seeds are enough (null: fewer than 3 seeds)", None)
 
 
 # ----------------------------------------------------------------------------------------------- ablation
@@ -652,6 +712,30 @@ class SourcesResult:
     activations: Optional[GivenActivations] = doc("activations given with --acts (null: weights-only analysis)", None)
     ablation_folders: Optional[list[str]] = doc("folders the stored ablation measured (null: no ablation of folders)", None)
     pooling_folders: Optional[list[str]] = doc("folders the stored pooling study pooled (null: none)", None)
+
+
+# ----------------------------------------------------------------------------------------------- seed modes
+
+
+@dataclass(kw_only=True)
+class SeedModeRow:
+    """One way of seeding (what the S seeds share) of the same config, analysed the same way."""
+
+    mode: str = doc("independent (own init, own data), shared_init (one init, own data) or shared_data (own init, one data stream)")
+    run_dir: str = doc("run folder of this mode (the run itself, or its companion under seed_modes/<mode>)")
+    own: bool = doc("true for the run's own mode")
+    stability: Chance = doc("mean stability of live latents (baseline: the rotated-seeds null)")
+    frac_stable: Chance = doc("stable share of live latents (baseline: the rotated-seeds null)")
+    truth_auroc: Optional[float] = doc("AUROC of stability for true latents (null: no planted truth)", None)
+    ev: Optional[float] = doc("explained variance on held-out samples, mean over seeds", None)
+
+
+@dataclass(kw_only=True)
+class SeedModesResult:
+    """The run's stability beside the same config trained under other seed modes (metrics.json key 'seed_modes')."""
+
+    own_mode: str = doc("the run's seed mode")
+    rows: list[SeedModeRow] = doc("the run's own mode first, then each companion", factory=list)
 
 
 # ----------------------------------------------------------------------------------------------- verdicts

@@ -491,8 +491,9 @@ def seed_metadata(cfg: RunConfig, s: int) -> dict:
         "variant": cfg.sae.variant,
         "seed_index": s,
         "init_seed": init,
-        "data_seed": t.data_seed + s if t.vary_data else t.data_seed,
+        "data_seed": t.data_seed + s if t.data_varies() else t.data_seed,
         "vary_data": t.vary_data,
+        "seed_mode": t.resolved_seed_mode(),
         "preset": cfg.preset,
         "truth": asdict(cfg.truth),
         "sae": asdict(cfg.sae),
@@ -600,7 +601,7 @@ def _train_locked(cfg: RunConfig, out: Path, device: torch.device, dd: distribut
     init = t.resolved_init_seeds()
     sae = build_sae(cfg.sae, cfg.truth.d, [init[s] for s in mine], device=device, dtype=dtype)
     set_precision(sae, t.dtype)
-    data = DataStream(truth, t.batch_size, t.data_seed, t.seeds, t.vary_data, dtype=dtype, seed_index=mine)
+    data = DataStream(truth, t.batch_size, t.data_seed, t.seeds, t.data_varies(), dtype=dtype, seed_index=mine)
     state = new_state(sae, t)
     extra: dict = {"lr_changes": []}
     last_ckpt = None
@@ -677,6 +678,7 @@ def _run_summary(cfg: RunConfig, parts: list[dict], world: int) -> dict:
     return {
         "variant": cfg.sae.variant,
         "init_seeds": t.resolved_init_seeds(),
+        "seed_mode": t.resolved_seed_mode(),
         "steps": parts[0]["stats"]["steps"],
         "tokens_per_seed": parts[0]["stats"]["steps"] * t.batch_size,
         "seconds": max(p["seconds"] for p in parts),

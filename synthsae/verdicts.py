@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from synthsae.results import AblationResult, AnalysisResult, Chance, Check, PoolingResult, Verdict
+from synthsae.results import AblationResult, AnalysisResult, Chance, Check, PoolingResult, SeedModesResult, Verdict
 
 MARGIN = 0.1  # a number must beat its null by this much (stability, cluster and span fractions)
 STABLE_FRAC_MIN = 0.2  # a stable core: at least this share of live latents ...
@@ -208,6 +208,98 @@ def clusters_verdict(an: AnalysisResult | None) -> Verdict:
            f"{_f(last.value)} vs null {_f(last.baseline)}"
            + (f"; aligned {_f(al.frac_clustered_latents_aligned, 2)}, ranks right {_f(al.frac_blocks_rank_right, 2)}" if al else ""))
     return _verdict(*CLUSTERS, rule, checks, why)
+
+
+TRUTH_FILTER = ("Does stability mark true features?",
+                "On planted truth, a latent's stability tells true latents (a planted atom or inside a planted block) "
+                "from the rest: ranking by stability separates them far better than the rotated-seeds null's "
+                "stability does, and keeping the stable latents raises the share of true ones.")
+FILTER_AUROC_MIN = 0.75  # stability's AUROC for the true label at least this ...
+FILTER_MARGIN = 0.1  # ... and this far above the null's AUROC; stable latents' precision this far above the base rate
+FILTER_RECALL_MIN = 0.5  # supporting: the stable filter keeps at least this share of the true latents
+
+
+def truth_filter_verdict(an: AnalysisResult | None) -> Verdict:
+    tf = an.truth_filter if an is not None else None
+    if tf is None:
+        return not_measured(*TRUTH_FILTER, "a planted truth (real-data runs have none)")
+    a, soft = tf.auroc, tf.auroc_soft
+    n_other = tf.n_live - tf.n_true
+    checks = [
+        Check("true and other live latents both present", tf.n_true > 0 and n_other > 0, True,
+              f"{tf.n_true} true, {n_other} other live latents"),
+        Check("stability's AUROC for the true label high and above the null's",
+              _ok(a.value) and a.value >= FILTER_AUROC_MIN and above(a, FILTER_MARGIN), True,
+              f"AUROC {_f(a.value)} vs rotated-seeds null {_f(a.baseline)} (>= {FILTER_AUROC_MIN} and null + {FILTER_MARGIN})"),
+        Check("stable latents are more often true than live latents in general",
+              _ok(tf.precision.value) and _ok(tf.base_rate) and tf.precision.value >= tf.base_rate + FILTER_MARGIN, True,
+              f"precision of 'stable' {_f(tf.precision.value)} vs base rate {_f(tf.base_rate)} (+{FILTER_MARGIN})"),
+        Check("the stable filter keeps most true latents", _ok(tf.recall.value) and tf.recall.value >= FILTER_RECALL_MIN,
+              False, f"recall {_f(tf.recall.value)} (>= {FILTER_RECALL_MIN})"),
+        Check("soft stability's AUROC above the null's", above(soft, FILTER_MARGIN), False,
+              f"{_f(soft.value)} vs null {_f(soft.baseline)} (+{FILTER_MARGIN})"),
+    ]
+    rule = (f"labels: {tf.label_rule}. Core: both classes present; the AUROC of stability for the label >= "
+            f"{FILTER_AUROC_MIN} and >= the AUROC of the rotated-seeds null's stability (same labels) + {FILTER_MARGIN}; "
+            f"the precision of 'stable' (stability >= {tf.stable_cutoff}) >= the share of true live latents + "
+            f"{FILTER_MARGIN}. Supporting: recall of 'stable' >= {FILTER_RECALL_MIN}; soft stability's AUROC >= its "
+            f"null's + {FILTER_MARGIN}")
+    why = (f"AUROC {_f(a.value)} (null {_f(a.baseline)}), soft {_f(soft.value)} (null {_f(soft.baseline)}); 'stable' "
+           f"keeps {_f(tf.frac_stable, 2)} of live latents, precision {_f(tf.precision.value)} vs base rate "
+           f"{_f(tf.base_rate)}, recall {_f(tf.recall.value)}; atoms-only AUROC {_f(tf.auroc_atoms)}, blocks-only "
+           f"{_f(tf.auroc_blocks)}")
+    return _verdict(*TRUTH_FILTER, rule, checks, why)
+
+
+SEED_BUDGET = ("How many seeds are enough?",
+               "The run has enough seeds: recomputed from fewer seeds (every subset of n < S seeds, same matches), the "
+               "share of stable latents stays within a small band of the all-S value from some n < S on.")
+
+
+def seed_budget_verdict(an: AnalysisResult | None) -> Verdict:
+    sb = an.seed_budget if an is not None else None
+    if sb is None:
+        return not_measured(*SEED_BUDGET, "a seed budget (it needs at least 3 seeds)")
+    n0 = sb.smallest_n_within_target
+    last = sb.rows[-1] if sb.rows else None
+    checks = [
+        Check(f"the stable share is pinned to +-{sb.target} from some n < S on", n0 is not None, True,
+              f"smallest n: {n0 if n0 is not None else 'none'} of S = {sb.seeds}; at n = {last.n if last else '-'}: "
+              f"+-{_f(last.stable_share_within if last else None)} ({sb.quantile:.0%})"),
+        Check("half the seeds would have been enough", n0 is not None and n0 <= sb.seeds // 2, False,
+              f"smallest n {n0 if n0 is not None else 'none'} vs S / 2 = {sb.seeds // 2}"),
+    ]
+    rule = (f"over every subset of n seeds (or {sb.max_subsets} drawn at random), the {sb.quantile:.0%} quantile of "
+            f"|stable share of the subset - all-S stable share|. Core: some n < S from which every larger n < S is "
+            f"within +-{sb.target}. Supporting: that n <= S / 2 (the spread against all S understates the error of n "
+            "fresh seeds as n nears S, so a small n is the more trustworthy answer)")
+    rows = {r.n: r for r in sb.rows}
+    why = "; ".join(f"{n} seeds: +-{_f(rows[n].stable_share_within)}" for n in sorted(rows)) + \
+        f" (all {sb.seeds}: {_f(sb.stable_share_all)} stable)"
+    return _verdict(*SEED_BUDGET, rule, checks, why)
+
+
+SEED_MODES = ("Stability or stabilization?",
+              "The run's stability is not bought by what its seeds share: the same config trained with seeds that share "
+              "neither initialisation nor data order (independent) is about as stable.")
+SEED_MODE_TOL = 0.05  # sharing init or data may add at most this much mean stability over independent seeds
+
+
+def seed_modes_verdict(sm: SeedModesResult | None) -> Verdict:
+    ind = next((r for r in sm.rows if r.mode == "independent"), None) if sm is not None else None
+    if ind is None:
+        return not_measured(*SEED_MODES, "an independent-seeds companion (`synthsae seed-modes RUN`)")
+    own = next(r for r in sm.rows if r.own)
+    gain = own.stability.value - ind.stability.value if _ok(own.stability.value) and _ok(ind.stability.value) else None
+    checks = [Check(f"the run's mode ({own.mode}) adds at most {SEED_MODE_TOL} mean stability over independent seeds",
+                    gain is not None and gain <= SEED_MODE_TOL, True,
+                    f"{_f(own.stability.value)} vs independent {_f(ind.stability.value)} (+{SEED_MODE_TOL})"
+                    + (" (the run is independent itself)" if own is ind else ""))]
+    rule = (f"the same config trained and analysed under each seed mode; core: the run's own mode's mean stability (live "
+            f"latents) <= independent seeds' + {SEED_MODE_TOL}. Other modes are shown, never counted")
+    why = "; ".join(f"{r.mode}{' (this run)' if r.own else ''} {_f(r.stability.value)} (null {_f(r.stability.baseline)}, "
+                    f"stable {_f(r.frac_stable.value, 2)})" for r in sm.rows)
+    return _verdict(*SEED_MODES, rule, checks, why)
 
 
 # ----------------------------------------------------------------------------------------------- ablation

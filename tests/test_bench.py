@@ -13,6 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from synthsae.bench import SUITES, _next_coef, calibrate, cell_config, sparsity_knob
+from synthsae.config import ConfigError
 from synthsae.bench_report import COLUMNS, pareto_front
 
 PLUGIN = textwrap.dedent('''
@@ -43,6 +44,8 @@ def install_plugin(root: Path) -> None:
 
 VARIANTS = "toy_l1,topk,blocktopk"
 GROUP_COLUMNS = {"group stability", "group null"}  # filled for group variants (blocktopk) only
+BUDGET_COLUMNS = {"stable share ± at S-1 seeds", "seeds for ±0.05"}  # need >= 3 seeds: empty for 2-seed wide rows
+MAYBE_NONE = {"seeds for ±0.05", "stable: precision"}  # '-' is an answer: no n < S within ±0.05 / no stable latent
 
 
 @pytest.fixture(scope="module")
@@ -92,14 +95,15 @@ def test_plugin_variant_on_quick_leaderboard_every_column_filled(bench):
     toy = [r for r in rows if r[0] == "toy_l1" and r[1] == "variant"]
     assert len(toy) == len(SUITES["quick"].presets[0].l0s)  # one row per L0 target
     for r in toy:
-        missing = {h for h, v in zip(heads, r) if v in ("-", "")}
+        missing = {h for h, v in zip(heads, r) if v in ("-", "")} - MAYBE_NONE
         assert missing == GROUP_COLUMNS, f"empty columns for toy_l1: {missing}"  # not a group variant
     # blocktopk: every column filled, group stability among them; its wide baseline too (it has no pooling)
     block = [r for r in rows if r[0] in ("blocktopk", "blocktopk wide")]
     assert len(block) == 2 * len(toy)
     for r in block:
-        missing = {h for h, v in zip(heads, r) if v in ("-", "")}
-        assert missing == (set() if r[1] == "variant" else {"pooled stability"}), f"empty columns for {r[0]}: {missing}"
+        missing = {h for h, v in zip(heads, r) if v in ("-", "")} - MAYBE_NONE
+        want = set() if r[1] == "variant" else {"pooled stability"} | (BUDGET_COLUMNS - MAYBE_NONE)
+        assert missing == want, f"empty columns for {r[0]}: {missing}"
     kinds = {r[1] for r in rows}
     assert {"variant", "baseline: bagging", "baseline: pooled SAE", "baseline: single SAE at bag width"} <= kinds
     assert {r[0] for r in rows if r[1] == "variant"} == {"toy_l1", "topk", "blocktopk"}
@@ -139,6 +143,12 @@ def test_leaderboard_numbers_equal_synthsae_analyze(bench):
             assert row["subspace_recovery_orthogonal"] == pytest.approx(geo["orthogonal"]["mean_recovery"])
             assert row["subspace_recovery_superposed"] == pytest.approx(geo["superposed"]["mean_recovery"])
             assert row["dead_fraction"] == pytest.approx(ana["frequency"]["frac_dead"])
+            tf, sb = ana["truth_filter"], ana["seed_budget"]
+            assert row["truth_auroc"] == pytest.approx(tf["auroc"]["value"], abs=1e-12)
+            assert row["truth_auroc_null"] == pytest.approx(tf["auroc"]["baseline"], abs=1e-12)
+            assert row["truth_recall"] == pytest.approx(tf["recall"]["value"], abs=1e-12)
+            assert row["seed_budget_within"] == pytest.approx(sb["rows"][-1]["stable_share_within"], abs=1e-12)
+            assert row["seed_budget_n"] == sb["smallest_n_within_target"]
     md = (bench / "leaderboard.md").read_text()
     line = next(r for r in md_rows(md.split("## tiny, L0 target 3")[1].split("##")[0]) if r[:2] == ["toy_l1", "variant"])
     heads = [h for h, _, _ in COLUMNS]
@@ -242,6 +252,7 @@ def test_killed_parallel_bench_resumes_in_workers(bench, tmp_path):
     (["--variants", "nope"], "--variants"),
     (["--variants", ","], "--variants"),
     (["--jobs", "0"], "--jobs"),
+    (["--seed-mode", "same"], "--seed-mode"),
 ])
 def test_bad_bench_flags_exit_2_with_one_line(tmp_path, args, field):
     from cli import app
@@ -315,3 +326,49 @@ def test_sparsity_knobs_of_shipped_variants():
 def test_pareto_front():
     pts = [(0.5, 0.5), (0.6, 0.4), (0.4, 0.6), (0.45, 0.45), (0.6, 0.3)]
     assert pareto_front(pts) == [2, 0, 1]  # (0.45, 0.45) and (0.6, 0.3) are dominated
+
+
+def test_seed_mode_reaches_every_cell_and_a_bench_keeps_its_mode(tmp_path):
+    from dataclasses import asdict
+
+    from synthsae.bench import cell_config, check_out, get_suite
+
+    suite = get_suite("quick", "shared_init")
+    spec = suite.presets[0]
+    for wide in (False, True):
+        t = cell_config(suite, spec, "topk", spec.l0s[0], wide).train
+        assert t.seed_mode == "shared_init" and len(set(t.resolved_init_seeds())) == 1 and t.data_varies()
+    assert cell_config(get_suite("quick"), spec, "topk", spec.l0s[0]).train.seed_mode == "shared_data"
+    out = tmp_path / "b"
+    out.mkdir()
+    old = {k: v for k, v in asdict(get_suite("quick")).items() if k != "seed_mode"}  # a bench from before seed modes
+    (out / "suite.json").write_text(json.dumps({"name": "quick", "suite": old}))
+    check_out(out, get_suite("quick"), resume=True)
+    with pytest.raises(ConfigError, match="--suite"):
+        check_out(out, suite, resume=True)
+
+
+def test_matched_compute_adds_the_long_baseline(tmp_path, monkeypatch):
+    """--matched-compute: one SAE at the base width trained S/2 x the steps (2 seeds), beside the wide one, as a
+    baseline row with EV, stability and truth recovery."""
+    import dataclasses
+
+    import synthsae.bench as B
+    from synthsae.bench import run_bench
+    from synthsae.config import load
+
+    small = dataclasses.replace(SUITES["quick"], presets=(B.PresetSpec("tiny", "tiny", (4.0,)),), steps=100,
+                                eval_tokens=2048, pool_refit_steps=20)
+    monkeypatch.setitem(B.SUITES, "quick", small)
+    res = run_bench(["topk"], "quick", tmp_path / "b", progress=False, jobs=1, matched_compute=True, pool=False)
+    cells = tmp_path / "b" / "cells" / "tiny" / "l0_4"
+    base, long = load(cells / "topk" / "config.toml"), load(cells / "topk@long" / "config.toml")
+    assert long.train.steps == 2 * base.train.steps and long.sae.d_sae == base.sae.d_sae and long.train.seeds == 2
+    assert load(cells / "topk@wide" / "config.toml").sae.d_sae == 2 * base.sae.d_sae
+    assert len(res.rows) == 3 and sum(bool(r.get("long")) for r in res.rows) == 1
+    heads = [h for h, _, _ in COLUMNS]
+    row = next(r for r in md_rows((tmp_path / "b" / "leaderboard.md").read_text()) if r[0] == "topk long")
+    assert row[1] == "baseline: single SAE, a half's compute in steps"
+    for h in ("EV", "atom MCC", "stability maxcos", "maxcos null", "stability AUROC for true latents"):
+        assert row[heads.index(h)] not in ("-", ""), h
+    assert json.loads((tmp_path / "b" / "suite.json").read_text())["suite"]["long_factor"] == 2

@@ -95,10 +95,11 @@ def test_report_html_parses_and_embeds_figures(tiny_run: Path) -> None:
     p = _Collect()
     p.feed(page)
     p.close()
-    assert "html" in p.tags and p.tags.count("h2") == 6
+    assert "html" in p.tags and p.tags.count("h2") == 8  # six claims, then the truth filter and the seed budget
     assert len(p.imgs) >= 5 and all(src.startswith("data:image/png;base64,") for src in p.imgs)
     md = (tiny_run / "report.md").read_text()
-    for claim in ("Stability distribution", "Truth recovery by component rank", "Functional asymmetry", "Pooling seeds"):
+    for claim in ("Stability distribution", "Truth recovery by component rank", "Functional asymmetry", "Pooling seeds",
+                  "Does stability mark true features?", "How many seeds are enough?"):
         assert f"## {claim}" in md
     assert "Verdict:" in md
 

@@ -355,6 +355,7 @@ def analyze_with_latents(
             median_log10_freq=float(lf[live].median()) if live.any() else None,
             by_decile=decile_table(lf[live], stab[live]))
     truth_res = _truth(dec, real, truth, cfg, clusters, per_latent) if truth is not None else None
+    filt, budget = _questions(dec, truth, live, real, null, cfg, per_latent)
     a = asdict(cfg)
     settings = AnalysisSettings(
         tau=a["tau"], match=a["match"], stable_cutoff=a["stable_cutoff"], unstable_cutoff=a["unstable_cutoff"],
@@ -363,8 +364,21 @@ def analyze_with_latents(
         block_assign_proj2=BLOCK_ASSIGN, frequency_source=freq_source if freq is not None else None)
     res = AnalysisResult(schema=SCHEMA, settings=settings, stability=stability_res, span_reproducibility=span_res,
                          unstable_clusters=cluster_res, frequency=freq_res, truth=truth_res,
-                         seconds=time.perf_counter() - t0)
+                         seconds=time.perf_counter() - t0, truth_filter=filt, seed_budget=budget)
     return res, per_latent
+
+
+def _questions(dec, truth, live, real: dict, null: dict, cfg: AnalysisConfig, per_latent: dict):
+    """Does stability mark true features (planted truth only), and how many seeds are enough (S >= 3)."""
+    from synthsae.metrics.seed_budget import seed_budget
+    from synthsae.metrics.truth_filter import truth_filter
+
+    filt = None
+    if truth is not None:
+        filt, true = truth_filter(dec, truth, live, real["stability"], real["soft"], null["stability"], null["soft"],
+                                  cfg.stable_cutoff)
+        per_latent["true_feature"] = true.to(torch.uint8)
+    return filt, seed_budget(real["scores"], cfg.tau, live, cfg.stable_cutoff)
 
 
 def analyze(
