@@ -415,6 +415,9 @@ def validate_sae(s: SAEConfig, d: int | None = None, prefix: str = "sae") -> Non
         _check_int(f"{prefix}.k", s.k, 1, n_groups)
 
 
+MAX_STEPS = 10**8  # far beyond any study (the paper preset trains 30k steps); more is a typo that would run for ever
+
+
 def validate_train(t: TrainConfig, prefix: str = "train") -> None:
     """Raise ConfigError on the first bad training value."""
     _check_int(f"{prefix}.seeds", t.seeds, 1)
@@ -426,7 +429,7 @@ def validate_train(t: TrainConfig, prefix: str = "train") -> None:
         for i, s in enumerate(t.init_seeds):
             _check_int(f"{prefix}.init_seeds[{i}]", s, 0)
     _check_int(f"{prefix}.data_seed", t.data_seed, 0)
-    _check_int(f"{prefix}.steps", t.steps, 1)
+    _check_int(f"{prefix}.steps", t.steps, 1, MAX_STEPS)
     _check_int(f"{prefix}.batch_size", t.batch_size, 1)
     _check_float(f"{prefix}.lr", t.lr, 0.0, lo_open=True)
     _check_int(f"{prefix}.warmup_steps", t.warmup_steps, 0)

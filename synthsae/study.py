@@ -40,10 +40,11 @@ def _clear_outputs(out: Path) -> None:
 def check_target(out: Path, resume: bool, force: bool) -> None:
     """Refuse to touch a finished run without force, an unfinished one without resume / force, and with force
     anything that is not a synthsae run (an empty folder is fine)."""
-    from synthsae.rundir import check_overwritable
+    from synthsae.rundir import check_not_locked, check_overwritable
 
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out = {str(out)!r}: is a file, not a run folder")
+    check_not_locked(out)  # a run in progress elsewhere: say so, rather than "pass --force"
     if force:
         check_overwritable(out)
         return

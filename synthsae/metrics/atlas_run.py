@@ -208,9 +208,9 @@ def atlas_result(sae, cfg: AtlasConfig, *, x: Tensor | None = None, freq: Tensor
 
 
 def atlas_of(paths: list[Path], cfg: AtlasConfig | None = None, device: str | None = None,
-             heldout: bool = True) -> tuple[AtlasResult, Atlas]:
-    """Atlas of a synthetic run folder (one path; data from its truth) or of SAE folders (frequencies from
-    sparsity.safetensors, no EV)."""
+             heldout: bool = True, fmt: str | None = None) -> tuple[AtlasResult, Atlas]:
+    """Atlas of a synthetic run folder (one path; data from its truth) or of SAE folders of any format that
+    `analyze` reads (frequencies where the library stores them, no EV)."""
     from synthsae.metrics.run_analysis import EVAL_DATA_SEED_OFFSET, _sparsity, is_run_dir, resolve_device
 
     cfg = cfg or AtlasConfig()
@@ -232,17 +232,17 @@ def atlas_of(paths: list[Path], cfg: AtlasConfig | None = None, device: str | No
         else:
             freq, _ = _sparsity(seed_folders(run_dir))
     else:
-        from synthsae.io import load_sae_folders
+        from synthsae.loaders import load_stack
 
         folders = paths
-        sae = load_sae_folders(paths)
+        st = load_stack(paths, fmt)
+        sae, freq = st.sae, st.frequency
         sae_cfg, variant = sae.cfg, sae.variant
-        freq, _ = _sparsity(folders)
     res, atlas = atlas_result(sae.to(dev), cfg, x=x, freq=freq, tau=tau, variant=variant, sae_cfg=sae_cfg, truth=truth,
                               run_dir=run_dir, heldout=heldout)
     res.source.folders = [str(p) for p in folders] if folders else None
     res.source.data = ("fresh truth samples" if x is not None else
-                       "sparsity.safetensors (frequency only; no EV)" if freq is not None else "none")
+                       "stored firing frequency (frequency only; no EV)" if freq is not None else "none")
     return res, atlas
 
 
