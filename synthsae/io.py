@@ -177,6 +177,9 @@ def load_sae_folders(folders: list[str | os.PathLike[str]], device: str | torch.
     dtype = getattr(torch, str(cfgs[0].get("dtype", "float32")).removeprefix("torch."), torch.float32)
     if not isinstance(dtype, torch.dtype):
         dtype = torch.float32
+    from synthsae.memory import check_stack_fits
+
+    check_stack_fits(len(paths), cfgs[0]["d_in"], first_cfg.d_sae, str(first))  # before the stack is allocated
     sae = cls.empty_like(first_cfg, cfgs[0]["d_in"], init_seeds, device="cpu", dtype=dtype)
     expected = {k: tuple(t.shape) for k, t in sae.seed_tensors(0).items()}
     per_seed = []

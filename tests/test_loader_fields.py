@@ -90,3 +90,18 @@ def test_seed_folder_with_a_non_numeric_name_is_named(tmp_path):
         (tmp_path / "seeds" / name).mkdir(parents=True)
     with pytest.raises(RunFileError, match="seed_abc: not a seed folder name"):
         seed_folders(tmp_path)
+
+
+def test_stack_that_would_not_fit_is_refused_before_allocation(tmp_path):
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    big = 2**26  # 2 seeds of 2^26 x 2^26 float32 weights: petabytes
+    for s in range(2):
+        f = _ours(tmp_path / "saes" / f"seed_{s}")
+        _edit(f / "cfg.json", lambda c: (c.update(d_in=big, d_sae=big), c["metadata"]["sae"].update(d_sae=big)))
+    res = CliRunner().invoke(app, ["analyze", str(tmp_path / "saes"), "--device", "cpu", "--out", str(tmp_path / "o")])
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert res.exit_code == 2 and len(lines) == 1 and "GB of memory" in lines[0] and "d_sae = 67108864" in lines[0], res.output
+    assert not (tmp_path / "o").exists()
