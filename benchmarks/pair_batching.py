@@ -36,6 +36,7 @@ def main() -> None:
     ap.add_argument("--d", type=int, default=32)
     ap.add_argument("--large", type=int, default=1000, help="seeds timed on the batched path only (0 = skip)")
     ap.add_argument("--no-large", action="store_true")
+    ap.add_argument("--analyze", type=int, default=0, help="also time the whole analysis of this many seeds both ways")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -47,6 +48,20 @@ def main() -> None:
         diff = float((a - b).abs().nan_to_num(0.0).max())
         print(f"S={S} m={args.m} d={args.d}: {S * (S - 1) // 2} pairs; loop {t_loop:.2f}s, batched {t_bat:.2f}s, "
               f"ratio {t_loop / t_bat:.1f}x; max |score diff| {diff:.2e}; stability equal {same}", flush=True)
+    if args.analyze:
+        import synthsae.metrics.stability as stab_mod
+        from synthsae.config import AnalysisConfig
+        from synthsae.metrics.analyze import analyze_with_latents
+
+        dec = decoders(args.analyze, args.m, args.d)
+        times = {}
+        for flag in (False, True):
+            stab_mod.BATCHED = flag
+            t0 = time.perf_counter()
+            analyze_with_latents(dec, dec.transpose(1, 2).contiguous(), None, None, AnalysisConfig(), "cpu", None)
+            times[flag] = time.perf_counter() - t0
+        print(f"analyze S={args.analyze} m={args.m} d={args.d}: loops {times[False]:.1f}s, batched {times[True]:.1f}s, "
+              f"ratio {times[False] / times[True]:.2f}x", flush=True)
     if args.large and not args.no_large:
         S = args.large
         t_bat, _ = timed(decoders(S, args.m, args.d), True)

@@ -32,3 +32,14 @@ def test_many_seeds_print_a_progress_line(capsys, monkeypatch):
     assert "seed pairs (maxcos)" in err and f"/{S * (S - 1) // 2}" in err
     pair_scores(dec[:3], "maxcos")  # few pairs: quiet
     assert capsys.readouterr().err == ""
+
+
+@settings(max_examples=10, deadline=None)
+@given(S=st.integers(2, 6), m=st.integers(1, 9), d=st.integers(4, 8), seed=st.integers(0, 10_000))
+def test_batched_span_reproducibility_equals_the_pair_loop(S, m, d, seed):
+    from synthsae.metrics.subspaces import span_reproducibility
+
+    dec = torch.randn(S, m, d, generator=torch.Generator().manual_seed(seed))
+    a = span_reproducibility(dec, batched=False)
+    b = span_reproducibility(dec)
+    assert torch.allclose(a, b, atol=1e-5)

@@ -12,6 +12,7 @@ from torch import Tensor
 
 from synthsae.metrics.matching import BLOCK_ELEMS, DEFAULT_CHUNK, hungarian, maxcos_both, strict_match, unit_rows
 
+BATCHED = True  # the batched pair paths (here and in subspaces.span_reproducibility); False = the pair loops
 PROGRESS_PAIRS = 1000  # show a progress line from this many seed pairs on (about 45 seeds)
 
 RULES = ("maxcos", "hungarian", "strict")
@@ -24,7 +25,7 @@ def pair_scores(
     chunk: int = DEFAULT_CHUNK,
     device: str | torch.device | None = None,
     progress: bool | None = None,
-    batched: bool = True,
+    batched: bool | None = None,
 ) -> tuple[Float[Tensor, "S S m"], Int[Tensor, "S S m"]]:
     """Match score and partner of every latent of seed a in every seed b (diagonal: nan / -1), on the CPU.
 
@@ -55,7 +56,7 @@ def pair_scores(
 
     bar = progress_bar(total=len(pairs), desc=f"seed pairs ({rule})", unit="pair",
                        disable=not (len(pairs) >= PROGRESS_PAIRS if progress is None else progress))
-    if rule == "maxcos" and share is None and batched and m * m * 2 <= BLOCK_ELEMS:
+    if rule == "maxcos" and share is None and (BATCHED if batched is None else batched) and m * m * 2 <= BLOCK_ELEMS:
         _maxcos_batched(D, scores, partner, bar)
         pairs = []
     for a, b in pairs:
