@@ -74,7 +74,8 @@ def user_errors(fn: Callable) -> Callable:
                 msg = f"{exc.filename}: {exc.strerror}"  # e.g. PermissionError from a write deep in the library
             else:
                 msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            typer.echo(f"error: {msg}", err=True)  # plain echo: rich would wrap a long line
+            if not (isinstance(exc, (ConfigError, UserError)) and distributed.env_world().rank != 0):
+                typer.echo(f"error: {msg}", err=True)  # plain echo: rich would wrap a long line; torchrun: rank 0 says it
             raise typer.Exit(code=2) from None
         except distributed.PeerLost as exc:  # torchrun: another rank died; this one stops with one line
             typer.echo(f"error: {exc}", err=True)
@@ -133,6 +134,16 @@ def run_config(out: Optional[Path], resume: bool, preset_name: Optional[str], co
         raise UserError(f"--resume: cannot resume with options that differ from the run's config.toml ({C.describe_differences(diffs)}); "
                         f"`--resume --out {out}` alone resumes it as it was started, --force starts it over")
     return cfg
+
+
+def check_world(cfg: RunConfig) -> None:
+    """torchrun: refuse more processes than seeds before anything is written (every rank trains at least one)."""
+    from synthsae import distributed
+
+    world = distributed.env_world().world
+    if world > cfg.train.seeds:
+        raise UserError(f"train.seeds = {cfg.train.seeds}: fewer seeds than torchrun processes ({world}); start at most "
+                        f"{cfg.train.seeds} processes (--nproc-per-node) or give more --seeds")
 
 
 def diverged_exit(exc, command: str, out: Path) -> None:
@@ -291,6 +302,7 @@ def train(
     cfg = run_config(out, resume, preset_name, config_file, variant=variant, seeds=seeds, d_sae=d_sae, k=k,
                      group_size=group_size, steps=steps, batch_size=batch_size, lr=lr, device=device,
                      vary_data=vary_data, data_seed=data_seed, dtype=dtype)
+    check_world(cfg)
     try:
         train_run(cfg, out, resume=resume, force=force, progress=not quiet)
     except TrainingDiverged as exc:
@@ -741,6 +753,7 @@ def run(
     if cfg.train.seeds < 2:
         raise UserError(f"--seeds = {cfg.train.seeds}: the study compares seeds, so it needs at least 2")
     out = out or Path("runs") / f"{cfg.preset}-{cfg.sae.variant}"
+    check_world(cfg)
     check_writable_dir(out, "--out")
     check_target(out, resume, force)  # before any work, so a refused run leaves the folder untouched
     try:
