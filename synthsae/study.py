@@ -75,9 +75,17 @@ def run_study(cfg: RunConfig, out: str | Path, *, resume: bool = False, force: b
     check_target(out, resume, force)
     check_run_fits(cfg, str(pick_device(device or cfg.train.device)))  # before anything is written
     distributed.barrier("checked")  # no rank sees the folder rank 0's lock creates
-    with run_lock(out) if dd.is_main else contextlib.nullcontext():  # rank 0 holds the run's lock
-        return _run_locked(cfg, out, resume=resume, force=force, device=device, progress=progress, log=log,
-                           allow_missing_seeds=allow_missing_seeds)
+    created = not out.exists()
+    try:
+        with run_lock(out) if dd.is_main else contextlib.nullcontext():  # rank 0 holds the run's lock
+            return _run_locked(cfg, out, resume=resume, force=force, device=device, progress=progress, log=log,
+                               allow_missing_seeds=allow_missing_seeds)
+    except BaseException:
+        if created and dd.is_main:
+            from synthsae.rundir import drop_if_only_marker
+
+            drop_if_only_marker(out)  # a run refused before it wrote anything leaves no marker-only folder
+        raise
 
 
 def _run_locked(cfg: RunConfig, out: Path, *, resume: bool, force: bool, device: str | None, progress: bool,

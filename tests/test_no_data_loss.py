@@ -274,3 +274,18 @@ def test_report_and_the_losing_run_name_the_lock_holder(tmp_path):
         assert tree_hash(run) == before
     finally:
         os.close(fd)
+
+
+def test_refused_synthetic_run_leaves_no_marker_only_folder(tmp_path, monkeypatch):
+    import synthsae.study as st
+
+    def refuse(*a, **k):
+        raise FileExistsError("refused inside the lock")
+
+    monkeypatch.setattr(st, "_run_locked", refuse)
+    from synthsae.config import preset
+
+    out = tmp_path / "new"
+    with pytest.raises(FileExistsError):
+        st.run_study(preset("tiny"), out, progress=False)
+    assert not out.exists()
