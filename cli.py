@@ -74,7 +74,8 @@ def user_errors(fn: Callable) -> Callable:
                 msg = f"{exc.filename}: {exc.strerror}"  # e.g. PermissionError from a write deep in the library
             else:
                 msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            typer.echo(f"error: {msg}", err=True)  # plain echo: rich would wrap a long line
+            if not (isinstance(exc, (ConfigError, UserError)) and distributed.env_world().rank != 0):
+                typer.echo(f"error: {msg}", err=True)  # plain echo: rich would wrap a long line; torchrun: rank 0 says it
             raise typer.Exit(code=2) from None
         except distributed.PeerLost as exc:  # torchrun: another rank died; this one stops with one line
             typer.echo(f"error: {exc}", err=True)
@@ -133,6 +134,16 @@ def run_config(out: Optional[Path], resume: bool, preset_name: Optional[str], co
         raise UserError(f"--resume: cannot resume with options that differ from the run's config.toml ({C.describe_differences(diffs)}); "
                         f"`--resume --out {out}` alone resumes it as it was started, --force starts it over")
     return cfg
+
+
+def check_world(cfg: RunConfig) -> None:
+    """torchrun: refuse more processes than seeds before anything is written (every rank trains at least one)."""
+    from synthsae import distributed
+
+    world = distributed.env_world().world
+    if world > cfg.train.seeds:
+        raise UserError(f"train.seeds = {cfg.train.seeds}: fewer seeds than torchrun processes ({world}); start at most "
+                        f"{cfg.train.seeds} processes (--nproc-per-node) or give more --seeds")
 
 
 def diverged_exit(exc, command: str, out: Path) -> None:
@@ -291,6 +302,7 @@ def train(
     cfg = run_config(out, resume, preset_name, config_file, variant=variant, seeds=seeds, d_sae=d_sae, k=k,
                      group_size=group_size, steps=steps, batch_size=batch_size, lr=lr, device=device,
                      vary_data=vary_data, data_seed=data_seed, dtype=dtype)
+    check_world(cfg)
     try:
         train_run(cfg, out, resume=resume, force=force, progress=not quiet)
     except TrainingDiverged as exc:
@@ -324,7 +336,7 @@ def analyze_cmd(
     tau: Optional[float] = typer.Option(None, "--tau", help="match threshold (default: the run's analysis.tau, 0.7)"),
     match: Optional[str] = typer.Option(None, "--match", help="match rule: maxcos, hungarian or strict"),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when available), cpu, cuda, cuda:N"),
-    out: Optional[Path] = typer.Option(None, "--out", help="metrics.json to write (default: RUN_DIR/metrics.json, or in the folders' common parent)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="run directory: the metrics.json to write (default: RUN_DIR/metrics.json); SAE folders: the output folder (or FOLDER/metrics.json), created if absent (default: the folders' common parent); it must be new or synthsae's, never an input"),
     as_json: bool = typer.Option(False, "--json", help="print the analysis as JSON instead of tables"),
     allow_missing_seeds: bool = typer.Option(False, "--allow-missing-seeds", help="go on when some of a run's seeds/seed_<k> folders are missing"),
     fmt: Optional[str] = typer.Option(None, "--format", help="SAE folder format: saelens, sparsify or dictionary_learning (default: detected)"),
@@ -413,14 +425,29 @@ def _analyze_folders(paths, cfg, device, out, fmt, acts, quiet):
     from synthsae.loaders.analysis import analyze_stack, write_folder_results
     from synthsae.metrics.run_analysis import resolve_device
 
+    from synthsae.outdir import analysis_folder, claim
+
     folders = _seed_folders(paths, fmt)
-    target = out or Path(os.path.commonpath([str(f.resolve()) for f in folders])) / "metrics.json"
+    target = analysis_folder(folders, out, _common_parent(folders)) / "metrics.json"
     _check_metrics_target(target)
     stack = load_stack(folders, fmt)
     given = _load_given_acts(acts, stack.sae.d_in)
     results = analyze_stack(stack, cfg, resolve_device(device), given, progress=not quiet)
+    claim(target.parent)
     write_folder_results(target, results)
     return results.analysis, target
+
+
+def _common_parent(folders: list[Path]) -> Path:
+    """The deepest folder above every SAE folder (the default output folder of folder analysis)."""
+    import os
+
+    common = Path(os.path.commonpath([str(f.resolve()) for f in folders]))
+    return common.parent if common in {f.resolve() for f in folders} else common
+
+
+def _count_seeds(run_dir: Path) -> int:
+    return len([p for p in (run_dir / "seeds").glob("seed_*") if p.is_dir()])
 
 
 def _check_run_seeds(run_dir: Path, allow_missing: bool, command: str, need: int = 2) -> None:
@@ -685,10 +712,14 @@ def _pool_folders(paths, fmt, acts, device, tau, width, rules, halves, steps, qu
     if acts is None:
         raise UserError(f"{str(paths[0])!r}: not a run directory (config.toml + seeds/); pooling SAE folders needs --acts "
                         "(activations to refit and judge the pools on)")
+    from synthsae.outdir import analysis_folder, claim
+
     folders = _seed_folders(paths, fmt)
+    root = analysis_folder(folders, None, _common_parent(folders))
+    _check_metrics_target(root / "metrics.json")
     stack = load_stack(folders, fmt)
     given = _load_given_acts(acts, stack.sae.d_in)
-    root = Path(os.path.commonpath([str(f.resolve()) for f in folders]))
+    claim(root)
     res = pool_stack(stack, given, AnalysisConfig(), root / "pooled", tau=tau, widths=[width] if width else None,
                      rules=rules, halves=halves, refit_steps=steps, device=resolve_device(device), progress=not quiet)
     write_pooling(root / "metrics.json", stack, res)
@@ -732,6 +763,7 @@ def run(
     if cfg.train.seeds < 2:
         raise UserError(f"--seeds = {cfg.train.seeds}: the study compares seeds, so it needs at least 2")
     out = out or Path("runs") / f"{cfg.preset}-{cfg.sae.variant}"
+    check_world(cfg)
     check_writable_dir(out, "--out")
     check_target(out, resume, force)  # before any work, so a refused run leaves the folder untouched
     try:
@@ -772,6 +804,15 @@ def _existing_run(run_dir: Path) -> Path:
     return run_dir
 
 
+def _report_lock(run_dir: Path):
+    """The run's lock for a report of a run folder (an analysis folder of SAE folders gets no run marker)."""
+    from contextlib import nullcontext
+
+    from synthsae.rundir import is_run_folder, run_lock
+
+    return run_lock(run_dir) if is_run_folder(run_dir) or (run_dir / "real_config.json").is_file() else nullcontext()
+
+
 @app.command("report")
 @user_errors
 def report_cmd(run_dir: Path = typer.Argument(..., help="a run folder with metrics.json")) -> None:
@@ -781,7 +822,8 @@ def report_cmd(run_dir: Path = typer.Argument(..., help="a run folder with metri
 
     _existing_run(run_dir)
     check_writable_dir(run_dir, "RUN_DIR")
-    md, page = build_report(run_dir)
+    with _report_lock(run_dir):  # never render a run another process is still writing
+        md, page = build_report(run_dir)
     _warn_taus(run_dir / "metrics.json")
     print_verdicts(run_dir)
     console.print(f"wrote {md} and {page}", highlight=False)
@@ -845,8 +887,9 @@ def seed_modes_cmd(
 @app.command("atlas")
 @user_errors
 def atlas_cmd(
-    paths: list[Path] = typer.Argument(..., help="a run directory (synthetic or `synthsae real run`), or several SAE folders (SAELens layout), one per seed"),
-    out: Optional[Path] = typer.Option(None, "--out", help="folder for atlas.safetensors / atlas.json / metrics.json (default: the run folder, or beside the first SAE folder)"),
+    paths: list[Path] = typer.Argument(..., help="a run directory (synthetic or `synthsae real run`), or SAE folders one per seed (SAELens, sparsify or dictionary_learning; quoted globs and parent folders too)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="folder for atlas.safetensors / atlas.json / metrics.json (default: the run folder, or the SAE folders' common parent; new or synthsae's, never an input)"),
+    fmt: Optional[str] = typer.Option(None, "--format", help="SAE folder format: saelens, sparsify or dictionary_learning (default: detected)"),
     overlap: float = typer.Option(0.9, "--overlap", help="principal-angle overlap at which a seed holds a feature's span"),
     energy: float = typer.Option(0.5, "--energy", help="energy rule: a subspace keeps the directions spanned by this share of its seeds (docs/atlas.md)"),
     min_seeds: int = typer.Option(0, "--min-seeds", help="seeds a feature must be found in (0 = half the seeds, at least 2)"),
@@ -866,29 +909,34 @@ def atlas_cmd(
 
     if device != "auto" and not (device == "cpu" or device.startswith("cuda")):
         raise UserError(f"--device = {device!r}: must be auto, cpu, cuda or cuda:N")
-    for p in paths:
-        if not p.exists():
-            raise UserError(f"{str(p)!r}: no such file or directory")
-    real = len(paths) == 1 and is_real_run(paths[0])
-    run = real or (len(paths) == 1 and is_run_dir(paths[0]))
-    if not run:
-        bad = [str(p) for p in paths if not (p / "sae_weights.safetensors").is_file()]
-        if bad:
-            raise UserError(f"{bad[0]!r}: neither a run directory (config.toml or real_config.json, and seeds/) nor an "
-                            "SAE folder (sae_weights.safetensors)")
-        if len(paths) < 2:
-            raise UserError("one SAE folder is one seed: give at least two folders (or a run directory)")
+    _check_paths(paths)
+    real = len(paths) == 1 and fmt is None and is_real_run(paths[0])
+    run = real or (len(paths) == 1 and fmt is None and is_run_dir(paths[0]))
+    folders = paths if run else _seed_folders(paths, fmt)  # globs, parent folders, all three formats
     if real and out is not None:
         raise UserError("--out: a real run's atlas is one of its stages and is written into the run folder")
-    target = out or (paths[0] if run else paths[0].parent)
+    if run:
+        target = out or paths[0]
+    else:
+        from synthsae.outdir import analysis_folder
+
+        target = analysis_folder(folders, out, _common_parent(folders))
     _check_metrics_target(target / "metrics.json")
     acfg = AtlasConfig(overlap=overlap, energy=energy, min_seeds=min_seeds, max_rank=max_rank)
+    n_seeds = _count_seeds(paths[0]) if run else len(folders)
+    if min_seeds and not 2 <= min_seeds <= n_seeds:
+        raise UserError(f"--min-seeds = {min_seeds}: must be 0 (half the seeds, at least 2) or between 2 and the "
+                        f"{n_seeds} seeds given")
     if real:
         from real.atlas import atlas_of_real_run
 
         res = atlas_of_real_run(paths[0], acfg, device)
     else:
-        res, atlas = atlas_of(paths, acfg, device)
+        res, atlas = atlas_of(folders, acfg, device, fmt=fmt)
+        if not run:
+            from synthsae.outdir import claim
+
+            claim(target)
         write_atlas(target, res, atlas)
     t, j = target / ATLAS_FILE, target / ATLAS_JSON
     if as_json:
@@ -1018,7 +1066,8 @@ def real_report(run_dir: Path = typer.Argument(..., help="a real run folder with
         tok = load_model(load(run_dir / "real_config.json").collect.model).tokenizer
     except Exception:  # noqa: BLE001 - without the model the report has no context examples
         tok = None
-    md, page = build_real_report(_existing_run(run_dir), tokenizer=tok)
+    with _report_lock(_existing_run(run_dir)):  # never render a run another process is still writing
+        md, page = build_real_report(run_dir, tokenizer=tok)
     _print_real_verdicts(run_dir)
     console.print(f"wrote {md} and {page}", highlight=False)
 

@@ -202,9 +202,9 @@ def collect(c: CollectConfig, out: str | Path, *, lm=None, progress: bool = True
             raise RunFileError(f"{meta_path}: not valid JSON; move the folder away or pass another --out") from None
         bad = _mismatch(meta, ident)
         if bad and force:
-            import shutil
+            from synthsae.rundir import remove_path
 
-            shutil.rmtree(out)
+            remove_path(out)  # a link is removed itself, never what it points to
             return collect(c, out, lm=lm, progress=progress, stop_after_shards=stop_after_shards, log=lambda m: None)
         if bad:
             raise ConfigError(f"{out}: holds activations of another collection ({bad}); pass another --out or --force")

@@ -10,7 +10,6 @@ command again; a finished run is only replaced with force.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -41,12 +40,9 @@ def prepare(cfg: RealConfig, out: Path, force: bool, write: bool = True) -> None
     if not write:
         return
     if force:
-        for name in OUTPUTS:
-            p = out / name
-            if p.is_dir():
-                shutil.rmtree(p)
-            else:
-                p.unlink(missing_ok=True)
+        from synthsae.rundir import clear_run
+
+        clear_run(out, OUTPUTS)  # our names only, our entries inside them, never through a link
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(cpath, to_json(cfg))
 
@@ -62,6 +58,7 @@ def run_real(cfg: RealConfig, out: str | Path, *, force: bool = False, lm=None, 
     from synthsae.rundir import run_lock
 
     out = Path(out)
+    check_real_target(out)  # with or without force: a folder that holds no synthsae run is never taken over
     if (out / "report.html").is_file() and not force and not collect_only:
         raise FileExistsError(f"{out}: holds a finished real run; pass --force to overwrite it")
     prepare(cfg, out, force, write=False)
@@ -74,8 +71,32 @@ def run_real(cfg: RealConfig, out: str | Path, *, force: bool = False, lm=None, 
     if not collect_only:
         check_real_fits(cfg, lm)  # before anything is written
     check_real_disk(cfg, lm, out, collect_only)  # before the run folder is made
-    with run_lock(out):  # one process writes a run folder at a time (a second one is refused in one line)
-        return _run_locked(cfg, out, force, lm, progress, log, collect_only, t0)
+    created = not out.exists()
+    try:
+        with run_lock(out):  # one process writes a run folder at a time (a second one is refused in one line)
+            return _run_locked(cfg, out, force, lm, progress, log, collect_only, t0)
+    except BaseException:
+        if created:
+            from synthsae.rundir import drop_if_only_marker
+
+            drop_if_only_marker(out)  # a refused call leaves no folder holding only the marker
+        raise
+
+
+def check_real_target(out: Path) -> None:
+    """Refuse (one-line RunFolderError) a path that is a file, or a non-empty folder that holds no synthsae run."""
+    from synthsae.rundir import MARKER, RunFolderError, check_not_locked, is_run_folder
+
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise RunFolderError(f"--out = {str(out)!r}: is a file, not a run folder")
+    check_not_locked(out)  # a run in progress elsewhere: say so, rather than "pass --force"
+    if any(out.iterdir()) and not (is_run_folder(out) or (out / CONFIG).is_file()):
+        names = sorted(p.name for p in out.iterdir())
+        shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+        raise RunFolderError(f"{out}: not a synthsae run (no {MARKER}; holds {shown}); a real run writes only into a "
+                             "new, empty or synthsae run folder: pick another --out")
 
 
 def _run_locked(cfg: RealConfig, out: Path, force: bool, lm, progress: bool, log, collect_only: bool, t0: float) -> dict:
@@ -147,7 +168,9 @@ def _run_locked(cfg: RealConfig, out: Path, force: bool, lm, progress: bool, log
         from synthsae.pooling import pooling_study
 
         t = time.perf_counter()
-        shutil.rmtree(out / "pooled", ignore_errors=True)
+        from synthsae.rundir import clear_run
+
+        clear_run(out, ("pooled",))
         x = (store.load("eval", limit=cfg.analysis.eval_tokens) * scale).to(dev)
         bs = cfg.train.batch_size
         with threads_for(bs, store.d, cfg.sae.d_sae, dev):  # the refits are SAE training: the trainer's thread policy

@@ -128,15 +128,23 @@ def k_for_l0(variant: str, sae_cfg, l0: float) -> int:
 
 def resolve_variants(names: list[str] | None) -> list[str]:
     """The variants to bench (default: every registered one); unknown names are a one-line ConfigError."""
-    from synthsae.sae import registered_variants
+    from synthsae.sae import get_variant, known_names, registered_variants
 
-    known = registered_variants()
     if not names:
-        return known
+        return registered_variants()  # a broken plug-in is named in one warning line and left out
+    seen = set()
     for n in names:
-        if n not in known:
-            raise ConfigError(f"--variants: {n!r} is not a registered variant; known variants are {', '.join(known)}")
-    return list(dict.fromkeys(names))
+        if n in seen:
+            raise ConfigError(f"--variants: {n!r} is given twice; name each variant once")
+        seen.add(n)
+        try:
+            get_variant(n)  # only the named plug-ins are imported
+        except ConfigError as exc:
+            if "unknown" not in str(exc):
+                raise ConfigError(f"--variants: {str(exc)}") from None
+            raise ConfigError(f"--variants: {n!r} is not a registered variant; known variants are "
+                              f"{', '.join(known_names())}") from None
+    return list(names)
 
 
 def get_suite(name: str, seed_mode: str | None = None, matched_compute: bool = False) -> Suite:
@@ -483,7 +491,20 @@ def check_jobs(jobs: int | None) -> int:
         return default_jobs()
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ConfigError(f"--jobs = {jobs!r}: must be an integer >= 1 (cells trained at once)")
+    cores = cpu_cores()
+    if jobs > cores:  # each worker is a process with its own torch: more than the cores only thrashes (or hangs)
+        raise ConfigError(f"--jobs = {jobs}: this machine has {cores} CPU core(s); give at most {cores}")
     return jobs
+
+
+def cpu_cores() -> int:
+    """CPU cores this process may use (its affinity mask where the OS has one)."""
+    import os
+
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
 
 
 def bench_cell(out: Path, suite: Suite, spec: PresetSpec, l0: float, variant: str, wide: bool, *, pool: bool,

@@ -393,11 +393,14 @@ def block_orthogonal_flags(t: TruthConfig) -> list[bool]:
 
 def validate_sae(s: SAEConfig, d: int | None = None, prefix: str = "sae") -> None:
     """Raise ConfigError on the first bad SAE value; the variant must be registered."""
-    from synthsae.sae import registered_variants  # late import: the registry lives with the variants
+    from synthsae.sae import get_variant  # late import: the registry lives with the variants
 
-    names = registered_variants()
-    if s.variant not in names:
-        raise _err(f"{prefix}.variant", s.variant, f"unknown; known variants are {', '.join(names)}")
+    if not isinstance(s.variant, str):
+        raise _err(f"{prefix}.variant", s.variant, "must be a variant name (a string)")
+    try:
+        get_variant(s.variant)  # only this variant's plug-in is imported: a broken other one does not matter
+    except ConfigError as exc:
+        raise ConfigError(str(exc).replace("sae.variant", f"{prefix}.variant", 1)) from None
     _check_int(f"{prefix}.d_sae", s.d_sae, 1)
     _check_int(f"{prefix}.k", s.k, 1, s.d_sae)
     _check_float(f"{prefix}.l1_coeff", s.l1_coeff, 0.0)
@@ -428,6 +431,9 @@ def validate_sae(s: SAEConfig, d: int | None = None, prefix: str = "sae") -> Non
 SEED_MODES = ("independent", "shared_init", "shared_data")
 
 
+MAX_STEPS = 10**8  # far beyond any study (the paper preset trains 30k steps); more is a typo that would run for ever
+
+
 def validate_train(t: TrainConfig, prefix: str = "train") -> None:
     """Raise ConfigError on the first bad training value."""
     _check_int(f"{prefix}.seeds", t.seeds, 1)
@@ -441,7 +447,7 @@ def validate_train(t: TrainConfig, prefix: str = "train") -> None:
     if t.seed_mode not in SEED_MODES:
         raise _err(f"{prefix}.seed_mode", t.seed_mode, f"must be one of {', '.join(SEED_MODES)}")
     _check_int(f"{prefix}.data_seed", t.data_seed, 0)
-    _check_int(f"{prefix}.steps", t.steps, 1)
+    _check_int(f"{prefix}.steps", t.steps, 1, MAX_STEPS)
     _check_int(f"{prefix}.batch_size", t.batch_size, 1)
     _check_float(f"{prefix}.lr", t.lr, 0.0, lo_open=True)
     _check_int(f"{prefix}.warmup_steps", t.warmup_steps, 0)

@@ -134,6 +134,8 @@ def shard(n: int, rank: int, world: int) -> list[int]:
 
 
 def _lost(where: str, exc: BaseException) -> PeerLost:
+    if isinstance(exc, PeerLost):  # the SIGTERM handler raised inside a collective: its message is already ours
+        return exc
     first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     first = first.split("] ", 1)[-1].split(". ")[0][:120]  # gloo: drop the source path, keep the first sentence
     return PeerLost(f"rank {current().rank}: another rank stopped ({where}: {first}); "

@@ -38,6 +38,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     mkstemp creates the temp file as 0600; it is given 0666 & ~umask before the rename, as open() would.
     """
     p = Path(path)
+    check_regular(p, "output file")
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
     os.close(fd)
@@ -47,6 +48,16 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         os.replace(tmp, p)
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+def check_regular(path: str | os.PathLike[str], what: str) -> None:
+    """Refuse (one-line BadFileError) a path that exists but is not a regular file (a pipe, a device such as
+    /dev/null, a socket): a rename over it would replace it with a file."""
+    p = Path(path)
+    if p.exists() and not p.is_file() and not p.is_dir():
+        kind = ("a named pipe (FIFO)" if p.is_fifo() else "a character device" if p.is_char_device() else
+                "a block device" if p.is_block_device() else "a socket" if p.is_socket() else "not a regular file")
+        raise BadFileError(f"{what} = {str(p)!r}: is {kind}; synthsae writes only regular files, give a file path")
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
@@ -116,6 +127,7 @@ def check_writable_file(path: str | os.PathLike[str], what: str) -> None:
     p = Path(path)
     if p.is_dir():
         raise BadFileError(f"{what} = {str(p)!r}: is a folder; give a file name")
+    check_regular(p, what)
     base = _nearest_existing(p.parent)
     if not base.is_dir():
         raise BadFileError(f"{what} = {str(p)!r}: {str(base)!r} is a file, so the folder cannot be created")

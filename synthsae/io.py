@@ -77,6 +77,8 @@ def read_json(path: Path) -> dict[str, Any]:
         obj = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise RunFileError(f"{path}: not valid JSON ({exc})") from None
+    except ValueError as exc:  # an integer of thousands of digits (Python's int-from-string limit)
+        raise RunFileError(f"{path}: a number in it is too long to read ({str(exc).splitlines()[0][:80]})") from None
     if not isinstance(obj, dict):
         raise RunFileError(f"{path}: expected a JSON object, found {type(obj).__name__}")
     return obj
@@ -90,9 +92,20 @@ def _read_cfg(folder: Path) -> dict[str, Any]:
         raise RunFileError(f"{path}: missing (a seed folder needs {CFG}, {WEIGHTS})")
     cfg = read_json(path)
     for key in ("d_in", "d_sae"):
-        if not isinstance(cfg.get(key), int):
-            raise RunFileError(f"{path}: field {key!r} missing or not an integer")
+        v = cfg.get(key)
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_DIM:
+            raise RunFileError(f"{path}: field {key!r} must be an integer 1..{MAX_DIM} (found {_short(v)})")
+    if "metadata" in cfg and not isinstance(cfg["metadata"], dict):
+        raise RunFileError(f"{path}: field 'metadata' must be an object (found a {type(cfg['metadata']).__name__})")
     return cfg
+
+
+MAX_DIM = 2**26  # d_in / d_sae above this are typos (a stacked SAE of that size would not fit anywhere)
+
+
+def _short(v: Any) -> str:
+    r = repr(v)
+    return r if len(r) <= 40 else r[:37] + "..."
 
 
 def _read_tensors(path: Path) -> dict[str, Tensor]:
@@ -110,19 +123,37 @@ def _read_tensors(path: Path) -> dict[str, Tensor]:
 def sae_config_from_cfg(cfg: dict[str, Any], where: Path) -> SAEConfig:
     """Our SAEConfig from a cfg.json: metadata.sae when we wrote it, else from SAELens's own fields."""
     meta = cfg.get("metadata") or {}
+    if not isinstance(meta, dict):
+        raise RunFileError(f"{where / CFG}: field 'metadata' must be an object (found a {type(meta).__name__})")
     if isinstance(meta.get("sae"), dict):
         known = {f.name for f in fields(SAEConfig)}
-        sc = SAEConfig(**{k: v for k, v in meta["sae"].items() if k in known})
+        unknown = sorted(set(meta["sae"]) - known)
+        if unknown:
+            raise RunFileError(f"{where / CFG}: metadata.sae.{unknown[0]}: unknown field (known: {', '.join(sorted(known))})")
+        sc = SAEConfig(**meta["sae"])
     else:
         arch = cfg.get("architecture", "standard")
-        if arch not in ARCH_TO_VARIANT:
-            raise RunFileError(f"{where / CFG}: architecture {arch!r} is not one we can load "
+        if not isinstance(arch, str) or arch not in ARCH_TO_VARIANT:
+            raise RunFileError(f"{where / CFG}: architecture = {_short(arch)} is not one we can load "
                                f"(known: {', '.join(ARCH_TO_VARIANT)})")
-        sc = SAEConfig(variant=ARCH_TO_VARIANT[arch], d_sae=cfg["d_sae"], k=int(cfg.get("k", 1)),
+        k = cfg.get("k", 1)
+        sc = SAEConfig(variant=ARCH_TO_VARIANT[arch], d_sae=cfg["d_sae"], k=k,
                        apply_b_dec_to_input=bool(cfg.get("apply_b_dec_to_input", True)))
-    sc.variant = meta.get("variant", sc.variant)
+    variant = meta.get("variant", sc.variant)
+    if not isinstance(variant, str):
+        raise RunFileError(f"{where / CFG}: metadata.variant = {_short(variant)}: must be a variant name")
+    sc.variant = variant
     if sc.d_sae != cfg["d_sae"]:
-        raise RunFileError(f"{where / CFG}: d_sae = {cfg['d_sae']} but metadata.sae.d_sae = {sc.d_sae}")
+        raise RunFileError(f"{where / CFG}: d_sae = {cfg['d_sae']} but metadata.sae.d_sae = {_short(sc.d_sae)}")
+    from synthsae.config import validate_sae
+
+    try:
+        validate_sae(sc, cfg["d_in"])  # k = "x", 0 or 1e20 and every other field, checked once, here
+    except ConfigError as exc:
+        raise RunFileError(f"{where / CFG}: {str(exc).replace('sae.', 'metadata.sae.', 1)}") from None
+    seed = meta.get("init_seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise RunFileError(f"{where / CFG}: metadata.init_seed = {_short(seed)}: must be an integer >= 0")
     return sc
 
 
@@ -146,6 +177,9 @@ def load_sae_folders(folders: list[str | os.PathLike[str]], device: str | torch.
     dtype = getattr(torch, str(cfgs[0].get("dtype", "float32")).removeprefix("torch."), torch.float32)
     if not isinstance(dtype, torch.dtype):
         dtype = torch.float32
+    from synthsae.memory import check_stack_fits
+
+    check_stack_fits(len(paths), cfgs[0]["d_in"], first_cfg.d_sae, str(first))  # before the stack is allocated
     sae = cls.empty_like(first_cfg, cfgs[0]["d_in"], init_seeds, device="cpu", dtype=dtype)
     expected = {k: tuple(t.shape) for k, t in sae.seed_tensors(0).items()}
     per_seed = []
@@ -156,6 +190,8 @@ def load_sae_folders(folders: list[str | os.PathLike[str]], device: str | torch.
                 raise RunFileError(f"{p / WEIGHTS}: tensor {k!r} missing (has {', '.join(sorted(tensors)) or 'none'})")
             if tuple(tensors[k].shape) != shape:
                 raise RunFileError(f"{p / WEIGHTS}: tensor {k!r} has shape {tuple(tensors[k].shape)}, expected {shape}")
+            if not tensors[k].is_floating_point():
+                raise RunFileError(f"{p / WEIGHTS}: tensor {k!r} has dtype {tensors[k].dtype}; weights must be floating point")
             if not bool(torch.isfinite(tensors[k]).all()):
                 raise RunFileError(f"{p / WEIGHTS}: tensor {k!r} holds NaN or Inf values")
         per_seed.append(tensors)
@@ -199,7 +235,9 @@ def seed_folders(run_dir: str | os.PathLike[str]) -> list[Path]:
         raise RunFileError(f"{root}: missing (is {run_dir} a finished training run?)")
     found = []
     for p in root.iterdir():
-        if p.is_dir() and p.name.startswith("seed_") and p.name[5:].isdigit():
+        if p.is_dir() and p.name.startswith("seed_"):
+            if not (p.name[5:].isascii() and p.name[5:].isdigit() and len(p.name) <= 15):
+                raise RunFileError(f"{p}: not a seed folder name (seed_<k>, k a whole number); rename or move it away")
             found.append((int(p.name[5:]), p))
     if not found:
         raise RunFileError(f"{root}: holds no seed_<k> folders")

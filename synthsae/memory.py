@@ -116,6 +116,18 @@ def run_disk_bytes(cfg: RunConfig) -> int:
     return sae_disk_bytes(cfg.train.seeds, t.d, cfg.sae.d_sae, _DTYPE_BYTES.get(cfg.train.dtype, 4)) + truth
 
 
+def stack_bytes(S: int, d: int, m: int) -> int:
+    """Analysing S loaded SAEs of d_in d x d_sae m: the stacked weights (float32, a few copies on the way), the
+    m x m similarity matrices of a seed pair (float64 for the assignment) and the S x S x m match tables."""
+    return 4 * (4 * S * (2 * d * m + m + d)) + 3 * 8 * m * m + 8 * S * S * m
+
+
+def check_stack_fits(S: int, d: int, m: int, where: str) -> None:
+    """Refuse SAE folders whose stacked SAE and analysis would not fit, before the stack is allocated."""
+    check_fits(stack_bytes(S, d, m), f"{where}: analysing {S} seeds of d_in = {d} x d_sae = {m}",
+               "analyse fewer seeds at once, or check d_in / d_sae in the folders' configs")
+
+
 def check_run_fits(cfg: RunConfig, device: str = "cpu", analysis: bool = True, out: str | Path | None = None) -> None:
     """Refuse a run whose truth, training step or analysis would not fit, before anything is written (and, given the
     run folder, one whose files would not fit on its disk)."""

@@ -60,7 +60,9 @@ def clear_run(out: Path, names: tuple[str, ...] | None = None) -> None:
     out = Path(out)
     for name in names or RUN_FILES + RUN_DIRS:
         p = out / name
-        if name in RUN_DIRS and p.is_dir():
+        if p.is_symlink():  # never delete through a link (to a colleague's folder, say): remove the link itself
+            p.unlink()
+        elif name in RUN_DIRS and p.is_dir():
             pattern = {"seeds": "seed_*", "figures": "*.png", "pooled": "*", "checkpoint": "*"}[name]
             for child in p.glob(pattern):
                 if child.is_dir() and not child.is_symlink():
@@ -75,11 +77,68 @@ def clear_run(out: Path, names: tuple[str, ...] | None = None) -> None:
             p.unlink()
 
 
+def remove_path(p: Path) -> None:
+    """Remove a file, a link (the link itself, never what it points to) or a folder tree we own."""
+    p = Path(p)
+    if p.is_symlink() or p.is_file():
+        p.unlink()
+    elif p.is_dir():
+        shutil.rmtree(p)
+
+
+def drop_if_only_marker(out: Path) -> None:
+    """Undo a folder we created whose command was refused: remove it when it holds only the marker and empty
+    folders (anything else in it stays)."""
+    out = Path(out)
+    if not out.is_dir() or out.is_symlink():
+        return
+    for p in sorted(out.rglob("*"), key=lambda q: len(q.parts), reverse=True):
+        if p.is_dir() and not p.is_symlink():
+            try:
+                p.rmdir()
+            except OSError:
+                return
+        elif p != out / MARKER:
+            return
+    (out / MARKER).unlink(missing_ok=True)
+    try:
+        out.rmdir()
+    except OSError:
+        pass
+
+
 def mark(out: Path) -> None:
     """Create the folder and its marker (idempotent)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / MARKER).touch(exist_ok=True)
+
+
+def check_not_locked(out: Path) -> None:
+    """Refuse (one-line RunFolderError naming the pid) a folder whose lock another process holds, so the loser of
+    two concurrent runs is told so, not that the folder is taken."""
+    import fcntl
+
+    out = Path(out)
+    marker = out / MARKER
+    if str(out.absolute()) in _held or not marker.is_file() or marker.is_symlink():
+        return
+    try:
+        fd = os.open(marker, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EWOULDBLOCK, errno.EACCES):
+                owner = os.read(fd, 64).decode(errors="replace").strip() or "?"
+                raise RunFolderError(f"{out}: another synthsae process (pid {owner}) is writing this run; "
+                                     "wait for it to finish or stop it first") from None
+            raise
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
 @contextmanager

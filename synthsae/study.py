@@ -40,10 +40,11 @@ def _clear_outputs(out: Path) -> None:
 def check_target(out: Path, resume: bool, force: bool) -> None:
     """Refuse to touch a finished run without force, an unfinished one without resume / force, and with force
     anything that is not a synthsae run (an empty folder is fine)."""
-    from synthsae.rundir import check_overwritable
+    from synthsae.rundir import check_not_locked, check_overwritable
 
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out = {str(out)!r}: is a file, not a run folder")
+    check_not_locked(out)  # a run in progress elsewhere: say so, rather than "pass --force"
     if force:
         check_overwritable(out)
         return
@@ -74,9 +75,17 @@ def run_study(cfg: RunConfig, out: str | Path, *, resume: bool = False, force: b
     check_target(out, resume, force)
     check_run_fits(cfg, str(pick_device(device or cfg.train.device)), out=None if resume else out)  # before any write
     distributed.barrier("checked")  # no rank sees the folder rank 0's lock creates
-    with run_lock(out) if dd.is_main else contextlib.nullcontext():  # rank 0 holds the run's lock
-        return _run_locked(cfg, out, resume=resume, force=force, device=device, progress=progress, log=log,
-                           allow_missing_seeds=allow_missing_seeds)
+    created = not out.exists()
+    try:
+        with run_lock(out) if dd.is_main else contextlib.nullcontext():  # rank 0 holds the run's lock
+            return _run_locked(cfg, out, resume=resume, force=force, device=device, progress=progress, log=log,
+                               allow_missing_seeds=allow_missing_seeds)
+    except BaseException:
+        if created and dd.is_main:
+            from synthsae.rundir import drop_if_only_marker
+
+            drop_if_only_marker(out)  # a run refused before it wrote anything leaves no marker-only folder
+        raise
 
 
 def _run_locked(cfg: RunConfig, out: Path, *, resume: bool, force: bool, device: str | None, progress: bool,

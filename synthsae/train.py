@@ -368,9 +368,10 @@ def _slice_history(history: list[dict], i: int) -> list[dict]:
 
 
 def _save_checkpoint(out: Path, sae: SAE, state: TrainState, data: DataStream, extra: dict | None = None,
-                     seed_index: list[int] | None = None) -> None:
+                     seed_index: list[int] | None = None, keep: int | None = None) -> None:
     """Write one file per local seed for state.step (with `extra`, e.g. lr_changes), then commit the step (every
-    rank, collectively: rank 0 writes latest.json once all have saved, and drops older steps)."""
+    rank, collectively: rank 0 writes latest.json once all have saved, and drops older steps but `keep`, the step a
+    resume started from)."""
     seed_index = list(range(sae.n_seeds)) if seed_index is None else seed_index
     model = {k: v.detach().cpu() for k, v in sae.state_dict().items()}
     opt = state.optimizer.state_dict()
@@ -397,7 +398,7 @@ def _save_checkpoint(out: Path, sae: SAE, state: TrainState, data: DataStream, e
     if distributed.current().is_main:
         atomic_write_json(Path(out) / LATEST, {"step": state.step})
         for old in (Path(out) / CHECKPOINT_DIR).glob("step_*"):
-            if old.name != f"step_{state.step}":
+            if old.name not in (f"step_{state.step}", f"step_{keep}"):  # never the one a resume started from
                 shutil.rmtree(old, ignore_errors=True)
 
 
@@ -540,7 +541,13 @@ def _check_target(cfg: RunConfig, out: Path, resume: bool, force: bool) -> tuple
     if not force and not resume and started:
         raise FileExistsError(f"{out}: holds an unfinished training run; pass --resume to continue it or --force to start over")
     old_lr = _check_resume_config(out, cfg) if resume and not force and (out / "config.toml").exists() else None
-    return resume and not force and checkpoint_step(out) is not None, old_lr
+    at = checkpoint_step(out) if resume and not force else None
+    if at is not None and at > cfg.train.steps:
+        from synthsae.config import ConfigError
+
+        raise ConfigError(f"train.steps = {cfg.train.steps}: below the checkpoint's step {at} in {out / CHECKPOINT_DIR}; "
+                          f"a resume continues from it, so give train.steps >= {at} (or --force to start over)")
+    return at is not None, old_lr
 
 
 def train_run(cfg: RunConfig, out: Path, *, resume: bool = False, force: bool = False, progress: bool = True,
@@ -605,9 +612,10 @@ def _train_locked(cfg: RunConfig, out: Path, device: torch.device, dd: distribut
     state = new_state(sae, t)
     extra: dict = {"lr_changes": []}
     last_ckpt = None
+    resumed_from = None
     if resuming:
         extra = _load_checkpoint(out, sae, state, data, mine)
-        last_ckpt = state.step
+        last_ckpt = resumed_from = state.step
     if resuming and old_lr is not None:
         extra["lr_changes"].append({"step": state.step, "from": old_lr, "to": t.lr})
     log_every = max(1, min(50, t.steps // 50))
@@ -624,7 +632,7 @@ def _train_locked(cfg: RunConfig, out: Path, device: torch.device, dd: distribut
             save = (st.step % t.checkpoint_every == 0 and st.step < t.steps) or stop or ctrl_c
             if save:
                 st.raise_if_diverged(sae)  # never checkpoint a diverged state
-                _save_checkpoint(out, sae, st, data, extra, mine)
+                _save_checkpoint(out, sae, st, data, extra, mine, keep=resumed_from)
                 last_ckpt = st.step
             if ctrl_c:  # Ctrl-C: keep this step, then stop
                 raise KeyboardInterrupt

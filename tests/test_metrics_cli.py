@@ -61,10 +61,10 @@ def test_analyze_cli_on_a_tiny_run(tiny_run: Path) -> None:
     assert got["settings"]["tau"] == 0.7 and got["settings"]["frequency_source"].startswith("measured")
     assert got["stability"]["mean"]["baseline"] is not None
     folders = sorted(str(p) for p in (tiny_run / "seeds").glob("seed_*"))
-    out = tiny_run / "folders.json"
+    out = tiny_run / "folder_analysis"  # SAE folders: --out names a folder of ours (created), never a json beside the run
     res = runner.invoke(app, ["analyze", *folders, "--out", str(out), "--match", "hungarian", "--device", "cpu"])
     assert res.exit_code == 0, res.output
-    assert json.loads(out.read_text())["analysis"]["settings"]["match"] == "hungarian"
+    assert json.loads((out / "metrics.json").read_text())["analysis"]["settings"]["match"] == "hungarian"
     res = runner.invoke(app, ["analyze", str(tiny_run), "--match", "nope"])
     assert res.exit_code == 2
 

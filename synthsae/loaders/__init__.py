@@ -131,6 +131,9 @@ def stack(loaded: list[LoadedSAE]) -> LoadedStack:
         if _signature(item.sae) != _signature(first.sae):
             raise RunFileError(f"{item.provenance.path}: {_describe(item.sae)} does not match {first.provenance.path}: "
                                f"{_describe(first.sae)} (every seed must have one architecture and shape)")
+    from synthsae.memory import check_stack_fits
+
+    check_stack_fits(len(loaded), first.sae.d_in, first.sae.d_sae, str(first.provenance.path))
     seeds = [it.init_seed if it.init_seed is not None else i for i, it in enumerate(loaded)]
     cls = type(first.sae)
     sae = cls.empty_like(first.sae.cfg, first.sae.d_in, seeds, device="cpu", dtype=torch.float32)

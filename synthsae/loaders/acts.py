@@ -40,6 +40,9 @@ def read_activations(path: str | os.PathLike[str], d_in: int, max_tokens: int | 
     parts, n = [], 0
     for f in files:
         t = _pick(_read_tensors(f), f)
+        if not t.is_floating_point():
+            raise RunFileError(f"{f}: activations have dtype {t.dtype}; they must be floating point (float32, "
+                               "float16 or bfloat16)")
         if t.dim() < 2 or t.shape[-1] != d_in:
             raise RunFileError(f"{f}: activations have shape {tuple(t.shape)}; the SAEs need [..., d_in = {d_in}]")
         t = t.reshape(-1, d_in).float()

@@ -52,9 +52,11 @@ def read_safetensors(path: Path) -> dict[str, Tensor]:
 
 
 def need_int(cfg: dict[str, Any], key: str, where: Path) -> int:
+    from synthsae.io import MAX_DIM, _short
+
     v = cfg.get(key)
-    if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-        raise RunFileError(f"{where}: field {key!r} missing or not a positive integer (found {v!r})")
+    if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_DIM:
+        raise RunFileError(f"{where}: field {key!r} missing or not an integer 1..{MAX_DIM} (found {_short(v)})")
     return v
 
 
@@ -65,6 +67,8 @@ def need_tensor(tensors: dict[str, Tensor], key: str, shape: tuple[int, ...], wh
     t = tensors[key]
     if tuple(t.shape) != tuple(shape):
         raise RunFileError(f"{where}: tensor {key!r} has shape {tuple(t.shape)}, expected {tuple(shape)}")
+    if not t.is_floating_point():
+        raise RunFileError(f"{where}: tensor {key!r} has dtype {t.dtype}; weights must be floating point")
     if not bool(torch.isfinite(t).all()):
         raise RunFileError(f"{where}: tensor {key!r} holds NaN or Inf values")
     return t.detach().to(torch.float32)

@@ -57,7 +57,7 @@ def load(folder: Path) -> LoadedSAE:
     if not isinstance(trainer, dict):
         raise RunFileError(f"{cfg_path}: field 'trainer' missing or not an object")
     cls = trainer.get("dict_class")
-    if cls not in CLASSES:
+    if not isinstance(cls, str) or cls not in CLASSES:
         raise RunFileError(f"{cfg_path}: trainer.dict_class = {cls!r} is not supported (supported: {', '.join(CLASSES)})")
     variant = CLASSES[cls]
     sd = read_state_dict(where)
@@ -101,6 +101,8 @@ def load(folder: Path) -> LoadedSAE:
     t = {k_: v.contiguous() for k_, v in t.items()}
     sae = build_sae(variant, d_in, d_sae, t, k=k, apply_b_dec_to_input=apply_b_dec, where=where)
     seed = trainer.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        raise RunFileError(f"{cfg_path}: trainer.seed = {seed!r:.40}: must be an integer >= 0")
     details = {k_: trainer[k_] for k_ in ("trainer_class", "lm_name", "layer", "submodule_name", "seed", "k")
                if trainer.get(k_) is not None}
     prov = Provenance(str(folder), "dictionary_learning", "dictionary_learning", None, str(cls), variant, d_in, d_sae, details)

@@ -85,6 +85,8 @@ def load(folder: Path) -> LoadedSAE:
     """One SAELens folder as our single-seed SAE, with its stored sparsity (log10 frequency) when present."""
     cfg_path = folder / CFG
     raw = read_json(cfg_path)
+    if "metadata" in raw and not isinstance(raw["metadata"], dict):
+        raise RunFileError(f"{cfg_path}: field 'metadata' must be an object (found a {type(raw['metadata']).__name__})")
     meta = raw.get("metadata") if isinstance(raw.get("metadata"), dict) else {}
     version = version_of(raw)
     ours = "variant" in meta  # written by synthsae.io
@@ -92,6 +94,8 @@ def load(folder: Path) -> LoadedSAE:
     cfg = flat_to_v6(raw) if pre6 else raw
     d_in, d_sae = need_int(cfg, "d_in", cfg_path), need_int(cfg, "d_sae", cfg_path)
     arch = cfg.get("architecture", "standard")
+    if not isinstance(arch, str):
+        raise RunFileError(f"{cfg_path}: architecture = {arch!r:.40}: must be a name (known: {', '.join(ARCHITECTURES)})")
     details = {k: cfg.get(k) or meta.get(k) for k in ("hook_name", "model_name") if cfg.get(k) or meta.get(k)}
     if pre6:
         details["config_schema"] = "flat (SAELens < 6)"
@@ -125,9 +129,12 @@ def load(folder: Path) -> LoadedSAE:
     freq, source = None, None
     if (folder / SPARSITY).is_file():
         t = read_safetensors(folder / SPARSITY)
-        if "sparsity" not in t or t["sparsity"].numel() != d_sae:
-            raise RunFileError(f"{folder / SPARSITY}: needs a tensor 'sparsity' with {d_sae} values "
+        if "sparsity" not in t or tuple(t["sparsity"].shape) != (d_sae,):
+            raise RunFileError(f"{folder / SPARSITY}: needs a tensor 'sparsity' of shape ({d_sae},) "
                                f"(has {', '.join(f'{k} {tuple(v.shape)}' for k, v in t.items()) or 'none'})")
+        if not t["sparsity"].is_floating_point() or not bool(torch.isfinite(t["sparsity"]).all()):
+            raise RunFileError(f"{folder / SPARSITY}: 'sparsity' must hold finite floating-point log10 frequencies "
+                               f"(dtype {t['sparsity'].dtype}, NaN or Inf found or integer values)")
         freq, source = frequency_from_log10(t["sparsity"]), f"{SPARSITY} (log10 frequency recorded by {library} in training)"
     if "k" in cfg:
         details["k"] = cfg["k"]

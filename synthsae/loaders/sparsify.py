@@ -36,7 +36,14 @@ def load(folder: Path) -> LoadedSAE:
     t = read_safetensors(where)
     if "encoder.weight" not in t:
         raise RunFileError(f"{where}: tensor 'encoder.weight' missing (has {', '.join(sorted(t)) or 'none'})")
+    if t["encoder.weight"].dim() != 2:
+        raise RunFileError(f"{where}: tensor 'encoder.weight' has shape {tuple(t['encoder.weight'].shape)}, expected "
+                           f"[num_latents, d_in = {d_in}]")
     d_sae = int(t["encoder.weight"].shape[0])
+    for key in ("num_latents", "expansion_factor"):
+        v = cfg.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+            raise RunFileError(f"{cfg_path}: field {key!r} must be an integer >= 0 (found {v!r:.40})")
     stated = cfg.get("num_latents") or d_in * int(cfg.get("expansion_factor") or 0)
     if stated and stated != d_sae:
         raise RunFileError(f"{cfg_path}: num_latents/expansion_factor give {stated} latents but encoder.weight has {d_sae}")

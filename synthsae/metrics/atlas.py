@@ -319,14 +319,31 @@ def attach_stats(atlas: Atlas, sae, x: Float[Tensor, "n d"], batch_size: int = 4
                                                                                 (acts != 0).float())
         fires += (on > 0).sum(1).double()
         n += xb.shape[0]
-    share = (contrib / contrib.sum(1, keepdim=True).clamp_min(1e-30)).cpu()
+    share = ev_shares(contrib).cpu()
     freq = (fires / max(n, 1)).cpu()
     for i, f in enumerate(atlas.features):
-        f.ev_share = float(share[:, i].mean())
+        f.ev_share = _nanmean(share[:, i])
         f.frequency = float(freq[f.seeds, i].mean())
-    atlas.remainder_ev_share = float(share[:, F].mean())
-    atlas.dead_ev_share = float(share[:, F + 1].mean())
+    atlas.remainder_ev_share = _nanmean(share[:, F])
+    atlas.dead_ev_share = _nanmean(share[:, F + 1])
     return {"ev_share_features_per_seed": share[:, :F].sum(1).tolist(), "ev_share_remainder_per_seed": share[:, F].tolist()}
+
+
+def ev_shares(contrib: Float[Tensor, "S k"]) -> Float[Tensor, "S k"]:
+    """Each part's share of its seed's explained variance; NaN for a seed that explains none (total <= 0).
+
+    A seed whose reconstruction is no better than its decoder bias (a random dictionary) has a total of zero or
+    below: dividing by it (or by a clamp of it) would give shares of any size and sign, so it has no shares."""
+    total = contrib.sum(1, keepdim=True)
+    scale = contrib.abs().sum(1, keepdim=True)
+    ok = total > 1e-9 * scale.clamp_min(1e-300)
+    return torch.where(ok, contrib / torch.where(ok, total, torch.ones_like(total)), torch.full_like(contrib, float("nan")))
+
+
+def _nanmean(v: Tensor) -> float:
+    """Mean over the seeds that have a value (NaN when none has)."""
+    v = v[~torch.isnan(v)]
+    return float(v.mean()) if v.numel() else float("nan")
 
 
 def attach_sparsity(atlas: Atlas, freq: Float[Tensor, "S m"]) -> None:

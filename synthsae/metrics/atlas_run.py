@@ -59,7 +59,9 @@ def _latent_ev_share(sae, x: Tensor, batch_size: int = 4096) -> Tensor:
             y = acts @ sae.W_dec
             z = (2 * (xb.unsqueeze(0) - sae.b_dec.unsqueeze(1)) - y) @ sae.W_dec.transpose(1, 2)
             c += (acts * z).sum(1).double().cpu()
-    return c / c.sum(1, keepdim=True).clamp_min(1e-30)
+    from synthsae.metrics.atlas import ev_shares
+
+    return ev_shares(c)  # NaN rows: seeds that explain no variance
 
 
 def _latent_heldout(dec_a: Tensor, dec_b: Tensor, live_a: Tensor, tau: float, weight: Tensor | None) -> AtlasLatentHeldout:
@@ -71,9 +73,9 @@ def _latent_heldout(dec_a: Tensor, dec_b: Tensor, live_a: Tensor, tau: float, we
             hits[s] += (maxcos(A[s], B[t])[0] >= tau).float()
     st = hits / B.shape[0]
     out = AtlasLatentHeldout(mean=_num(float(st[live_a].mean())))
-    if weight is not None:
+    if weight is not None and bool(torch.isfinite(weight).all()):
         w = weight.float() * live_a
-        out.ev_weighted = _num(float((st * w).sum() / w.sum().clamp_min(1e-30)))
+        out.ev_weighted = _num(float((st * w).sum() / w.sum())) if float(w.sum()) > 0 else None
     return out
 
 
@@ -126,9 +128,12 @@ def _judge_heldout(sae, x: Tensor | None, alive: Tensor, ev_lat: Tensor | None, 
                                                      None if ev_lat is None else ev_lat[own]),
             latent_stability_heldout_at_sqrt_overlap=_latent_heldout(dec[own], dec[other], alive[own],
                                                                      math.sqrt(cfg.overlap), None).mean)
-        if x is not None:  # no feature at all: nothing of the EV reproduces
+        if x is not None and len(h) and not np.isfinite(ev).all():  # these seeds explain no variance: no EV shares
+            row.ev_share_features = row.feature_stability_heldout_ev_weighted = None
+            row.ev_share_features_heldout_ge_goal = None
+        elif x is not None:  # no feature at all: nothing of the EV reproduces
             row.ev_share_features = float(ev.sum()) if len(h) else 0.0
-            row.feature_stability_heldout_ev_weighted = float((ev * h).sum() / max(ev.sum(), 1e-30)) if len(h) else 0.0
+            row.feature_stability_heldout_ev_weighted = (_num(float((ev * h).sum() / ev.sum())) if ev.sum() > 0 else None) if len(h) else 0.0
             row.ev_share_features_heldout_ge_goal = float(ev[h >= FEATURE_GOAL - 1e-9].sum()) if len(h) else 0.0
         rows.append(row)
 
@@ -208,9 +213,9 @@ def atlas_result(sae, cfg: AtlasConfig, *, x: Tensor | None = None, freq: Tensor
 
 
 def atlas_of(paths: list[Path], cfg: AtlasConfig | None = None, device: str | None = None,
-             heldout: bool = True) -> tuple[AtlasResult, Atlas]:
-    """Atlas of a synthetic run folder (one path; data from its truth) or of SAE folders (frequencies from
-    sparsity.safetensors, no EV)."""
+             heldout: bool = True, fmt: str | None = None) -> tuple[AtlasResult, Atlas]:
+    """Atlas of a synthetic run folder (one path; data from its truth) or of SAE folders of any format that
+    `analyze` reads (frequencies where the library stores them, no EV)."""
     from synthsae.metrics.run_analysis import EVAL_DATA_SEED_OFFSET, _sparsity, is_run_dir, resolve_device
 
     cfg = cfg or AtlasConfig()
@@ -232,17 +237,17 @@ def atlas_of(paths: list[Path], cfg: AtlasConfig | None = None, device: str | No
         else:
             freq, _ = _sparsity(seed_folders(run_dir))
     else:
-        from synthsae.io import load_sae_folders
+        from synthsae.loaders import load_stack
 
         folders = paths
-        sae = load_sae_folders(paths)
+        st = load_stack(paths, fmt)
+        sae, freq = st.sae, st.frequency
         sae_cfg, variant = sae.cfg, sae.variant
-        freq, _ = _sparsity(folders)
     res, atlas = atlas_result(sae.to(dev), cfg, x=x, freq=freq, tau=tau, variant=variant, sae_cfg=sae_cfg, truth=truth,
                               run_dir=run_dir, heldout=heldout)
     res.source.folders = [str(p) for p in folders] if folders else None
     res.source.data = ("fresh truth samples" if x is not None else
-                       "sparsity.safetensors (frequency only; no EV)" if freq is not None else "none")
+                       "stored firing frequency (frequency only; no EV)" if freq is not None else "none")
     return res, atlas
 
 

@@ -10,7 +10,10 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from synthsae.metrics.matching import DEFAULT_CHUNK, hungarian, maxcos_both, strict_match, unit_rows
+from synthsae.metrics.matching import BLOCK_ELEMS, DEFAULT_CHUNK, hungarian, maxcos_both, strict_match, unit_rows
+
+BATCHED = True  # the batched pair paths (here and in subspaces.span_reproducibility); False = the pair loops
+PROGRESS_PAIRS = 1000  # show a progress line from this many seed pairs on (about 45 seeds)
 
 RULES = ("maxcos", "hungarian", "strict")
 
@@ -21,6 +24,8 @@ def pair_scores(
     enc: Float[Tensor, "S d m"] | None = None,
     chunk: int = DEFAULT_CHUNK,
     device: str | torch.device | None = None,
+    progress: bool | None = None,
+    batched: bool | None = None,
 ) -> tuple[Float[Tensor, "S S m"], Int[Tensor, "S S m"]]:
     """Match score and partner of every latent of seed a in every seed b (diagonal: nan / -1), on the CPU.
 
@@ -28,6 +33,8 @@ def pair_scores(
     where the decoder and encoder Hungarian assignments agree, else 0 (see matching.strict_match).
     Inside `distributed.sharing_pairs()` under torchrun the unordered seed pairs are dealt round-robin to the
     ranks and summed back (every entry comes from exactly one rank), so each rank gets the full table.
+    maxcos with small dictionaries takes the batched path (one seed against a block of seeds per matmul, see
+    _maxcos_batched); progress (default: from PROGRESS_PAIRS pairs on) prints a progress line.
     """
     from synthsae import distributed
 
@@ -45,7 +52,15 @@ def pair_scores(
     pairs = [(a, b) for a in range(S) for b in range(a + 1, S)]
     if share is not None:
         pairs = pairs[share.rank :: share.world]
+    from synthsae.progress import progress_bar
+
+    bar = progress_bar(total=len(pairs), desc=f"seed pairs ({rule})", unit="pair",
+                       disable=not (len(pairs) >= PROGRESS_PAIRS if progress is None else progress))
+    if rule == "maxcos" and share is None and (BATCHED if batched is None else batched) and m * m * 2 <= BLOCK_ELEMS:
+        _maxcos_batched(D, scores, partner, bar)
+        pairs = []
     for a, b in pairs:
+        bar.update(1)
         if rule == "maxcos":
             va, ia, vb, ib = maxcos_both(D[a], D[b], chunk)
             scores[a, b], partner[a, b], scores[b, a], partner[b, a] = va.cpu(), ia.cpu(), vb.cpu(), ib.cpu()
@@ -59,6 +74,7 @@ def pair_scores(
         ok = p >= 0  # the same assignment read from b's side
         partner[b, a, p[ok]] = torch.nonzero(ok).squeeze(1)
         scores[b, a, p[ok]] = s[ok]
+    bar.close()
     if share is not None:
         own = torch.zeros(S, S, dtype=torch.bool)
         for a, b in pairs:
@@ -68,6 +84,22 @@ def pair_scores(
         eye = torch.eye(S, dtype=torch.bool)
         scores[eye], partner[eye] = float("nan"), -1
     return scores, partner
+
+
+def _maxcos_batched(D: Float[Tensor, "S m d"], scores: Tensor, partner: Tensor, bar) -> None:
+    """maxcos of every seed pair, seed a against a block of later seeds in one [m, n*m] matmul (a block holds at
+    most BLOCK_ELEMS cosines): the same numbers as the pair loop, without its per-pair Python overhead."""
+    S, m, d = D.shape
+    per = max(1, BLOCK_ELEMS // (m * m))  # seeds per block
+    for a in range(S - 1):
+        for b0 in range(a + 1, S, per):
+            b1 = min(S, b0 + per)
+            c = (D[a] @ D[b0:b1].reshape(-1, d).T).view(m, b1 - b0, m)  # [latent of a, seed b, latent of b]
+            va, ia = c.max(dim=2)  # a -> each b: [m, n]
+            vb, ib = c.max(dim=0)  # each b -> a: [n, m]
+            scores[a, b0:b1], partner[a, b0:b1] = va.T.cpu(), ia.T.cpu()
+            scores[b0:b1, a], partner[b0:b1, a] = vb.cpu(), ib.cpu()
+            bar.update(b1 - b0)
 
 
 def stability(scores: Float[Tensor, "S S m"], tau: float) -> Float[Tensor, "S m"]:

@@ -72,19 +72,59 @@ def span_projection(
 
 
 def span_reproducibility(
-    dec: Float[Tensor, "S m d"], k_max: int = 4, chunk: int = DEFAULT_CHUNK, device: str | torch.device | None = None
+    dec: Float[Tensor, "S m d"], k_max: int = 4, chunk: int = DEFAULT_CHUNK, device: str | torch.device | None = None,
+    batched: bool | None = None,
 ) -> Float[Tensor, "S m k"]:
-    """Per latent, the mean over the other seeds of its span projection for k = 1..k_max (k=1 is the best |cos|)."""
-    S, m, _ = dec.shape
+    """Per latent, the mean over the other seeds of its span projection for k = 1..k_max (k=1 is the best |cos|).
+    Small dictionaries take the batched path (a block of seeds per call; batched=False forces the pair loop)."""
+    S, m, d = dec.shape
     dev = torch.device(device) if device is not None else dec.device
     D = unit_rows(dec.to(dev, torch.float32))
     k_max = min(k_max, m)
     total = torch.zeros(S, m, k_max)
+    per = _seeds_per_block(m, d, k_max)
+    from synthsae.metrics import stability
+
+    if per >= 2 and (stability.BATCHED if batched is None else batched):
+        for a in range(S):
+            others = [b for b in range(S) if b != a]
+            for i in range(0, len(others), per):
+                total[a] += _span_projection_block(D[a], D[others[i : i + per]], k_max).sum(1).cpu()
+        return total / max(S - 1, 1)
     for a in range(S):
         for b in range(S):
             if a != b:
                 total[a] += span_projection(D[a], D[b], k_max, chunk).cpu()
     return total / max(S - 1, 1)
+
+
+def _seeds_per_block(m: int, d: int, k: int) -> int:
+    """Seeds of a block in _span_projection_block: the cosines [m, n, m] and the float64 neighbour bases
+    [m, n, d, k] each stay under BLOCK_ELEMS entries."""
+    from synthsae.metrics.matching import BLOCK_ELEMS
+
+    return max(1, min(BLOCK_ELEMS // max(m * m, 1), BLOCK_ELEMS // max(2 * m * d * k, 1)))
+
+
+def _span_projection_block(x: Float[Tensor, "m d"], refs: Float[Tensor, "n m2 d"], k_max: int) -> Float[Tensor, "m n k"]:
+    """span_projection of the unit rows x against n seeds at once: one matmul, one top-k and one batched QR for
+    the block instead of n calls (the same numbers; the per-pair Python work was what made many seeds slow)."""
+    n, m2, d = refs.shape
+    c = (x @ refs.reshape(-1, d).T).view(x.shape[0], n, m2).abs()
+    _, idx = c.topk(k_max, dim=2)  # [m, n, k]
+    nb = refs[torch.arange(n, device=x.device)[None, :, None], idx].double()  # [m, n, k, d]
+    xd = x.double()[:, None, :]
+    qs, coef = [], []
+    for j in range(k_max):  # Gram-Schmidt (twice, for float64 accuracy): the first j+1 columns of QR's Q
+        v = nb[:, :, j]
+        for _ in range(2):
+            for q in qs:
+                v = v - (v * q).sum(-1, keepdim=True) * q
+        norm = v.norm(dim=-1, keepdim=True)
+        q = torch.where(norm > 1e-12, v / norm.clamp_min(1e-300), torch.zeros_like(v))
+        qs.append(q)
+        coef.append((q * xd).sum(-1))
+    return torch.stack(coef, dim=2).pow(2).cumsum(dim=2).sqrt().to(x.dtype)
 
 
 # ----------------------------------------------------------------------------------------------- unstable clusters
