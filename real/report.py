@@ -43,10 +43,11 @@ def triggers_section(v: Verdict, tr: dict | None, trig: dict | None, lat: dict, 
     if not v.checks:
         return sec
     s, u = tr["stable"], tr["unstable"]
-    rows = [[name, str(r["n"]), fmt(r["surface_score_median"]), fmt(r["frac_surface_ge_0.5"]), fmt(r["token_entropy_median"], 2),
-             fmt(r["frequency_median"], 5)] for name, r in (("stable", s), ("unstable", u))]
+    rows = [[name, str(r["n"]), fmt(r["surface_score_median"]), fmt(r["frac_surface_ge_0.5"]), fmt(r["token_entropy_median"], 2)]
+            for name, r in (("stable", s), ("unstable", u))]
     sec.tables.append(Table(["group", "live latents", "median surface score", "share with score >= 0.5",
-                             "median token entropy (bits)", "median frequency"], rows))
+                             "median token entropy (bits)"], rows,
+                            "Firing frequency is the Frequency section's (one sample, one answer)"))
     if trig is not None and "stability" in lat:
         stab = lat["stability"]
         score = trig["surface_score"]
@@ -194,7 +195,7 @@ def _verdicts(f: _RunFiles) -> list[Verdict]:
     m = f.metrics
     v = all_verdicts(m.analysis, m.ablation, m.pooling)  # stability, frequency, recovery, clusters, ablation, pooling
     return [convergence_verdict(f.train), fidelity_verdict(f.raw.get("splice")), v[0], v[1], v[3], v[4],
-            triggers_verdict(f.raw.get("triggers")), v[5]]
+            triggers_verdict(f.raw.get("triggers"), m.analysis.frequency if m.analysis is not None else None), v[5]]
 
 
 def real_verdicts(run_dir: str | Path) -> list[Verdict]:

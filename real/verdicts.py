@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 
 from synthsae.results import Chance, Check, Verdict
-from synthsae.verdicts import decide, not_measured
+from synthsae.verdicts import decide, not_measured, rarity_check
 
 # convergence: between the last two checkpoints taken before the learning rate starts to decay (once it decays
 # towards 0 every curve flattens, converged or not)
@@ -137,15 +137,17 @@ def fidelity_verdict(splice: dict | None) -> Verdict:
 TRIGGERS = ("Unstable latents fire on surface-form triggers",
             "Unstable latents fire on single tokens: a higher surface-form score (share of their activation mass on one "
             "token) and lower token entropy than stable latents, beyond what a random split of the live latents gives; "
-            "and they fire more rarely.")
+            "and they fire more rarely (the Frequency section's check).")
 
 
 def _null_q(tr: dict, key: str, q: str) -> float | None:
     return ((tr.get("null") or {}).get(f"{key}_median_diff") or {}).get(q)
 
 
-def triggers_verdict(tr: dict | None) -> Verdict:
-    """From metrics.json's "triggers": stable and unstable live latents' medians and the random-split null."""
+def triggers_verdict(tr: dict | None, fq=None) -> Verdict:
+    """From metrics.json's "triggers": stable and unstable live latents' medians and the random-split null. Rarity is
+    not measured again here: with the analysis's FrequencyResult `fq`, the Frequency section's own check (one
+    definition, one sample, one answer) is repeated as a supporting check."""
     if not tr or not tr.get("stable") or not tr.get("unstable"):
         return not_measured(*TRIGGERS, "trigger statistics")
     s, u = tr["stable"], tr["unstable"]
@@ -159,7 +161,6 @@ def triggers_verdict(tr: dict | None) -> Verdict:
 
     surf = Chance(diff("surface_score"), _null_q(tr, "surface_score", "q95"))
     ent = Chance(diff("token_entropy"), _null_q(tr, "token_entropy", "q05"))
-    fu, fs = u.get("frequency_median"), s.get("frequency_median")
     checks = [
         Check("unstable latents' surface-form score higher", _ok(surf.value) and _ok(surf.baseline)
               and surf.value >= SURFACE_MARGIN and surf.value > surf.baseline, True,
@@ -169,18 +170,20 @@ def triggers_verdict(tr: dict | None) -> Verdict:
               and ent.value <= -ENTROPY_MARGIN and ent.value < ent.baseline, True,
               f"median unstable - stable {_f(ent.value, 2)} bits (<= -{ENTROPY_MARGIN} and < random splits' 5% quantile "
               f"{_f(ent.baseline, 2)})"),
-        Check("unstable latents fire more rarely", _ok(fu) and _ok(fs) and fu < fs, False,
-              f"median frequency unstable {_f(fu, 5)} vs stable {_f(fs, 5)}"),
     ]
+    if fq is not None:
+        rc = rarity_check(fq)
+        checks.append(Check(rc.name + " (the Frequency section's check, same numbers)", rc.passed, False, rc.detail))
     null = tr.get("null") or {}
     rule = (f"core: unstable live latents' median surface-form score exceeds stable ones' by >= {SURFACE_MARGIN}, and "
             f"their median token entropy is lower by >= {ENTROPY_MARGIN} bits; each difference must also lie beyond the "
             f"95% (entropy: 5%) quantile of the same difference between random disjoint groups of the same sizes drawn "
-            f"from all live latents ({null.get('draws', '-')} draws; a missing null fails). Supporting: unstable latents' "
-            f"median firing frequency is lower. {tr.get('definition', '')}; on {tr.get('eval_tokens')} held-out tokens")
+            f"from all live latents ({null.get('draws', '-')} draws; a missing null fails). Supporting: the Frequency "
+            f"section's rarity check, repeated with its numbers (firing frequency is measured once, by the analysis). "
+            f"{tr.get('definition', '')}; on {tr.get('eval_tokens')} held-out tokens")
     why = (f"median surface-form score unstable {_f(u.get('surface_score_median'))} vs stable "
            f"{_f(s.get('surface_score_median'))} (difference {_f(surf.value)}, random splits' 95% quantile "
            f"{_f(surf.baseline)}); token entropy {_f(u.get('token_entropy_median'), 2)} vs "
            f"{_f(s.get('token_entropy_median'), 2)} bits (difference {_f(ent.value, 2)}, random splits' 5% quantile "
-           f"{_f(ent.baseline, 2)}); frequency {_f(fu, 5)} vs {_f(fs, 5)}")
+           f"{_f(ent.baseline, 2)})")
     return _verdict(*TRIGGERS, rule, checks, why)

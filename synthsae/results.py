@@ -119,6 +119,13 @@ class FrequencyResult:
     median_freq_unstable: Optional[float] = doc("median firing frequency of unstable live latents", None)
     median_log10_freq: Optional[float] = doc("median log10 frequency of live latents", None)
     by_decile: list[DecileRow] = doc("mean stability per decile of log10 frequency (live latents)", factory=list)
+    rarity: Optional[Chance] = doc(
+        "median log10 frequency of unstable minus stable live latents; baseline: the 5% quantile of the same "
+        "difference for random disjoint groups of the same sizes drawn from the live latents", None)
+    rarity_null_draws: int = doc("random splits in the rarity null", 0)
+    always_on_cutoff: float = doc("a latent firing on at least this share of tokens is always on", 0.99)
+    always_on_per_seed: list[int] = doc("always-on latents per seed", factory=list)
+    always_on_stable: int = doc("always-on latents that are stable, summed over seeds", 0)
 
 
 @dataclass(kw_only=True)

@@ -167,14 +167,31 @@ def test_triggers_without_the_null_did_not_hold_and_without_groups_not_measured(
     assert triggers_verdict(tr).verdict == "not measured"
 
 
-def test_triggers_rarer_stable_latents_only_lower_to_partly_held():
+def _fq(diff, q05, fs=0.01, fu=0.005):
+    """A FrequencyResult's rarity numbers (what rarity_check reads)."""
+    from types import SimpleNamespace
+
+    from synthsae.results import Chance
+
+    return SimpleNamespace(rarity=Chance(diff, q05), median_freq_stable=fs, median_freq_unstable=fu)
+
+
+def test_triggers_repeat_the_frequency_sections_rarity_check():
+    """Rarity is answered once (the analysis's frequencies and null): the Triggers section repeats the Frequency
+    section's answer as a supporting check, whatever frequencies the trigger sample saw."""
+    from synthsae.verdicts import rarity_check
+
     rng, stab = _latents()
     uns = stab <= 0.2
     surface = np.where(uns, rng.uniform(0.6, 1.0, stab.shape), rng.uniform(0.05, 0.4, stab.shape))
     entropy = np.where(uns, rng.uniform(0.0, 1.5, stab.shape), rng.uniform(3.0, 7.0, stab.shape))
-    freq = np.where(uns, 1e-2, 1e-3)  # unstable latents fire MORE often
-    v = triggers_verdict(trigger_summary(_stats(rng, surface, entropy, freq), stab, 0.8, 0.2, 1000))
-    assert v.verdict == "partly held" and _failed(v) == {"unstable latents fire more rarely"}
+    freq = np.where(uns, 1e-4, 1e-2)  # the trigger sample says unstable latents are rarer ...
+    tr = trigger_summary(_stats(rng, surface, entropy, freq), stab, 0.8, 0.2, 1000)
+    assert triggers_verdict(tr).verdict == "held" and len(triggers_verdict(tr).checks) == 2
+    for fq, verdict in ((_fq(-0.003, -0.05, 0.01757, 0.01744), "partly held"), (_fq(-0.6, -0.1), "held")):
+        v = triggers_verdict(tr, fq)  # ... but the Frequency section's answer is the one shown
+        rc = next(c for c in v.checks if "fire less often" in c.name)
+        assert v.verdict == verdict and rc.passed == rarity_check(fq).passed and rc.detail == rarity_check(fq).detail
 
 
 def test_dead_latents_are_left_out_of_groups_and_null():
