@@ -83,11 +83,13 @@ def convergence_section(v: Verdict, train: dict | None, fig_dir: Path) -> Sectio
 
 
 def _examples(run_dir: Path, trig: dict, lat: dict, tokenizer, cutoffs: tuple[float, float], n_latents: int = 4) -> list[str]:
-    """A few stable and unstable latents of seed 0 with their top token and strongest contexts ([[token]] marked)."""
+    """A few stable and unstable latents of seed 0 (chosen at random, always-on ones left out) with their top token and
+    strongest contexts ([[token]] marked); contexts a latent shares with one shown before are said to be shared."""
     if tokenizer is None or trig is None or "stability" not in lat:
         return []
     from real.activations import ActivationStore
-    from real.triggers import context_snippet
+    from real.triggers import EXAMPLE_SEED, context_snippet, pick_examples, same_contexts_note, visible_token
+    from synthsae.metrics.frequency import ALWAYS_ON
 
     try:
         store = ActivationStore(run_dir / "acts")
@@ -97,17 +99,22 @@ def _examples(run_dir: Path, trig: dict, lat: dict, tokenizer, cutoffs: tuple[fl
     n = int(trig["top_rows"].max()) + 1 if trig["top_rows"].size else 0
     ctx = store.load("eval", "context_ids", limit=n).numpy()
     pos = store.load("eval", "positions", limit=n).numpy()
-    out = []
     stab, freq = lat["stability"][0], trig["frequency"][0]
-    for name, sel in (("stable", stab >= cutoffs[0]), ("unstable", stab <= cutoffs[1])):
-        idx = np.where(sel & (freq > 0))[0]
-        idx = idx[np.argsort(-freq[idx])][:n_latents]
+    picks = pick_examples(stab, freq, cutoffs, n_latents)
+    n_on = int((freq >= ALWAYS_ON).sum())
+    out = [f"Examples: {n_latents} latents of seed 0 drawn at random (numpy seed {EXAMPLE_SEED}) among its stable "
+           f"(stability >= {cutoffs[0]}) and among its unstable (<= {cutoffs[1]}) live latents; always-on latents "
+           f"(frequency >= {ALWAYS_ON}; {n_on} in seed 0) are left out. Each shows its {trig['top_rows'].shape[-1]} "
+           "strongest firings on held-out tokens; whitespace tokens print as ␣ (space), ⏎ (newline), ⇥ (tab)."]
+    seen: dict[tuple, str] = {}
+    for name, idx in picks.items():
         for i in idx:
-            rows = [r for r in trig["top_rows"][0, i] if r >= 0]
+            rows = tuple(int(r) for r in trig["top_rows"][0, i] if r >= 0)
             snips = [context_snippet(tokenizer, tokens[ctx[r]], int(pos[r])) for r in rows]
-            top = tokenizer.decode([int(trig["top_token"][0, i])]) if trig["top_token"][0, i] >= 0 else "?"
+            top = visible_token(tokenizer.decode([int(trig["top_token"][0, i])])) if trig["top_token"][0, i] >= 0 else "?"
+            same = same_contexts_note(seen, rows, f"{name} latent {i}")
             out.append(f"{name} latent {i} (stability {stab[i]:.2f}, frequency {freq[i]:.4f}, surface score "
-                       f"{trig['surface_score'][0, i]:.2f}, top token {top!r}): " + " | ".join(snips))
+                       f"{trig['surface_score'][0, i]:.2f}, top token {top!r}){same}: " + " | ".join(snips))
     return out
 
 
