@@ -139,7 +139,8 @@ def atlas_section(at) -> Section:
     rem_ev = None if at.ev_share_remainder is None else at.ev_share_remainder + (at.ev_share_dead or 0.0)
     sp = lambda s: pm(s.mean, s.std)  # noqa: E731
     sec.tables.append(Table(
-        ["latents kept", "EV share", "CE share", "CE (nats)", "CE recovered", "KL to clean (nats)"],
+        ["latents kept", f"EV share (atlas of all {at.n_seeds} seeds)", "CE share", "CE (nats)", "CE recovered",
+         "KL to clean (nats)"],
         [[f"reproducible features ({at.n_stable_rank1} stable rank-1, {at.n_subspaces} subspaces)",
           fmt(at.ev_share_features), sp(c.ce_share_features), sp(c.ce_features_only), sp(c.ce_recovered_features_only),
           sp(c.kl_features_only)],
