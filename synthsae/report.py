@@ -291,6 +291,21 @@ def atlas_sections(at: AtlasResult | None) -> list[Section]:
                                  "EV share of features (this half's atlas)", f"latent stability (tau {h.latent_tau})",
                                  "EV-weighted"],
                                 rows, "Held-out judgement: the atlas of one half of the seeds against the other half"))
+    rs = at.resamples
+    if rs is not None and rs.n_features:
+        ev = rs.ev_share_features or [None] * len(rs.n_features)
+        sec.tables.append(Table(["seed left out", "features", "subspaces", "remainder latents", "largest feature's share of "
+                                 "live latents", "EV share of features"],
+                                [[str(s), str(f), str(n), str(r), fmt(b), fmt(e)] for s, f, n, r, b, e in
+                                 zip(rs.left_out, rs.n_features, rs.n_subspaces, rs.n_remainder_latents,
+                                     rs.largest_feature_share, ev)],
+                                f"The atlas on resamples of the seeds ({rs.method}): its spread"))
+        evs = rs.ev_share_features_spread
+        sec.paragraphs.append(
+            f"Over {len(rs.n_features)} resamples ({rs.method}): subspaces {pm(rs.n_subspaces_spread.mean, rs.n_subspaces_spread.std, 1)} "
+            f"(min {min(rs.n_subspaces)}, max {max(rs.n_subspaces)}), EV share of features "
+            f"{pm(evs.mean, evs.std) if evs is not None else 'not measured'} (mean ± std over resamples; the CE share "
+            "is spliced for the all-seed atlas only).")
     if at.planted_blocks:
         sec.tables.append(Table(["block", "rank", "geometry", "best feature", "its rank", "overlap", "its stability"],
                                 [[str(b.block), str(b.rank), "orthogonal" if b.orthogonal else "superposed",

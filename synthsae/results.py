@@ -503,6 +503,22 @@ class AtlasPooled:
 
 
 @dataclass(kw_only=True)
+class AtlasResamples:
+    """The atlas again on resamples of the seeds (leave one seed out): how much its headline numbers move when one
+    seed is swapped out; an atlas that flips between resamples is not a result."""
+
+    method: str = doc("how the seeds were resampled")
+    left_out: list[int] = doc("seed position left out, per resample", factory=list)
+    n_features: list[int] = doc("features per resample", factory=list)
+    n_subspaces: list[int] = doc("reproducible subspaces (rank > 1) per resample", factory=list)
+    n_remainder_latents: list[int] = doc("latents in the remainder per resample", factory=list)
+    largest_feature_share: list[float] = doc("largest feature's share of the live latents, per resample", factory=list)
+    ev_share_features: list[Optional[float]] = doc("EV share of the features per resample (null: no data)", factory=list)
+    n_subspaces_spread: Optional[Spread] = doc("mean / std over resamples of n_subspaces", None)
+    ev_share_features_spread: Optional[Spread] = doc("mean / std over resamples of the EV share (null: no data)", None)
+
+
+@dataclass(kw_only=True)
 class AtlasHeldout:
     """Judgement on held-out seeds (>= 4 seeds): the atlas of each half against the other half."""
 
@@ -600,6 +616,7 @@ class AtlasResult:
     ev_weighted_feature_stability: Optional[float] = doc("feature stability weighted by EV share (null: no data or no feature)", None)
     kinds: list[AtlasKind] = doc("stable, subspace, remainder, dead", factory=list)
     heldout: Optional[AtlasHeldout] = doc("held-out judgement (null: < 4 seeds or no data)", None)
+    resamples: Optional[AtlasResamples] = doc("the atlas on leave-one-seed-out resamples (null: < 3 seeds)", None)
     planted_blocks: list[AtlasBlockMatch] = doc("planted blocks against the atlas (synthetic runs)", factory=list)
     group_stability: Optional[AtlasGroupStability] = doc("group-level stability (blocktopk runs)", None)
     ce: Optional[AtlasCE] = doc("spliced CE of features against the remainder (real runs; null elsewhere)", None)
