@@ -20,6 +20,7 @@ from synthsae import figures
 from synthsae.report import _section as verdict_section
 from synthsae.report_render import Section, Table, fmt, pm, write_report
 from synthsae.results import Verdict
+from synthsae.verdicts import always_on_text
 
 
 def fidelity_section(v: Verdict, ab=None) -> Section:
@@ -247,6 +248,9 @@ def build_real_report(run_dir: str | Path, tokenizer=None) -> tuple[Path, Path]:
                f"{cfg.get('train', {}).get('seeds')} seeds of {s.get('variant')} d_sae = {s.get('d_sae')}, k = {s.get('k')}, "
                f"{cfg.get('passes')} passes ({(train or {}).get('tokens_per_seed')} training tokens per seed); activations "
                f"scaled by {fmt((train or {}).get('norm_scaling_factor'), 4)} (SAELens expected_average_only_in).",
+               ("Always-on latents: " + always_on_text(m.analysis.frequency).split(": ", 1)[1] + " (they fire on nearly "
+                "every token: a bias direction, not a feature; left out of the trigger examples).")
+               if m.analysis is not None and m.analysis.frequency is not None else "Always-on latents: not measured.",
                "Each verdict: held (every check passed), partly held (every core check passed, a supporting one did not), "
                "did not hold (a core check failed), not measured. Rules and nulls: docs/metrics.md."]
     return write_report(run_dir, f"synthsae real report: {run_dir.name}", summary, sections)
