@@ -298,3 +298,15 @@ def test_pooling_with_a_random_pooled_dictionary_did_not_hold(trained_tiny):
     assert fake.verdict == "did not hold", fake
     assert not check(fake, "more stable than its own rotated null").passed
     assert not check(fake, "more stable than single seeds").passed
+
+
+def test_rarity_text_quotes_the_medians_its_difference_is_made_of():
+    """The medians the check prints and its log10 difference come from the same (numpy) medians: with an even group
+    the lower median (torch) would print a number the difference was not computed from."""
+    import math
+
+    freq = 0.01 + 0.02 * torch.rand(S, M, generator=_gen(9))
+    an = analyze(half_shared(), freq=freq)
+    fq = an.frequency
+    assert math.isclose(math.log10(fq.median_freq_unstable) - math.log10(fq.median_freq_stable), fq.rarity.value,
+                        rel_tol=1e-4, abs_tol=1e-6)

@@ -352,8 +352,9 @@ def analyze_with_latents(
             n_dead=int((~live).sum()), frac_dead=float((~live).float().mean()), n_live=n_live,
             spearman=Chance(_none_if_nan(spearman(lf[live], stab[live])) if n_live >= 3 else None,
                             _null_spearman(lf[live], nstab[live]) if n_live >= 3 else None),
-            median_freq_stable=float(freq[ss].median()) if ss.any() else None,
-            median_freq_unstable=float(freq[su].median()) if su.any() else None,
+            # numpy medians (mean of the two middle values), as in the rarity check that quotes them
+            median_freq_stable=float(np.median(freq[ss].double().numpy())) if ss.any() else None,
+            median_freq_unstable=float(np.median(freq[su].double().numpy())) if su.any() else None,
             median_log10_freq=float(lf[live].median()) if live.any() else None,
             by_decile=decile_table(lf[live], stab[live]),
             rarity=Chance(rar["diff"], rar["q05"]), rarity_null_draws=rar["draws"], always_on_cutoff=aon["cutoff"],
