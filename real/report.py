@@ -20,6 +20,7 @@ from synthsae import figures
 from synthsae.report import _section as verdict_section
 from synthsae.report_render import Section, Table, fmt, pm, write_report
 from synthsae.results import Verdict
+from synthsae.verdicts import always_on_text
 
 
 def fidelity_section(v: Verdict, ab=None) -> Section:
@@ -43,10 +44,11 @@ def triggers_section(v: Verdict, tr: dict | None, trig: dict | None, lat: dict, 
     if not v.checks:
         return sec
     s, u = tr["stable"], tr["unstable"]
-    rows = [[name, str(r["n"]), fmt(r["surface_score_median"]), fmt(r["frac_surface_ge_0.5"]), fmt(r["token_entropy_median"], 2),
-             fmt(r["frequency_median"], 5)] for name, r in (("stable", s), ("unstable", u))]
+    rows = [[name, str(r["n"]), fmt(r["surface_score_median"]), fmt(r["frac_surface_ge_0.5"]), fmt(r["token_entropy_median"], 2)]
+            for name, r in (("stable", s), ("unstable", u))]
     sec.tables.append(Table(["group", "live latents", "median surface score", "share with score >= 0.5",
-                             "median token entropy (bits)", "median frequency"], rows))
+                             "median token entropy (bits)"], rows,
+                            "Firing frequency is the Frequency section's (one sample, one answer)"))
     if trig is not None and "stability" in lat:
         stab = lat["stability"]
         score = trig["surface_score"]
@@ -82,11 +84,13 @@ def convergence_section(v: Verdict, train: dict | None, fig_dir: Path) -> Sectio
 
 
 def _examples(run_dir: Path, trig: dict, lat: dict, tokenizer, cutoffs: tuple[float, float], n_latents: int = 4) -> list[str]:
-    """A few stable and unstable latents of seed 0 with their top token and strongest contexts ([[token]] marked)."""
+    """A few stable and unstable latents of seed 0 (chosen at random, always-on ones left out) with their top token and
+    strongest contexts ([[token]] marked); contexts a latent shares with one shown before are said to be shared."""
     if tokenizer is None or trig is None or "stability" not in lat:
         return []
     from real.activations import ActivationStore
-    from real.triggers import context_snippet
+    from real.triggers import EXAMPLE_SEED, context_snippet, pick_examples, same_contexts_note, visible_token
+    from synthsae.metrics.frequency import ALWAYS_ON
 
     try:
         store = ActivationStore(run_dir / "acts")
@@ -96,17 +100,22 @@ def _examples(run_dir: Path, trig: dict, lat: dict, tokenizer, cutoffs: tuple[fl
     n = int(trig["top_rows"].max()) + 1 if trig["top_rows"].size else 0
     ctx = store.load("eval", "context_ids", limit=n).numpy()
     pos = store.load("eval", "positions", limit=n).numpy()
-    out = []
     stab, freq = lat["stability"][0], trig["frequency"][0]
-    for name, sel in (("stable", stab >= cutoffs[0]), ("unstable", stab <= cutoffs[1])):
-        idx = np.where(sel & (freq > 0))[0]
-        idx = idx[np.argsort(-freq[idx])][:n_latents]
+    picks = pick_examples(stab, freq, cutoffs, n_latents)
+    n_on = int((freq >= ALWAYS_ON).sum())
+    out = [f"Examples: {n_latents} latents of seed 0 drawn at random (numpy seed {EXAMPLE_SEED}) among its stable "
+           f"(stability >= {cutoffs[0]}) and among its unstable (<= {cutoffs[1]}) live latents; always-on latents "
+           f"(frequency >= {ALWAYS_ON}; {n_on} in seed 0) are left out. Each shows its {trig['top_rows'].shape[-1]} "
+           "strongest firings on held-out tokens; whitespace tokens print as ␣ (space), ⏎ (newline), ⇥ (tab)."]
+    seen: dict[tuple, str] = {}
+    for name, idx in picks.items():
         for i in idx:
-            rows = [r for r in trig["top_rows"][0, i] if r >= 0]
+            rows = tuple(int(r) for r in trig["top_rows"][0, i] if r >= 0)
             snips = [context_snippet(tokenizer, tokens[ctx[r]], int(pos[r])) for r in rows]
-            top = tokenizer.decode([int(trig["top_token"][0, i])]) if trig["top_token"][0, i] >= 0 else "?"
+            top = visible_token(tokenizer.decode([int(trig["top_token"][0, i])])) if trig["top_token"][0, i] >= 0 else "?"
+            same = same_contexts_note(seen, rows, f"{name} latent {i}")
             out.append(f"{name} latent {i} (stability {stab[i]:.2f}, frequency {freq[i]:.4f}, surface score "
-                       f"{trig['surface_score'][0, i]:.2f}, top token {top!r}): " + " | ".join(snips))
+                       f"{trig['surface_score'][0, i]:.2f}, top token {top!r}){same}: " + " | ".join(snips))
     return out
 
 
@@ -131,7 +140,8 @@ def atlas_section(at) -> Section:
     rem_ev = None if at.ev_share_remainder is None else at.ev_share_remainder + (at.ev_share_dead or 0.0)
     sp = lambda s: pm(s.mean, s.std)  # noqa: E731
     sec.tables.append(Table(
-        ["latents kept", "EV share", "CE share", "CE (nats)", "CE recovered", "KL to clean (nats)"],
+        ["latents kept", f"EV share (atlas of all {at.n_seeds} seeds)", "CE share", "CE (nats)", "CE recovered",
+         "KL to clean (nats)"],
         [[f"reproducible features ({at.n_stable_rank1} stable rank-1, {at.n_subspaces} subspaces)",
           fmt(at.ev_share_features), sp(c.ce_share_features), sp(c.ce_features_only), sp(c.ce_recovered_features_only),
           sp(c.kl_features_only)],
@@ -194,7 +204,7 @@ def _verdicts(f: _RunFiles) -> list[Verdict]:
     m = f.metrics
     v = all_verdicts(m.analysis, m.ablation, m.pooling)  # stability, frequency, recovery, clusters, ablation, pooling
     return [convergence_verdict(f.train), fidelity_verdict(f.raw.get("splice")), v[0], v[1], v[3], v[4],
-            triggers_verdict(f.raw.get("triggers")), v[5]]
+            triggers_verdict(f.raw.get("triggers"), m.analysis.frequency if m.analysis is not None else None), v[5]]
 
 
 def real_verdicts(run_dir: str | Path) -> list[Verdict]:
@@ -243,6 +253,9 @@ def build_real_report(run_dir: str | Path, tokenizer=None) -> tuple[Path, Path]:
                f"{cfg.get('train', {}).get('seeds')} seeds of {s.get('variant')} d_sae = {s.get('d_sae')}, k = {s.get('k')}, "
                f"{cfg.get('passes')} passes ({(train or {}).get('tokens_per_seed')} training tokens per seed); activations "
                f"scaled by {fmt((train or {}).get('norm_scaling_factor'), 4)} (SAELens expected_average_only_in).",
+               ("Always-on latents: " + always_on_text(m.analysis.frequency).split(": ", 1)[1] + " (they fire on nearly "
+                "every token: a bias direction, not a feature; left out of the trigger examples).")
+               if m.analysis is not None and m.analysis.frequency is not None else "Always-on latents: not measured.",
                "Each verdict: held (every check passed), partly held (every core check passed, a supporting one did not), "
                "did not hold (a core check failed), not measured. Rules and nulls: docs/metrics.md."]
     return write_report(run_dir, f"synthsae real report: {run_dir.name}", summary, sections)

@@ -49,6 +49,8 @@ def convergence_point(sae, x_eval, cfg: RealConfig, step: int, tokens: int) -> d
     n_live = live.sum().clamp_min(1)
     return {"step": step, "tokens_per_seed": tokens, "fvu": fvu, "l0": (acts > 0).float().sum(-1).mean(-1).tolist(),
             "mean_stability_live": float(stab[live].mean()) if bool(live.any()) else None,
+            "mean_stability_live_per_seed": [float(stab[s][live[s]].mean()) if bool(live[s].any()) else None
+                                             for s in range(stab.shape[0])],
             "frac_stable_live": float((cls["stable"] & live).sum() / n_live),
             "frac_unstable_live": float((cls["unstable"] & live).sum() / n_live),
             "frac_live": float(live.float().mean())}

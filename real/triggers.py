@@ -79,13 +79,53 @@ def latent_token_stats(
     return out
 
 
+_SHOWN = {" ": "␣", "\n": "⏎", "\t": "⇥", "\r": "␍"}
+
+
+def visible_token(text: str) -> str:
+    """A token's text as printed in an example: whitespace-only tokens made visible (space ␣, newline ⏎, tab ⇥, other
+    whitespace as its escape), everything else as it is."""
+    if text.strip():
+        return text
+    return "".join(_SHOWN.get(ch, repr(ch)[1:-1]) for ch in text) or "∅"
+
+
 def context_snippet(tokenizer, window: Int[Tensor, " T"], pos: int, before: int = 10, after: int = 3) -> str:
-    """The text around position `pos` of a window with the token itself marked as [[token]]."""
+    """The text around position `pos` of a window with the token itself marked as [[token]] (whitespace made
+    visible: a bare space is [[␣]], a newline [[⏎]]); newlines in the context print as ⏎."""
     dec = lambda ids: tokenizer.decode([int(i) for i in ids])  # noqa: E731
     left = dec(window[max(0, pos - before) : pos])
-    mid = dec(window[pos : pos + 1])
+    mid = visible_token(dec(window[pos : pos + 1]))
     right = dec(window[pos + 1 : pos + 1 + after])
     return (left + "[[" + mid + "]]" + right).replace("\n", "⏎")
+
+
+def same_contexts_note(seen: dict, rows: tuple, label: str) -> str:
+    """' (the same N strongest contexts as <earlier latent>...)' when an example latent's strongest firings are those of
+    one shown before (say why two latents show identical contexts), else ''; records `label` for these rows."""
+    note = (f" (the same {len(rows)} strongest contexts as {seen[rows]}: both fire hardest on these tokens)"
+            if rows and rows in seen else "")
+    seen.setdefault(rows, label)
+    return note
+
+
+EXAMPLE_SEED = 0  # random choice of the example latents
+
+
+def pick_examples(stab: np.ndarray, freq: np.ndarray, cutoffs: tuple[float, float], n: int = 4,
+                  seed: int = EXAMPLE_SEED) -> dict[str, np.ndarray]:
+    """Example latents of one seed: n drawn at random (numpy seed `seed`, sorted) among the stable (stability >=
+    cutoffs[0]) and among the unstable (<= cutoffs[1]) live latents, always-on latents (frequency >= ALWAYS_ON)
+    left out: a fair sample of each group, not its most frequent members."""
+    from synthsae.metrics.frequency import ALWAYS_ON
+
+    rng = np.random.default_rng(seed)
+    ok = (freq > LIVE_FREQ) & (freq < ALWAYS_ON)
+    out = {}
+    for name, sel in (("stable", stab >= cutoffs[0]), ("unstable", stab <= cutoffs[1])):
+        idx = np.nonzero(sel & ok)[0]
+        out[name] = np.sort(rng.choice(idx, size=min(n, idx.size), replace=False)) if idx.size else idx
+    return out
 
 
 TRIGGER_STATS = ("surface_score", "token_entropy", "frequency")

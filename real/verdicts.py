@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import math
 
-from synthsae.results import Chance, Check, Verdict
-from synthsae.verdicts import decide, not_measured
+import numpy as np
 
-# convergence: between the last two checkpoints taken before the learning rate starts to decay (once it decays
-# towards 0 every curve flattens, converged or not)
-CONV_STAB_REL, CONV_STAB_ABS = 0.05, 0.001  # mean stability (live) moved by <= max(5% of itself, 0.001)
-CONV_FVU_REL = 0.02  # eval FVU moved by <= 2% of itself
+from synthsae.results import Chance, Check, Verdict
+from synthsae.verdicts import decide, not_measured, rarity_check
+
+# convergence: the slope over the last CONV_WINDOW checkpoints taken before the learning rate starts to decay (once
+# it decays towards 0 every curve flattens, converged or not), judged against how much the seeds differ
+CONV_WINDOW = 4  # checkpoints in the slope fit (three intervals; fewer when fewer were taken at a constant lr)
+CONV_STAB_ABS = 0.001  # mean stability (live): |slope per checkpoint interval| <= max(std over seeds, this)
+CONV_FVU_ABS = 0.001  # eval FVU: |slope per checkpoint interval| <= max(std over seeds, this)
 CONV_STABLE_MIN = 0.05  # stable latents exist: at least this share of live latents stable at the last checkpoint
 # fidelity of the spliced reconstruction
 CE_RECOVERED_MIN = 0.8  # CE loss recovered (mean over seeds) at least this
@@ -47,13 +50,27 @@ def _verdict(title: str, claim: str, rule: str, checks: list[Check], why: str) -
 # ----------------------------------------------------------------------------------------------- convergence
 
 CONVERGENCE = ("Convergence",
-               "The SAEs converged: between the last two checkpoints at a constant learning rate the mean stability "
-               "of live latents and the eval FVU stopped moving, and the run has stable latents to study.")
+               "The SAEs converged: over the last checkpoints at a constant learning rate the mean stability of live "
+               "latents and the eval FVU moved by less per interval than the seeds differ, and the run has stable "
+               "latents to study.")
 
 
-def _moved(a: float | None, b: float | None, rel: float, floor: float = 0.0) -> bool:
-    """|b - a| <= max(rel * max(|a|, |b|), floor); False when either is undefined."""
-    return _ok(a) and _ok(b) and abs(b - a) <= max(rel * max(abs(a), abs(b)), floor)
+def curve_slope(points: list[dict], key: str) -> tuple[float | None, float | None]:
+    """(least-squares slope of the mean over seeds per mean checkpoint interval, mean over the points of the std over
+    seeds) of `key` (a per-seed list) across `points`; None where undefined (fewer than two points, missing values)."""
+    ys = [p.get(key) for p in points]
+    if len(ys) < 2 or any(not isinstance(y, list) or len(y) < 1 or not all(_ok(v) for v in y) for y in ys):
+        return None, None
+    t = np.array([float(p["tokens_per_seed"]) for p in points])
+    mu = np.array([float(np.mean(y)) for y in ys])
+    gap = (t[-1] - t[0]) / (len(t) - 1)
+    slope = float(np.polyfit(t, mu, 1)[0] * gap) if gap > 0 else None
+    sd = float(np.mean([np.std(y, ddof=1) if len(y) > 1 else np.nan for y in ys]))
+    return slope, (sd if _ok(sd) else None)
+
+
+def _flat(slope: float | None, sd: float | None, floor: float) -> bool:
+    return _ok(slope) and _ok(sd) and abs(slope) <= max(sd, floor)
 
 
 def constant_lr_points(train: dict) -> list[dict]:
@@ -67,32 +84,42 @@ def constant_lr_points(train: dict) -> list[dict]:
 
 
 def convergence_verdict(train: dict | None) -> Verdict:
-    """From train.json: its "convergence" list (stability and FVU at checkpoints of training)."""
+    """From train.json: its "convergence" list (stability and FVU per seed at checkpoints of training)."""
     conv = (train or {}).get("convergence") or []
     if len(conv) < 2:
         return not_measured(*CONVERGENCE, "train.json with at least two convergence checkpoints")
     pre = constant_lr_points(train)
-    a, b = (pre if len(pre) >= 2 else conv)[-2:]
+    win = (pre if len(pre) >= 2 else conv)[-CONV_WINDOW:]
+    a, b = win[0], win[-1]
     b_last = conv[-1]
+    ss, sd_s = curve_slope(win, "mean_stability_live_per_seed")
+    fs, sd_f = curve_slope(win, "fvu")
     sa, sb = a.get("mean_stability_live"), b.get("mean_stability_live")
     fa, fb = _mean(a.get("fvu")), _mean(b.get("fvu"))
     stable = b_last.get("frac_stable_live")
+    no_seed = "" if sd_s is not None else " (no per-seed stability in train.json: rerun training to measure it)"
     checks = [
-        Check("mean stability of live latents stopped moving", _moved(sa, sb, CONV_STAB_REL, CONV_STAB_ABS), True,
-              f"{_f(sa, 4)} -> {_f(sb, 4)} (change <= max({CONV_STAB_REL:.0%} of itself, {CONV_STAB_ABS}))"),
-        Check("eval FVU stopped moving", _moved(fa, fb, CONV_FVU_REL), True,
-              f"{_f(fa, 4)} -> {_f(fb, 4)} (change <= {CONV_FVU_REL:.0%} of itself)"),
+        Check("mean stability of live latents stopped moving", _flat(ss, sd_s, CONV_STAB_ABS), True,
+              f"slope {_f(ss, 4)} per checkpoint interval vs std over seeds {_f(sd_s, 4)} (|slope| <= max(std, "
+              f"{CONV_STAB_ABS})){no_seed}"),
+        Check("eval FVU stopped moving", _flat(fs, sd_f, CONV_FVU_ABS), True,
+              f"slope {_f(fs, 4)} per checkpoint interval vs std over seeds {_f(sd_f, 4)} (|slope| <= max(std, "
+              f"{CONV_FVU_ABS}))"),
         Check("stable latents exist", _ok(stable) and stable >= CONV_STABLE_MIN, False,
               f"{_f(stable, 4)} of live latents stable at the last checkpoint (>= {CONV_STABLE_MIN})"),
     ]
-    rule = (f"core: between the last two checkpoints taken at a constant learning rate (before the decay at "
-            f"train.decay_start; the last two checkpoints when fewer than two are) the mean stability of live latents "
-            f"changed by at most {CONV_STAB_REL:.0%} of itself (or {CONV_STAB_ABS} absolute) and the mean eval FVU over seeds by at most "
-            f"{CONV_FVU_REL:.0%} of itself (an undefined number fails). Supporting: >= {CONV_STABLE_MIN:.0%} of live "
-            "latents stable at the last checkpoint")
-    why = (f"mean stability {_f(sa, 4)} -> {_f(sb, 4)}, stable share {_f(a.get('frac_stable_live'), 4)} -> "
-           f"{_f(b.get('frac_stable_live'), 4)}, FVU {_f(fa, 4)} -> {_f(fb, 4)} between {a.get('tokens_per_seed')} and "
-           f"{b.get('tokens_per_seed')} training tokens per seed; {_f(stable, 4)} of live latents stable at the end")
+    rule = (f"core: over the last {CONV_WINDOW} checkpoints taken at a constant learning rate (before the decay at "
+            f"train.decay_start; the last {CONV_WINDOW} when fewer than two are), the least-squares slope of the mean over "
+            f"seeds, per checkpoint interval, is no larger than how much the seeds differ (the std over seeds, averaged "
+            f"over those checkpoints; at least {CONV_STAB_ABS} for stability, {CONV_FVU_ABS} for FVU), for each seed's "
+            "mean stability of live latents and for the eval FVU: one more interval would move the curve by less than "
+            f"a different seed does (an undefined number fails). Supporting: >= {CONV_STABLE_MIN:.0%} of live latents "
+            "stable at the last checkpoint")
+    why = (f"mean stability {_f(sa, 4)} -> {_f(sb, 4)} (slope {_f(ss, 4)} per interval, seed std {_f(sd_s, 4)}), stable "
+           f"share {_f(a.get('frac_stable_live'), 4)} -> {_f(b.get('frac_stable_live'), 4)}, FVU {_f(fa, 4)} -> "
+           f"{_f(fb, 4)} (slope {_f(fs, 4)}, seed std {_f(sd_f, 4)}) between {a.get('tokens_per_seed')} and "
+           f"{b.get('tokens_per_seed')} training tokens per seed ({len(win)} checkpoints); {_f(stable, 4)} of live "
+           "latents stable at the end")
     return _verdict(*CONVERGENCE, rule, checks, why)
 
 
@@ -137,15 +164,17 @@ def fidelity_verdict(splice: dict | None) -> Verdict:
 TRIGGERS = ("Unstable latents fire on surface-form triggers",
             "Unstable latents fire on single tokens: a higher surface-form score (share of their activation mass on one "
             "token) and lower token entropy than stable latents, beyond what a random split of the live latents gives; "
-            "and they fire more rarely.")
+            "and they fire more rarely (the Frequency section's check).")
 
 
 def _null_q(tr: dict, key: str, q: str) -> float | None:
     return ((tr.get("null") or {}).get(f"{key}_median_diff") or {}).get(q)
 
 
-def triggers_verdict(tr: dict | None) -> Verdict:
-    """From metrics.json's "triggers": stable and unstable live latents' medians and the random-split null."""
+def triggers_verdict(tr: dict | None, fq=None) -> Verdict:
+    """From metrics.json's "triggers": stable and unstable live latents' medians and the random-split null. Rarity is
+    not measured again here: with the analysis's FrequencyResult `fq`, the Frequency section's own check (one
+    definition, one sample, one answer) is repeated as a supporting check."""
     if not tr or not tr.get("stable") or not tr.get("unstable"):
         return not_measured(*TRIGGERS, "trigger statistics")
     s, u = tr["stable"], tr["unstable"]
@@ -159,7 +188,6 @@ def triggers_verdict(tr: dict | None) -> Verdict:
 
     surf = Chance(diff("surface_score"), _null_q(tr, "surface_score", "q95"))
     ent = Chance(diff("token_entropy"), _null_q(tr, "token_entropy", "q05"))
-    fu, fs = u.get("frequency_median"), s.get("frequency_median")
     checks = [
         Check("unstable latents' surface-form score higher", _ok(surf.value) and _ok(surf.baseline)
               and surf.value >= SURFACE_MARGIN and surf.value > surf.baseline, True,
@@ -169,18 +197,20 @@ def triggers_verdict(tr: dict | None) -> Verdict:
               and ent.value <= -ENTROPY_MARGIN and ent.value < ent.baseline, True,
               f"median unstable - stable {_f(ent.value, 2)} bits (<= -{ENTROPY_MARGIN} and < random splits' 5% quantile "
               f"{_f(ent.baseline, 2)})"),
-        Check("unstable latents fire more rarely", _ok(fu) and _ok(fs) and fu < fs, False,
-              f"median frequency unstable {_f(fu, 5)} vs stable {_f(fs, 5)}"),
     ]
+    if fq is not None:
+        rc = rarity_check(fq)
+        checks.append(Check(rc.name + " (the Frequency section's check, same numbers)", rc.passed, False, rc.detail))
     null = tr.get("null") or {}
     rule = (f"core: unstable live latents' median surface-form score exceeds stable ones' by >= {SURFACE_MARGIN}, and "
             f"their median token entropy is lower by >= {ENTROPY_MARGIN} bits; each difference must also lie beyond the "
             f"95% (entropy: 5%) quantile of the same difference between random disjoint groups of the same sizes drawn "
-            f"from all live latents ({null.get('draws', '-')} draws; a missing null fails). Supporting: unstable latents' "
-            f"median firing frequency is lower. {tr.get('definition', '')}; on {tr.get('eval_tokens')} held-out tokens")
+            f"from all live latents ({null.get('draws', '-')} draws; a missing null fails). Supporting: the Frequency "
+            f"section's rarity check, repeated with its numbers (firing frequency is measured once, by the analysis). "
+            f"{tr.get('definition', '')}; on {tr.get('eval_tokens')} held-out tokens")
     why = (f"median surface-form score unstable {_f(u.get('surface_score_median'))} vs stable "
            f"{_f(s.get('surface_score_median'))} (difference {_f(surf.value)}, random splits' 95% quantile "
            f"{_f(surf.baseline)}); token entropy {_f(u.get('token_entropy_median'), 2)} vs "
            f"{_f(s.get('token_entropy_median'), 2)} bits (difference {_f(ent.value, 2)}, random splits' 5% quantile "
-           f"{_f(ent.baseline, 2)}); frequency {_f(fu, 5)} vs {_f(fs, 5)}")
+           f"{_f(ent.baseline, 2)})")
     return _verdict(*TRIGGERS, rule, checks, why)

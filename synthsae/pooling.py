@@ -547,7 +547,8 @@ def pooling_study(
         sae = sae.to(device)
         truth = truth.to(device) if truth is not None else None
     dev = sae.W_dec.device
-    if eval_seed is None:
+    given_x = x is not None  # the caller's own eval sample (the real side): no synthetic eval seed to name
+    if eval_seed is None and not given_x:
         from synthsae.metrics.run_analysis import EVAL_DATA_SEED_OFFSET
 
         eval_seed = cfg.train.data_seed + EVAL_DATA_SEED_OFFSET
@@ -577,7 +578,8 @@ def pooling_study(
                    {"tau": tau, "refit_steps": refit_steps, "live_threshold": live_threshold})
     return PoolingResult(
         tau=tau, match=match, live_threshold=live_threshold,
-        live_rule=f"firing frequency > {live_threshold:g} on the eval sample (eval_seed {eval_seed})",
+        live_rule=(f"firing frequency > {live_threshold:g} on the given eval sample ({int(x.shape[0])} tokens)" if given_x
+                   else f"firing frequency > {live_threshold:g} on the eval sample (eval_seed {eval_seed})"),
         refit_steps=refit_steps, eval_tokens=int(x.shape[0]), base_width=m, primary=plan.primary,
         halves={k: plan.pools[k] for k in ("A", "B")} if plan.halves else None,
         single=sing, bagging=bag,

@@ -218,6 +218,16 @@ def ablation_section(v: Verdict, ab: AblationResult | None, fig_dir: Path) -> Se
     return sec
 
 
+def pool_row_name(pv) -> str:
+    """A pool's row label by what it is: its rule and the width it was built at, and the asked width when the pool
+    came out narrower (too few clusters), so no row says w1152 above a width of 672."""
+    built = sorted({p.width for p in pv.pools.values()})
+    if pv.width is None:
+        return f"{pv.rule} (every cluster)"
+    w = "/".join(str(b) for b in built) if built else str(pv.width)
+    return f"{pv.rule} at width {w}" + (f" (asked {pv.width}: too few clusters)" if built and built != [pv.width] else "")
+
+
 def pooling_section(v: Verdict, po: PoolingResult | None, fig_dir: Path) -> Section:
     sec = _section(v)
     if po is None:
@@ -238,11 +248,11 @@ def pooling_section(v: Verdict, po: PoolingResult | None, fig_dir: Path) -> Sect
                      _pm(b.stability_null), "-"])
         pts["bagging"] = ([b.ev_halves.mean], [b.stability_between_halves.mean])
     for name, pv in po.variants.items():
-        rows.append([f"{name} ({pv.role})", str(pv.pools["A"].width if "A" in pv.pools else pv.pools["all"].width),
+        rows.append([f"{pool_row_name(pv)} ({pv.role})", str(pv.pools["A"].width if "A" in pv.pools else pv.pools["all"].width),
                      _pm(pv.ev_halves), _pm(pv.l0_halves, 2), _pm(pv.stability_pool_vs_pool), _pm(pv.stability_null),
                      _pm(pv.stability_vs_heldout)])
         if pv.ev_halves is not None and pv.stability_pool_vs_pool is not None:
-            pts[f"{name} ({pv.role})"] = ([pv.ev_halves.mean], [pv.stability_pool_vs_pool.mean])
+            pts[f"{pool_row_name(pv)} ({pv.role})"] = ([pv.ev_halves.mean], [pv.stability_pool_vs_pool.mean])
     sec.tables.append(Table(["SAE", "width", "EV (halves)", "L0", "stability between halves", "rotated null",
                              "vs held-out seeds"], rows,
                             "Primary pool, baselines and secondary pools (secondary ones never change the verdict)"))
@@ -262,8 +272,9 @@ def atlas_sections(at: AtlasResult | None) -> list[Section]:
     sec.paragraphs.append(
         f"{at.n_features} features from {at.n_seeds} seeds: {at.n_stable_rank1} stable rank-1 directions, "
         f"{at.n_subspaces} reproducible subspaces (ranks {at.rank_histogram}), {at.n_remainder_latents} "
-        f"latents in the irreproducible remainder. EV share: features {fmt(at.ev_share_features)}, remainder "
-        f"{fmt(at.ev_share_remainder)}. Rules: docs/atlas.md.")
+        f"latents in the irreproducible remainder. EV share of the atlas of all {at.n_seeds} seeds (mean over seeds): "
+        f"features {fmt(at.ev_share_features)}, remainder {fmt(at.ev_share_remainder)}; the held-out table's EV shares "
+        f"are those of the smaller atlases built on half of the seeds. Rules: docs/atlas.md.")
     if at.kinds:
         sec.tables.append(Table(["where latents end", "features", "latents (all seeds)", "EV share", "mean stability",
                                  "EV-weighted stability"],
@@ -277,8 +288,24 @@ def atlas_sections(at: AtlasResult | None) -> list[Section]:
                  fmt(r.latent_stability_heldout.mean), fmt(r.latent_stability_heldout.ev_weighted)]
                 for r in h.halves]
         sec.tables.append(Table(["atlas seeds -> judged on", "features", "feature stability", "EV-weighted",
-                                 "EV share of features", f"latent stability (tau {h.latent_tau})", "EV-weighted"],
+                                 "EV share of features (this half's atlas)", f"latent stability (tau {h.latent_tau})",
+                                 "EV-weighted"],
                                 rows, "Held-out judgement: the atlas of one half of the seeds against the other half"))
+    rs = at.resamples
+    if rs is not None and rs.n_features:
+        ev = rs.ev_share_features or [None] * len(rs.n_features)
+        sec.tables.append(Table(["seed left out", "features", "subspaces", "remainder latents", "largest feature's share of "
+                                 "live latents", "EV share of features"],
+                                [[str(s), str(f), str(n), str(r), fmt(b), fmt(e)] for s, f, n, r, b, e in
+                                 zip(rs.left_out, rs.n_features, rs.n_subspaces, rs.n_remainder_latents,
+                                     rs.largest_feature_share, ev)],
+                                f"The atlas on resamples of the seeds ({rs.method}): its spread"))
+        evs = rs.ev_share_features_spread
+        sec.paragraphs.append(
+            f"Over {len(rs.n_features)} resamples ({rs.method}): subspaces {pm(rs.n_subspaces_spread.mean, rs.n_subspaces_spread.std, 1)} "
+            f"(min {min(rs.n_subspaces)}, max {max(rs.n_subspaces)}), EV share of features "
+            f"{pm(evs.mean, evs.std) if evs is not None else 'not measured'} (mean ± std over resamples; the CE share "
+            "is spliced for the all-seed atlas only).")
     if at.planted_blocks:
         sec.tables.append(Table(["block", "rank", "geometry", "best feature", "its rank", "overlap", "its stability"],
                                 [[str(b.block), str(b.rank), "orthogonal" if b.orthogonal else "superposed",

@@ -119,6 +119,13 @@ class FrequencyResult:
     median_freq_unstable: Optional[float] = doc("median firing frequency of unstable live latents", None)
     median_log10_freq: Optional[float] = doc("median log10 frequency of live latents", None)
     by_decile: list[DecileRow] = doc("mean stability per decile of log10 frequency (live latents)", factory=list)
+    rarity: Optional[Chance] = doc(
+        "median log10 frequency of unstable minus stable live latents; baseline: the 5% quantile of the same "
+        "difference for random disjoint groups of the same sizes drawn from the live latents", None)
+    rarity_null_draws: int = doc("random splits in the rarity null", 0)
+    always_on_cutoff: float = doc("a latent firing on at least this share of tokens is always on", 0.99)
+    always_on_per_seed: list[int] = doc("always-on latents per seed", factory=list)
+    always_on_stable: int = doc("always-on latents that are stable, summed over seeds", 0)
 
 
 @dataclass(kw_only=True)
@@ -556,6 +563,22 @@ class AtlasPooled:
 
 
 @dataclass(kw_only=True)
+class AtlasResamples:
+    """The atlas again on resamples of the seeds (leave one seed out): how much its headline numbers move when one
+    seed is swapped out; an atlas that flips between resamples is not a result."""
+
+    method: str = doc("how the seeds were resampled")
+    left_out: list[int] = doc("seed position left out, per resample", factory=list)
+    n_features: list[int] = doc("features per resample", factory=list)
+    n_subspaces: list[int] = doc("reproducible subspaces (rank > 1) per resample", factory=list)
+    n_remainder_latents: list[int] = doc("latents in the remainder per resample", factory=list)
+    largest_feature_share: list[float] = doc("largest feature's share of the live latents, per resample", factory=list)
+    ev_share_features: list[Optional[float]] = doc("EV share of the features per resample (null: no data)", factory=list)
+    n_subspaces_spread: Optional[Spread] = doc("mean / std over resamples of n_subspaces", None)
+    ev_share_features_spread: Optional[Spread] = doc("mean / std over resamples of the EV share (null: no data)", None)
+
+
+@dataclass(kw_only=True)
 class AtlasHeldout:
     """Judgement on held-out seeds (>= 4 seeds): the atlas of each half against the other half."""
 
@@ -653,6 +676,7 @@ class AtlasResult:
     ev_weighted_feature_stability: Optional[float] = doc("feature stability weighted by EV share (null: no data or no feature)", None)
     kinds: list[AtlasKind] = doc("stable, subspace, remainder, dead", factory=list)
     heldout: Optional[AtlasHeldout] = doc("held-out judgement (null: < 4 seeds or no data)", None)
+    resamples: Optional[AtlasResamples] = doc("the atlas on leave-one-seed-out resamples (null: < 3 seeds)", None)
     planted_blocks: list[AtlasBlockMatch] = doc("planted blocks against the atlas (synthetic runs)", factory=list)
     group_stability: Optional[AtlasGroupStability] = doc("group-level stability (blocktopk runs)", None)
     ce: Optional[AtlasCE] = doc("spliced CE of features against the remainder (real runs; null elsewhere)", None)

@@ -18,6 +18,8 @@ MARGIN = 0.1  # a number must beat its null by this much (stability, cluster and
 STABLE_FRAC_MIN = 0.2  # a stable core: at least this share of live latents ...
 UNSTABLE_FRAC_MIN = 0.05  # ... and an unstable fringe of at least this share
 SPEARMAN_MARGIN = 0.2  # Spearman(log frequency, stability) above the null's by this much
+RARITY_MARGIN = 0.1  # unstable latents' median log10 frequency below stable ones' by this many decades (x0.79) ...
+# ... and below the 5% quantile of the same difference for random disjoint splits of the live latents
 MCC_MIN, MCC_MARGIN = 0.9, 0.3  # atoms identifiable: MCC at least this, and this far above a random dictionary's
 ATOM_STABLE_MIN = 0.8  # atom latents' mean stability
 RECOVERY_MIN = 0.9  # subspaces recovered (mean over the blocks, a block without latents counts 0)
@@ -92,6 +94,31 @@ def stability_verdict(an: AnalysisResult | None) -> Verdict:
 FREQUENCY = ("Stability against firing frequency", "Unstable latents fire rarely: stability rises with firing frequency.")
 
 
+def rarity_check(fq) -> Check:
+    """'Unstable latents fire less often than stable ones': the one definition, sample and answer the Frequency and
+    Triggers sections share (a FrequencyResult's rarity: median log10 frequency difference against random splits)."""
+    r = fq.rarity if fq is not None else None
+    val, q05 = (r.value, r.baseline) if r is not None else (None, None)
+    ok = _ok(val) and _ok(q05) and val <= -RARITY_MARGIN and val < q05
+    fs, fu = (fq.median_freq_stable, fq.median_freq_unstable) if fq is not None else (None, None)
+    return Check("unstable latents fire less often than stable ones", ok, True,
+                 f"median frequency unstable {_f(fu, 5)} vs stable {_f(fs, 5)}: log10 difference {_f(val)} (<= "
+                 f"-{RARITY_MARGIN} and < random splits' 5% quantile {_f(q05)})")
+
+
+RARITY_RULE = (f"unstable live latents' median log10 frequency lies >= {RARITY_MARGIN} below stable ones' and below the "
+               f"5% quantile of the same difference between random disjoint groups of the same sizes drawn from all live "
+               f"latents (every seed pooled; a missing null fails)")
+
+
+def always_on_text(fq) -> str:
+    """How many latents fire on (nearly) every token, per seed, and how many of them are stable."""
+    if fq is None or not fq.always_on_per_seed:
+        return "always-on latents: not measured"
+    return (f"always-on latents (frequency >= {fq.always_on_cutoff}): {list(fq.always_on_per_seed)} per seed, "
+            f"{fq.always_on_stable} of them stable")
+
+
 def frequency_verdict(an: AnalysisResult | None) -> Verdict:
     fq = an.frequency if an is not None else None
     if fq is None:
@@ -100,15 +127,15 @@ def frequency_verdict(an: AnalysisResult | None) -> Verdict:
     checks = [
         Check("Spearman(log frequency, stability) above the null's", above(rho, SPEARMAN_MARGIN), True,
               f"{_f(rho.value)} vs null {_f(rho.baseline)} (+{SPEARMAN_MARGIN})"),
-        Check("unstable latents fire less often than stable ones",
-              _ok(fq.median_freq_unstable) and _ok(fq.median_freq_stable) and fq.median_freq_unstable < fq.median_freq_stable,
-              True, f"median frequency unstable {_f(fq.median_freq_unstable, 5)} vs stable {_f(fq.median_freq_stable, 5)}"),
+        rarity_check(fq),
     ]
     rule = (f"held if Spearman(log10 frequency, stability) over live latents is >= the same correlation with the "
-            f"rotated-seeds null's stability + {SPEARMAN_MARGIN}, and unstable latents' median frequency is below "
-            "stable ones'; both core")
+            f"rotated-seeds null's stability + {SPEARMAN_MARGIN}, and {RARITY_RULE}; both core")
+    r = fq.rarity
     why = (f"Spearman {_f(rho.value)} vs null {_f(rho.baseline)}; median frequency unstable {_f(fq.median_freq_unstable, 5)} "
-           f"vs stable {_f(fq.median_freq_stable, 5)}; {fq.n_dead} dead latents ({fq.frac_dead:.1%}, {fq.dead_rule})")
+           f"vs stable {_f(fq.median_freq_stable, 5)} (log10 difference {_f(r.value if r else None)}, random splits' 5% "
+           f"quantile {_f(r.baseline if r else None)}); {fq.n_dead} dead latents ({fq.frac_dead:.1%}, {fq.dead_rule}); "
+           f"{always_on_text(fq)}")
     return _verdict(*FREQUENCY, rule, checks, why)
 
 

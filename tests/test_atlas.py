@@ -295,3 +295,47 @@ def test_latent_feature_map_is_the_members_of_each_feature():
     for i, f in enumerate(atlas.features):
         assert {(int(s), int(j)) for s, j in torch.nonzero(atlas.label == i)} == set(f.members)
     assert int(feature_latents(atlas).sum()) == sum(len(f.members) for f in atlas.features)
+
+
+def test_a_dense_component_larger_than_max_rank_per_seed_is_split():
+    """Bounded size: 40 latents per seed packed into one 12-dim span (d = 64, max_rank 16) clustered into one
+    component of 160 latents before; now no feature holds more than max_rank latents of a seed."""
+    g = torch.Generator().manual_seed(3)
+    d, S = 64, 4
+    B = torch.linalg.qr(torch.randn(d, 12, generator=g))[0]
+    comp = torch.linalg.qr(torch.randn(d, d, generator=g))[0][:, :40]
+    comp = comp - B @ (B.T @ comp)
+    atoms = torch.nn.functional.normalize(torch.randn(20, 40, generator=g) @ comp.T, dim=1)
+    dec = torch.stack([torch.cat([torch.nn.functional.normalize(torch.randn(40, 12, generator=g) @ B.T, dim=1),
+                                  atoms + 0.01 * torch.randn(20, d, generator=g)]) for _ in range(S)])
+    atlas = build_atlas(dec)
+    per_seed = [max(sum(1 for s, _ in f.members if s == t) for t in range(S)) for f in atlas.features]
+    assert max(per_seed) <= atlas.settings["max_rank_resolved"] == 16
+    assert sum(f.rank == 1 for f in atlas.features) >= 20  # the atoms are untouched
+
+
+def test_atlas_resamples_give_a_stable_answer_on_planted_subspaces():
+    """Leave-one-seed-out atlases of rotated copies recover the same planted blocks every time: zero spread."""
+    from synthsae.metrics.atlas_run import atlas_result
+    from synthsae.report import atlas_sections
+
+    blocks, dec = rotated_copies(S=5)
+    sae = _sae_with(dec)
+    x = torch.randn(1000, D, generator=torch.Generator().manual_seed(8))
+    res, atlas = atlas_result(sae, AtlasConfig(), x=x, heldout=False)
+    rs = res.resamples
+    assert rs.left_out == [0, 1, 2, 3, 4] and rs.n_subspaces == [len(RANKS)] * 5 and rs.n_subspaces_spread.std == 0
+    assert rs.n_features == [N_ATOMS + len(RANKS)] * 5 and rs.n_remainder_latents == [0] * 5
+    assert rs.ev_share_features_spread.std < 1e-3 and len(rs.ev_share_features) == 5
+    assert all(r["overlap"] > 0.999 for r in match_blocks(atlas, blocks))
+    (sec,) = atlas_sections(res)
+    assert any("resamples" in (t.caption or "") for t in sec.tables)
+
+
+def test_atlas_resamples_show_the_spread_of_random_dictionaries():
+    """Independent random dictionaries: no resample finds a feature, and the spread says so (all zero)."""
+    from synthsae.metrics.atlas_run import atlas_resamples
+
+    dec = torch.randn(4, 60, D, generator=torch.Generator().manual_seed(4))
+    rs = atlas_resamples(_sae_with(dec), None, torch.ones(4, 60, dtype=torch.bool), AtlasConfig())
+    assert rs.n_features == [0] * 4 and rs.n_remainder_latents == [180] * 4 and rs.ev_share_features == []

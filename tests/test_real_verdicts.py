@@ -18,15 +18,19 @@ def _failed(v) -> set[str]:
 # ----------------------------------------------------------------------------------------------- convergence
 
 
-def _train(*points):
-    """train.json with one convergence checkpoint per (fvu, mean stability, stable share)."""
-    return {"convergence": [{"step": i + 1, "tokens_per_seed": (i + 1) * 1000, "fvu": [f, f], "l0": [4.0, 4.0],
-                             "mean_stability_live": s, "frac_stable_live": st, "frac_unstable_live": 0.1, "frac_live": 1.0}
+def _train(*points, spread=0.0):
+    """train.json with one convergence checkpoint per (fvu, mean stability, stable share); two seeds at the value
+    -/+ spread."""
+    per = lambda v: None if v is None else [v - spread, v + spread]  # noqa: E731
+    return {"convergence": [{"step": i + 1, "tokens_per_seed": (i + 1) * 1000, "fvu": per(f), "l0": [4.0, 4.0],
+                             "mean_stability_live": s, "mean_stability_live_per_seed": per(s), "frac_stable_live": st,
+                             "frac_unstable_live": 0.1, "frac_live": 1.0}
                             for i, (f, s, st) in enumerate(points)]}
 
 
 def test_convergence_held_on_a_flat_curve_with_a_stable_core():
-    v = convergence_verdict(_train((0.4, 0.1, 0.05), (0.2, 0.30, 0.3), (0.199, 0.305, 0.3)))
+    v = convergence_verdict(_train((0.4, 0.1, 0.05), (0.2, 0.30, 0.3), (0.2, 0.3, 0.3), (0.1995, 0.3005, 0.3),
+                                   (0.2, 0.3, 0.3)))
     assert v.verdict == "held" and not _failed(v)
 
 
@@ -41,15 +45,46 @@ def test_convergence_did_not_hold_while_still_moving(points):
     assert convergence_verdict(_train(*points)).verdict == "did not hold"
 
 
+def test_convergence_still_rising_by_more_than_the_seeds_differ_did_not_hold():
+    """SmolLM2's default run: +0.028, +0.022, +0.018 per 0.4M tokens at a constant lr, within the old 5% tolerance of
+    the last step, while the seeds differ by less than that: not converged."""
+    stab = [0.500, 0.528, 0.550, 0.568]
+    tr = _train(*[(0.2, s, 0.3) for s in stab], spread=0.006)
+    v = convergence_verdict(tr)
+    assert abs(0.568 - 0.550) <= 0.05 * 0.568  # what the 5% rule passed
+    assert v.verdict == "did not hold" and _failed(v) == {"mean stability of live latents stopped moving"}, v.why
+
+
+def test_convergence_flat_with_seed_noise_held():
+    """A flat curve whose mean over seeds wobbles with the seed noise (std 0.02 over 4 seeds) holds, for every
+    one of 20 draws of the noise."""
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        conv = [{"step": i + 1, "tokens_per_seed": (i + 1) * 400_000, "fvu": list(0.2 + 0.004 * rng.standard_normal(4)),
+                 "mean_stability_live_per_seed": list(0.55 + 0.02 * rng.standard_normal(4)), "mean_stability_live": 0.55,
+                 "frac_stable_live": 0.3, "l0": [4.0] * 4} for i in range(6)]
+        v = convergence_verdict({"convergence": conv})
+        assert v.verdict == "held", v.checks
+
+
+def test_convergence_without_per_seed_stability_cannot_pass():
+    tr = _train(*[(0.2, 0.3, 0.3)] * 4)
+    for c in tr["convergence"]:
+        del c["mean_stability_live_per_seed"]
+    v = convergence_verdict(tr)
+    assert v.verdict == "did not hold" and "no per-seed stability" in v.checks[0].detail
+
+
 def test_convergence_is_judged_before_the_learning_rate_decays():
     """A curve that still rises at constant lr and only flattens while the lr decays to 0 did not converge; the same
-    points without a decay (or with the decay after them) are judged on the last two."""
-    points = ((0.3, 0.10, 0.1), (0.25, 0.20, 0.2), (0.22, 0.30, 0.3), (0.219, 0.301, 0.3))
-    decayed = {**_train(*points), "steps": 4, "decay_start": 0.6}  # checkpoints 3 and 4 fall in the decay
+    points without a decay (or with the decay after them) are judged on the last ones."""
+    points = ((0.3, 0.10, 0.1), (0.25, 0.20, 0.2), (0.22, 0.30, 0.3), (0.219, 0.301, 0.3), (0.2195, 0.3005, 0.3),
+              (0.2195, 0.3, 0.3), (0.2195, 0.3, 0.3))
+    decayed = {**_train(*points), "steps": 7, "decay_start": 0.45}  # checkpoints 4 to 7 fall in the decay
     v = convergence_verdict(decayed)
     assert v.verdict == "did not hold" and "mean stability of live latents stopped moving" in _failed(v)
-    assert "0.1000 -> 0.2000" in v.why
-    assert convergence_verdict({**_train(*points), "steps": 4, "decay_start": 1.0}).verdict == "held"
+    assert "0.1000 -> 0.3000" in v.why
+    assert convergence_verdict({**_train(*points), "steps": 7, "decay_start": 1.0}).verdict == "held"
     assert convergence_verdict(_train(*points)).verdict == "held"
 
 
@@ -167,14 +202,31 @@ def test_triggers_without_the_null_did_not_hold_and_without_groups_not_measured(
     assert triggers_verdict(tr).verdict == "not measured"
 
 
-def test_triggers_rarer_stable_latents_only_lower_to_partly_held():
+def _fq(diff, q05, fs=0.01, fu=0.005):
+    """A FrequencyResult's rarity numbers (what rarity_check reads)."""
+    from types import SimpleNamespace
+
+    from synthsae.results import Chance
+
+    return SimpleNamespace(rarity=Chance(diff, q05), median_freq_stable=fs, median_freq_unstable=fu)
+
+
+def test_triggers_repeat_the_frequency_sections_rarity_check():
+    """Rarity is answered once (the analysis's frequencies and null): the Triggers section repeats the Frequency
+    section's answer as a supporting check, whatever frequencies the trigger sample saw."""
+    from synthsae.verdicts import rarity_check
+
     rng, stab = _latents()
     uns = stab <= 0.2
     surface = np.where(uns, rng.uniform(0.6, 1.0, stab.shape), rng.uniform(0.05, 0.4, stab.shape))
     entropy = np.where(uns, rng.uniform(0.0, 1.5, stab.shape), rng.uniform(3.0, 7.0, stab.shape))
-    freq = np.where(uns, 1e-2, 1e-3)  # unstable latents fire MORE often
-    v = triggers_verdict(trigger_summary(_stats(rng, surface, entropy, freq), stab, 0.8, 0.2, 1000))
-    assert v.verdict == "partly held" and _failed(v) == {"unstable latents fire more rarely"}
+    freq = np.where(uns, 1e-4, 1e-2)  # the trigger sample says unstable latents are rarer ...
+    tr = trigger_summary(_stats(rng, surface, entropy, freq), stab, 0.8, 0.2, 1000)
+    assert triggers_verdict(tr).verdict == "held" and len(triggers_verdict(tr).checks) == 2
+    for fq, verdict in ((_fq(-0.003, -0.05, 0.01757, 0.01744), "partly held"), (_fq(-0.6, -0.1), "held")):
+        v = triggers_verdict(tr, fq)  # ... but the Frequency section's answer is the one shown
+        rc = next(c for c in v.checks if "fire less often" in c.name)
+        assert v.verdict == verdict and rc.passed == rarity_check(fq).passed and rc.detail == rarity_check(fq).detail
 
 
 def test_dead_latents_are_left_out_of_groups_and_null():

@@ -116,6 +116,36 @@ def test_frequency_did_not_hold_when_frequency_is_unrelated_or_reversed():
     assert frequency_verdict(analyze(half_shared(), freq=reversed_)).verdict == "did not hold"
 
 
+def test_rarity_needs_a_margin_and_the_random_split_null():
+    """'Unstable latents fire less often' on equal frequencies (0.7% apart, as on SmolLM2) does not hold; clearly
+    separated frequencies hold; the check is the same one both sections use."""
+    from synthsae.verdicts import rarity_check
+
+    dec = half_shared()
+    g = _gen(5)
+    equal = 0.017 + 0.001 * torch.rand(S, M, generator=g)  # same distribution for stable and unstable latents
+    equal[:, M // 2 :] *= 0.993  # unstable ones 0.7% rarer: noise, not a finding
+    an = analyze(dec, freq=equal)
+    c = check(frequency_verdict(an), "unstable latents fire less often")
+    assert an.frequency.median_freq_unstable < an.frequency.median_freq_stable and not c.passed
+    assert frequency_verdict(an).verdict == "did not hold"
+    sep = 0.017 + 0.001 * torch.rand(S, M, generator=g)
+    sep[:, M // 2 :] /= 4  # unstable ones 4x rarer
+    an = analyze(dec, freq=sep)
+    assert rarity_check(an.frequency).passed and an.frequency.rarity.value < an.frequency.rarity.baseline
+
+
+def test_always_on_latents_are_counted_per_seed():
+    from synthsae.verdicts import always_on_text
+
+    freq = 0.01 + 0.01 * torch.rand(S, M, generator=_gen(6))
+    freq[:, 0] = 1.0  # one shared latent per seed fires on every token
+    an = analyze(half_shared(), freq=freq)
+    assert an.frequency.always_on_per_seed == [1] * S and an.frequency.always_on_stable == S
+    assert "[1, 1, 1, 1] per seed, 4 of them stable" in always_on_text(an.frequency)
+    assert "always-on latents" in frequency_verdict(an).why
+
+
 # ----------------------------------------------------------------------------------------------- truth recovery and clusters
 
 
@@ -268,3 +298,15 @@ def test_pooling_with_a_random_pooled_dictionary_did_not_hold(trained_tiny):
     assert fake.verdict == "did not hold", fake
     assert not check(fake, "more stable than its own rotated null").passed
     assert not check(fake, "more stable than single seeds").passed
+
+
+def test_rarity_text_quotes_the_medians_its_difference_is_made_of():
+    """The medians the check prints and its log10 difference come from the same (numpy) medians: with an even group
+    the lower median (torch) would print a number the difference was not computed from."""
+    import math
+
+    freq = 0.01 + 0.02 * torch.rand(S, M, generator=_gen(9))
+    an = analyze(half_shared(), freq=freq)
+    fq = an.frequency
+    assert math.isclose(math.log10(fq.median_freq_unstable) - math.log10(fq.median_freq_stable), fq.rarity.value,
+                        rel_tol=1e-4, abs_tol=1e-6)

@@ -19,7 +19,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from synthsae.config import AnalysisConfig
-from synthsae.metrics.frequency import FrequencyCounter, decile_table, spearman
+from synthsae.metrics.frequency import FrequencyCounter, always_on, decile_table, rarity_test, spearman
 from synthsae.metrics.matching import unit_rows
 from synthsae.metrics.recovery import (
     ATOM_RECOVERED,
@@ -345,15 +345,20 @@ def analyze_with_latents(
         per_latent["frequency"] = freq
         lf = torch.log10(freq.clamp_min(1e-12))
         ss, su = real["stable"] & live, un
+        rar = rarity_test(lf[live], ss[live], su[live])
+        aon = always_on(freq, real["stable"])
         freq_res = FrequencyResult(
             source=freq_source or "given", dead_rule="no firing on the held-out sample (frequency 0)",
             n_dead=int((~live).sum()), frac_dead=float((~live).float().mean()), n_live=n_live,
             spearman=Chance(_none_if_nan(spearman(lf[live], stab[live])) if n_live >= 3 else None,
                             _null_spearman(lf[live], nstab[live]) if n_live >= 3 else None),
-            median_freq_stable=float(freq[ss].median()) if ss.any() else None,
-            median_freq_unstable=float(freq[su].median()) if su.any() else None,
+            # numpy medians (mean of the two middle values), as in the rarity check that quotes them
+            median_freq_stable=float(np.median(freq[ss].double().numpy())) if ss.any() else None,
+            median_freq_unstable=float(np.median(freq[su].double().numpy())) if su.any() else None,
             median_log10_freq=float(lf[live].median()) if live.any() else None,
-            by_decile=decile_table(lf[live], stab[live]))
+            by_decile=decile_table(lf[live], stab[live]),
+            rarity=Chance(rar["diff"], rar["q05"]), rarity_null_draws=rar["draws"], always_on_cutoff=aon["cutoff"],
+            always_on_per_seed=aon["per_seed"], always_on_stable=aon["stable"])
     truth_res = _truth(dec, real, truth, cfg, clusters, per_latent) if truth is not None else None
     filt, budget = _questions(dec, truth, live, real, null, cfg, per_latent)
     a = asdict(cfg)

@@ -2,8 +2,8 @@
 
 Every live latent of S seeds ends in exactly one place. The live latents are clustered by span
 (`cluster_by_span`); a component found in >= min_seeds seeds becomes a feature whose rank the energy rule sets
-(rank 1 = a stable latent direction, higher = a reproducible subspace). Chains above max_rank are re-clustered
-at a stricter rho; what does not split keeps only its rank-1 cross-seed matches. Everything else is the
+(rank 1 = a stable latent direction, higher = a reproducible subspace). Chains (rank above max_rank, more than
+max_rank latents per seed, or over-tiled and unheld) are re-clustered at a stricter rho; what does not split keeps only its rank-1 cross-seed matches. Everything else is the
 irreproducible remainder. A seed *holds* a feature of rank r with basis U when the top-r span G of its latents
 lying mostly in U has principal-angle overlap ||U^T G||_F^2 / r >= `overlap` (rank 1: a latent at signed
 cos >= sqrt(overlap)). Feature stability = the fraction of the other seeds that hold it (mean over its seeds)."""
@@ -213,7 +213,8 @@ def build_atlas(dec: Float[Tensor, "S m d"], alive: Tensor | None = None, cfg: A
             U = energy_basis(Df[mem], mem // m, cfg.energy, cfg.seed_energy)
             per_seed = mem.numel() / torch.unique(mem // m).numel()
             over_tiled = per_seed > CHAIN_TILING * U.shape[1] and sum(feature_holders(U.float(), D, cfg, alive)) < min_seeds
-            if U.shape[1] > max_rank or over_tiled:
+            too_big = per_seed > max_rank  # bounded size: no feature holds more than max_rank latents per seed
+            if U.shape[1] > max_rank or over_tiled or too_big:
                 if rho < MAX_RHO:
                     todo.append((mem, 1 - (1 - rho) / 2))
                 else:  # a chain that does not split: keep only its rank-1 directions matched across seeds

@@ -22,6 +22,7 @@ from synthsae.metrics.atlas import (
 )
 from synthsae.results import (
     AtlasBlockMatch, AtlasGoal, AtlasGroupBlock, AtlasGroupStability, AtlasHalf, AtlasHeldout, AtlasHeldoutMean,
+    AtlasResamples,
     AtlasLatentHeldout, AtlasPooled, AtlasResult, AtlasSource,
 )
 from synthsae.metrics.matching import maxcos, unit_rows
@@ -157,6 +158,32 @@ def _judge_heldout(sae, x: Tensor | None, alive: Tensor, ev_lat: Tensor | None, 
     return AtlasHeldout(halves=rows, mean=mn, latent_tau=tau, goal=goal, pooled=_pooled_heldout(run_dir, sae.d_sae))
 
 
+def atlas_resamples(sae, x: Tensor | None, alive: Tensor, cfg: AtlasConfig) -> AtlasResamples:
+    """The atlas of every leave-one-seed-out resample of the seeds (with EV shares when x is given): how much the
+    number of subspaces, the remainder and the features' EV share move when one seed is swapped out."""
+    from synthsae.metrics.ablation import spread
+
+    S = sae.n_seeds
+    dec = sae.W_dec.detach().float().cpu()
+    res = AtlasResamples(method=f"leave one seed out ({S} resamples of {S - 1} seeds)")
+    for s in range(S):
+        keep = [t for t in range(S) if t != s]
+        atlas = build_atlas(dec[keep], alive[keep], cfg)
+        n_live = max(int(alive[keep].sum()), 1)
+        res.left_out.append(s)
+        res.n_features.append(len(atlas.features))
+        res.n_subspaces.append(sum(1 for f in atlas.features if f.rank > 1))
+        res.n_remainder_latents.append(atlas.n_remainder)
+        res.largest_feature_share.append(max((len(f.members) for f in atlas.features), default=0) / n_live)
+        if x is not None:
+            attach_stats(atlas, sae.select_seeds(keep), x)
+            res.ev_share_features.append(_num(float(sum(f.ev_share for f in atlas.features))))
+    res.n_subspaces_spread = spread([float(v) for v in res.n_subspaces])
+    if res.ev_share_features:
+        res.ev_share_features_spread = spread(res.ev_share_features)
+    return res
+
+
 def eval_frequency(sae, x: Tensor, batch_size: int = 4096) -> Tensor:
     """[S, m] firing frequency of every latent on x."""
     from synthsae.metrics.frequency import FrequencyCounter
@@ -170,9 +197,10 @@ def eval_frequency(sae, x: Tensor, batch_size: int = 4096) -> Tensor:
 
 def atlas_result(sae, cfg: AtlasConfig, *, x: Tensor | None = None, freq: Tensor | None = None, tau: float = 0.7,
                  variant: str | None = None, sae_cfg=None, truth=None, run_dir: Path | None = None,
-                 heldout: bool = True) -> tuple[AtlasResult, Atlas]:
+                 heldout: bool = True, resamples: bool = True) -> tuple[AtlasResult, Atlas]:
     """Atlas of the seeds of `sae` (decoder rows), with data statistics from x (else frequencies from freq), the
-    held-out judgement (>= 4 seeds), planted blocks (truth) and group stability (blocktopk)."""
+    held-out judgement (>= 4 seeds), its leave-one-seed-out spread (>= 3 seeds), planted blocks (truth) and group
+    stability (blocktopk)."""
     t0 = time.perf_counter()
     _validate(cfg)
     if sae.n_seeds < 2:
@@ -208,6 +236,8 @@ def atlas_result(sae, cfg: AtlasConfig, *, x: Tensor | None = None, freq: Tensor
             res.group_stability.per_block = _groups_per_block(dec, sae_cfg, gs["stability"], truth)
     if heldout and sae.n_seeds >= 4:
         res.heldout = _judge_heldout(sae, x, alive, ev_lat, cfg, tau, run_dir)
+    if resamples and sae.n_seeds >= 3:
+        res.resamples = atlas_resamples(sae, x, alive, cfg)
     res.seconds = time.perf_counter() - t0
     return res, atlas
 

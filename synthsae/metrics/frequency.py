@@ -73,3 +73,36 @@ def frequency_vs_stability(freq: Float[Tensor, "S m"], stab: Float[Tensor, "S m"
         "frac_dead": float((~alive).float().mean()),
         "by_decile": decile_table(lf[alive], stab[alive], n_bins),
     }
+
+
+ALWAYS_ON = 0.99  # a latent firing on at least this share of held-out tokens is "always on" (a bias, not a feature)
+RARITY_DRAWS = 200  # random disjoint splits of the live latents in the rarity null
+
+
+def rarity_test(log10_freq: Float[Tensor, " n"], stable: Tensor, unstable: Tensor, draws: int = RARITY_DRAWS,
+                seed: int = 0) -> dict:
+    """'Unstable latents fire less often', once: median log10 frequency of the unstable minus the stable latents
+    (the latents given: pass live ones), and the 5% / 50% / 95% quantiles of the same difference for random disjoint
+    groups of the same sizes drawn from all of them (what a split that ignores stability gives)."""
+    v = np.asarray(log10_freq.double().cpu())
+    st, un = np.asarray(stable.cpu()).astype(bool), np.asarray(unstable.cpu()).astype(bool)
+    ns, nu, n = int(st.sum()), int(un.sum()), v.size
+    out = {"diff": None, "q05": None, "q50": None, "q95": None, "n_stable": ns, "n_unstable": nu, "draws": draws}
+    if ns < 1 or nu < 1:
+        return out
+    out["diff"] = float(np.median(v[un]) - np.median(v[st]))
+    if ns + nu > n:
+        return out
+    rng = np.random.default_rng(seed)
+    d = np.empty(draws)
+    for i in range(draws):
+        p = rng.permutation(n)
+        d[i] = np.median(v[p[:nu]]) - np.median(v[p[nu : nu + ns]])
+    out["q05"], out["q50"], out["q95"] = (float(q) for q in np.quantile(d, [0.05, 0.5, 0.95]))
+    return out
+
+
+def always_on(freq: Float[Tensor, "S m"], stable: Tensor, cutoff: float = ALWAYS_ON) -> dict:
+    """Latents firing on >= cutoff of the tokens: how many per seed, and how many of them are stable."""
+    on = freq >= cutoff
+    return {"per_seed": on.sum(1).tolist(), "stable": int((on & stable).sum()), "cutoff": cutoff}
