@@ -107,6 +107,8 @@ def _real(grid, cell) -> CellConfig:
         base.train.batch_size = s["batch_size"]
     if "pool_refit_steps" in s:
         base.analysis.pool_refit_steps = s["pool_refit_steps"]
+    if "pool_rules" in s:
+        base.pool_rules = list(s["pool_rules"])
     for key in ("splice_contexts", "trigger_tokens"):
         if key in s:
             setattr(base, key, s[key])

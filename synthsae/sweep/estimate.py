@@ -22,17 +22,21 @@ def _existing(p: Path) -> Path:
     return p
 
 
-def cell_disk_bytes(cfg, d: int) -> int:
-    """One cell's seeds, checkpoint (x3 for Adam) and pooled SAEs (up to 2x width, 2 halves, 3 rules), float32."""
+def cell_disk_bytes(cfg, d: int) -> tuple[int, int]:
+    """(kept, transient) bytes of one cell, float32: kept = its seeds, the pooled SAEs (pools A, B and all of each
+    rule at each width) and per-latent tensors; transient = the training checkpoint (parameters + Adam's moments)."""
     S, m = cfg.train.seeds, cfg.sae.d_sae
     sae = 4 * (2 * d * m + m + d)
-    return S * sae * 4 + 3 * 2 * 2 * sae * 2 + 64 * S * m  # + per-latent tensors
+    rules = len(getattr(cfg, "pool_rules", ["coverage", "coverage_freq", "union"]))
+    widths = sum(getattr(cfg, "pool_widths", [1, 2]))
+    return S * sae + 3 * rules * widths * sae + 64 * S * m, 3 * S * sae
 
 
 def sweep_disk_bytes(grid, ccs) -> int:
+    """Every missing cell's kept files, the largest checkpoint, and each new shared activation store."""
     from synthsae.sweep.configs import d_model_of
 
-    total, stores = 0, set()
+    total, peak, stores = 0, 0, set()
     for cc in ccs:
         cfg = cc.cfg
         if grid.kind == "real":
@@ -44,8 +48,9 @@ def sweep_disk_bytes(grid, ccs) -> int:
                 total += (c.train_tokens + c.eval_tokens) * (d * _BYTES[c.dtype] + 8)
         else:
             d = cfg.truth.d
-        total += cell_disk_bytes(cfg, d)
-    return total
+        kept, transient = cell_disk_bytes(cfg, d)
+        total, peak = total + kept, max(peak, transient)
+    return total + peak
 
 
 def check_sweep_fits(grid, out: Path, ccs) -> None:

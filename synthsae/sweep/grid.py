@@ -24,7 +24,7 @@ AXES = {  # allowed axes per kind, in the order they appear in a cell id
 SETTINGS = {  # fixed settings per kind (scalars, applied to every cell)
     "synthetic": ("steps", "batch_size", "eval_tokens", "pool_refit_steps", "max_probes", "l0_tolerance"),
     "real": ("tokens", "eval_tokens", "passes", "batch_size", "ctx_len", "lr", "pool_refit_steps", "splice_contexts",
-             "trigger_tokens", "device"),
+             "trigger_tokens", "device", "pool_rules"),
 }
 TOP = ("name", "kind", "base", "axes", "settings")
 
@@ -140,7 +140,12 @@ def validate_grid(grid: Grid) -> Grid:
     for name, v in grid.settings.items():
         if name not in SETTINGS[grid.kind]:
             raise _fail(f"settings.{name}", v, f"unknown setting; allowed are {', '.join(SETTINGS[grid.kind])}")
-        if name == "device":
+        if name == "pool_rules":
+            from synthsae.pooling import RULES
+
+            if not isinstance(v, list) or not v or any(r not in RULES for r in v):
+                raise _fail("settings.pool_rules", v, f"must be a non-empty list of {', '.join(RULES)}")
+        elif name == "device":
             if not isinstance(v, str):
                 raise _fail("settings.device", v, "must be a device string (auto, cpu, cuda, cuda:N)")
         elif name in ("lr", "l0_tolerance"):

@@ -33,13 +33,14 @@ def _real_cpu() -> Grid:
 
 
 def _real_gpu() -> Grid:
-    # one H200: widths 4k / 16k / 64k at block 15 and blocks 6 / 15 / 24 at 16k, three variants, 8 seeds, 12M tokens
-    # per store (float16: 13.8 GB a layer, three layers), one pass
+    # one H200 (64 GB disk): widths 4k / 16k / 64k at block 15 and blocks 6 / 15 / 24 at 16k, three variants, 8 seeds;
+    # 6M tokens per store (float16: 7 GB a layer, three layers) x 4 passes = 24M training tokens per cell (5,859 steps
+    # at batch 4,096); one pooling rule so the pooled SAEs of the 64k cells fit the disk (docs/sweep.md)
     v = ["topk", "batchtopk", "jumprelu"]
     return Grid("real-gpu", "real", "gpu",
                 [{"model": ["smollm2"], "layer": [15], "d_sae": [4096, 16384, 65536], "k": [64], "variant": v, "seeds": [8]},
                  {"model": ["smollm2"], "layer": [6, 24], "d_sae": [16384], "k": [64], "variant": v, "seeds": [8]}],
-                {"tokens": 12_000_000, "passes": 1, "device": "cuda"})
+                {"tokens": 6_000_000, "passes": 4, "device": "cuda", "pool_rules": ["coverage"]})
 
 
 PRESETS = {"quick": _quick, "synthetic": _synthetic, "real-cpu": _real_cpu, "real-gpu": _real_gpu}
