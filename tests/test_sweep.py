@@ -299,3 +299,28 @@ def test_real_cells_share_one_collection_per_layer(tmp_path: Path) -> None:
     c0 = cs[0]
     collect(cell_config(g, c0).cfg.collect, cell_folder(out, c0) / "acts", progress=False)  # what run_real does first
     assert _snapshot(out / "acts") == before  # found complete through the link: nothing collected again
+
+
+def test_real_sweep_through_the_cli_shares_activations_and_maps_each_cells_verdicts(tmp_path: Path) -> None:
+    pytest.importorskip("transformers")
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from real_helpers import build_tiny_llama, corpus_file
+
+    from real.report import real_verdicts
+
+    model, corpus = build_tiny_llama(tmp_path / "tiny"), corpus_file(tmp_path)
+    grid = tmp_path / "grid.toml"
+    grid.write_text(f'kind = "real"\nbase = "quick"\n[axes]\nmodel = ["{model}"]\nlayer = [1]\nd_sae = [64]\nk = [2, 4]\n'
+                    f'seeds = [3]\n[settings]\ntokens = 3000\npasses = 2\ncorpus = ["{corpus}"]\ndevice = "cpu"\n')
+    out = tmp_path / "out"
+    res = runner.invoke(app, ["sweep", str(grid), "--out", str(out), "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert len(list((out / "acts").iterdir())) == 1 and res.output.count("collecting activations for") == 1
+    sw = json.loads((out / "sweep.json").read_text())
+    assert len(sw["cells"]) == 2
+    for cell in sw["cells"]:
+        own = {v.title: v.verdict for v in real_verdicts(out / cell["folder"])}
+        assert {c["claim"]: c["verdict"] for c in cell["claims"]} == own
+        assert "Unstable latents fire on surface-form triggers" in own  # the real-only claims are in the map

@@ -114,7 +114,8 @@ def _real(grid, cell) -> CellConfig:
             setattr(base, key, s[key])
     try:
         cfg = with_overrides(base, model=model, layer=v.get("layer"), tokens=s.get("tokens"), seeds=v.get("seeds"),
-                             d_sae=d_sae, k=v.get("k"), passes=s.get("passes"), lr=s.get("lr"), device=s.get("device"))
+                             d_sae=d_sae, k=v.get("k"), passes=s.get("passes"), lr=s.get("lr"), device=s.get("device"),
+                             corpus=s.get("corpus"))
     except ConfigError as e:
         raise ConfigError(f"cell {cell.id}: {e}") from None
     return CellConfig(cfg, None)

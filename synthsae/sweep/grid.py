@@ -24,7 +24,7 @@ AXES = {  # allowed axes per kind, in the order they appear in a cell id
 SETTINGS = {  # fixed settings per kind (scalars, applied to every cell)
     "synthetic": ("steps", "batch_size", "eval_tokens", "pool_refit_steps", "max_probes", "l0_tolerance"),
     "real": ("tokens", "eval_tokens", "passes", "batch_size", "ctx_len", "lr", "pool_refit_steps", "splice_contexts",
-             "trigger_tokens", "device", "pool_rules"),
+             "trigger_tokens", "device", "pool_rules", "corpus"),
 }
 TOP = ("name", "kind", "base", "axes", "settings")
 
@@ -52,7 +52,12 @@ class Cell:
 def _tag(v) -> str:
     if isinstance(v, float):
         return f"{v:g}"
-    return str(v).replace("/", "_").replace(" ", "_")
+    s = str(v)
+    if "/" in s or "\\" in s:  # a model path: its folder name and a short hash of the whole path
+        import hashlib
+
+        s = f"{Path(s).name}-{hashlib.sha256(s.encode()).hexdigest()[:6]}"
+    return s.replace(" ", "_")
 
 
 def cell_id(kind: str, values: dict) -> str:
@@ -140,7 +145,10 @@ def validate_grid(grid: Grid) -> Grid:
     for name, v in grid.settings.items():
         if name not in SETTINGS[grid.kind]:
             raise _fail(f"settings.{name}", v, f"unknown setting; allowed are {', '.join(SETTINGS[grid.kind])}")
-        if name == "pool_rules":
+        if name == "corpus":
+            if not isinstance(v, list) or not v or not all(isinstance(x, str) and x for x in v):
+                raise _fail("settings.corpus", v, "must be a non-empty list of files or folders (text / jsonl)")
+        elif name == "pool_rules":
             from synthsae.pooling import RULES
 
             if not isinstance(v, list) or not v or any(r not in RULES for r in v):
