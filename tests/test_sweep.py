@@ -324,3 +324,35 @@ def test_real_sweep_through_the_cli_shares_activations_and_maps_each_cells_verdi
         own = {v.title: v.verdict for v in real_verdicts(out / cell["folder"])}
         assert {c["claim"]: c["verdict"] for c in cell["claims"]} == own
         assert "Unstable latents fire on surface-form triggers" in own  # the real-only claims are in the map
+
+
+def test_torchrun_ranks_split_the_cells_and_each_cell_runs_as_one_process(quick: Path, tmp_path: Path, monkeypatch) -> None:
+    import os
+
+    from synthsae.sweep import grid_preset, run_sweep
+
+    seen_env = []
+
+    def adapter(cc, folder, **_):
+        seen_env.append((folder.name, os.environ.get("RANK"), os.environ.get("WORLD_SIZE")))
+
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    out = tmp_path / "q"
+    run_sweep(grid_preset("quick"), out, adapter=adapter, progress=False, log=lambda m: None)
+    names = [c.name for c in sorted((quick / "cells").iterdir())]
+    from synthsae.sweep.grid import cells
+
+    order = [c.id for c in cells(grid_preset("quick"))]
+    assert [n for n, _, _ in seen_env] == order[1::2] and sorted(order) == names
+    assert all(r is None and w is None for _, r, w in seen_env)  # torchrun's variables hidden inside a cell
+    assert os.environ["RANK"] == "1" and not (out / "sweep.json").exists()  # restored; only rank 0 writes the summary
+
+
+def test_jobs_run_the_library_adapter_only(tmp_path: Path) -> None:
+    from synthsae.config import ConfigError
+    from synthsae.sweep import grid_preset, run_sweep
+
+    with pytest.raises(ConfigError, match="jobs"):
+        run_sweep(grid_preset("quick"), tmp_path / "q", jobs=2, adapter=lambda *a, **k: None, log=lambda m: None)
+    assert not (tmp_path / "q").exists()

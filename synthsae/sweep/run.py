@@ -134,6 +134,8 @@ def run_sweep(grid: Grid, out: str | Path, *, resume: bool = False, jobs: int = 
 
     out = Path(out)
     adapter = adapter or run_cell
+    if jobs > 1 and adapter is not run_cell:
+        raise ConfigError("--jobs > 1 runs the library's run_cell in worker processes; a custom adapter needs jobs = 1")
     check_target(grid, out, resume)
     all_cells = cells(grid)
     configs = {c.id: cell_config(grid, c) for c in all_cells}
@@ -208,8 +210,6 @@ def _run_parallel(mine, configs, out: Path, jobs: int, adapter, progress: bool, 
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
-    if adapter is not run_cell:
-        raise ConfigError("--jobs > 1 runs the library's run_cell in worker processes; a custom adapter needs jobs = 1")
     with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as ex:
         futs = [ex.submit(_worker, (configs[c.id], str(cell_folder(out, c)), False)) for c in mine]
         for i, f in enumerate(futs, 1):
