@@ -91,7 +91,12 @@ def test_sweep_json_fits_its_generated_schema(quick: Path) -> None:
 
     shipped = json.loads((Path(__file__).resolve().parents[1] / "synthsae" / "schemas" / "sweep.schema.json").read_text())
     assert shipped == json.loads(json.dumps(sweep_schema())), "shipped schema is stale: regenerate it"
-    jsonschema.validate(json.loads((quick / "sweep.json").read_text()), shipped)
+    raw = json.loads((quick / "sweep.json").read_text())
+    jsonschema.validate(raw, shipped)
+    from synthsae.serialize import from_json, to_json
+    from synthsae.sweep.render import SweepResult
+
+    assert to_json(from_json(SweepResult, raw)) == raw  # typed: the file rebuilds into the dataclasses and back
 
 
 def test_trends_come_from_the_cells_numbers(quick: Path) -> None:

@@ -7,7 +7,8 @@ frequency: Spearman(log10 frequency, stability) over live latents (null: the sam
 clusters: share of unstable live latents in multi-seed clusters (null: the same for the null);
 ablation: stable latents' share of the cost (CE/prediction when measured, else FVU; null: the frequency-matched
 random group's share); pooling: pooled-minus-single stability between halves (single seeds are its control, so no
-further null; spread over the two pools A and B); triggers (real): median surface-form score of unstable minus stable latents (null: random splits).
+further null; spread over the two pools A and B); triggers (real): median surface-form score of unstable minus
+stable latents (null: random splits; per seed from triggers.safetensors).
 """
 
 from __future__ import annotations
@@ -140,5 +141,25 @@ def cell_numbers(folder: Path) -> dict[str, Number]:
     if isinstance(tr, dict) and tr.get("stable") and tr.get("unstable"):
         su, ss = tr["unstable"].get("surface_score_median"), tr["stable"].get("surface_score_median")
         null = ((tr.get("null") or {}).get("surface_score_median_diff") or {}).get("q50")
-        out["triggers"] = Number(None if su is None or ss is None else su - ss, _f(null), [])
+        out["triggers"] = Number(None if su is None or ss is None else su - ss, _f(null), _trigger_per_seed(folder, lat, an))
+    return out
+
+
+def _trigger_per_seed(folder: Path, lat: dict, an) -> list:
+    """Per seed: median surface-form score of its unstable live latents minus its stable ones' (triggers.safetensors)."""
+    path = folder / "triggers.safetensors"
+    if an is None or "stability" not in lat or not path.is_file():
+        return []
+    from safetensors.numpy import load_file
+
+    from real.triggers import LIVE_FREQ
+
+    tr, stab = load_file(str(path)), lat["stability"]
+    out = []
+    for s in range(stab.shape[0]):
+        ok = (tr["frequency"][s] > LIVE_FREQ) & np.isfinite(tr["surface_score"][s])
+        score = tr["surface_score"][s]
+        un = score[ok & (stab[s] <= an.settings.unstable_cutoff)]
+        st = score[ok & (stab[s] >= an.settings.stable_cutoff)]
+        out.append(float(np.median(un) - np.median(st)) if un.size and st.size else None)
     return out
