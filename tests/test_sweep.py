@@ -361,3 +361,25 @@ def test_jobs_run_the_library_adapter_only(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="jobs"):
         run_sweep(grid_preset("quick"), tmp_path / "q", jobs=2, adapter=lambda *a, **k: None, log=lambda m: None)
     assert not (tmp_path / "q").exists()
+
+
+def test_penalty_cells_are_calibrated_with_the_grids_probe_settings(tmp_path: Path, monkeypatch) -> None:
+    from synthsae.sweep import cells
+    from synthsae.sweep.configs import cell_config
+    from synthsae.sweep.grid import from_dict
+    from synthsae.sweep.run import run_cell
+
+    g = from_dict({"kind": "synthetic", "base": "tiny", "axes": {"l0": [5], "variant": ["relu", "topk"], "seeds": [2]},
+                   "settings": {"max_probes": 2, "l0_tolerance": 0.3}})
+    relu, topk = (cell_config(g, c) for c in cells(g))
+    assert (relu.l0_target, relu.max_probes, relu.l0_tolerance) == (5.0, 2, 0.3)
+    assert topk.l0_target is None and topk.cfg.sae.k == 5  # TopK: L0 is k, nothing to calibrate
+    seen = {}
+
+    def fake_calibrate(cfg, target, knob, folder, suite, **_):
+        seen.update(target=target, knob=knob, probes=suite.max_probes, tol=suite.l0_tolerance)
+
+    monkeypatch.setattr("synthsae.bench.calibrate", fake_calibrate)
+    monkeypatch.setattr("synthsae.study.run_study", lambda *a, **k: None)
+    run_cell(relu, tmp_path / "cell", progress=False)
+    assert seen == {"target": 5.0, "knob": "l1_coeff", "probes": 2, "tol": 0.3}

@@ -23,6 +23,8 @@ class CellConfig:
 
     cfg: object  # synthsae.config.RunConfig or real.config.RealConfig
     l0_target: float | None = None  # None: no calibration (TopK family, or a real cell)
+    max_probes: int = 5  # calibration: at most this many one-seed probe runs (the bench's default)
+    l0_tolerance: float = 0.1  # calibration stops once |L0 / target - 1| <= this
 
 
 def d_model_of(model: str) -> int:
@@ -85,7 +87,7 @@ def _synthetic(grid, cell) -> CellConfig:
         validate(cfg)
     except ConfigError as e:
         raise ConfigError(f"cell {cell.id}: {e}") from None
-    return CellConfig(cfg, None if knob == "k" else target)
+    return CellConfig(cfg, None if knob == "k" else target, int(s.get("max_probes", 5)), float(s.get("l0_tolerance", 0.1)))
 
 
 def _real(grid, cell) -> CellConfig:

@@ -62,8 +62,9 @@ def run_cell(cc: CellConfig, folder: Path, *, progress: bool = True, log=print) 
             from synthsae.bench import Suite, calibrate, sparsity_knob
             from synthsae.train import train_run
 
-            calibrate(cc.cfg, cc.l0_target, sparsity_knob(cc.cfg.sae.variant), folder, Suite("sweep", ()),
-                      progress=progress, train=train_run)
+            suite = Suite("sweep", (), max_probes=cc.max_probes, l0_tolerance=cc.l0_tolerance)
+            calibrate(cc.cfg, cc.l0_target, sparsity_knob(cc.cfg.sae.variant), folder, suite, progress=progress,
+                      train=train_run)
         run_study(cc.cfg, folder, resume=True, progress=progress, log=log)
     else:
         from real.study import run_real
