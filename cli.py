@@ -1114,5 +1114,35 @@ def bench_cmd(
                   f"and {out / 'leaderboard.html'}", highlight=False)
 
 
+# ----------------------------------------------------------------------------------------------- sweep (self-contained)
+
+
+@app.command("sweep")
+@user_errors
+def sweep_cmd(
+    grid_file: Optional[Path] = typer.Argument(None, help="GRID.toml (see docs/sweep.md); or --preset"),
+    preset_name: Optional[str] = typer.Option(None, "--preset", help="quick (tests), synthetic, real-cpu, real-gpu"),
+    out: Optional[Path] = typer.Option(None, "--out", help="sweep folder (default runs/sweep-<name>)"),
+    resume: bool = typer.Option(False, "--resume", help="finish a killed sweep or train only the cells of new axis values"),
+    jobs: int = typer.Option(1, "--jobs", help="cells trained at once in worker processes"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
+) -> None:
+    """A grid of runs (widths, layers, models, variants, seeds): sweep.json / .md / .html with the verdict map and trends."""
+    from synthsae.sweep import grid_preset, load_grid, run_sweep
+
+    if (grid_file is None) == (preset_name is None):
+        raise UserError("GRID = give a GRID.toml file or --preset NAME (quick, synthetic, real-cpu, real-gpu), not both")
+    if jobs < 1:
+        raise UserError(f"--jobs = {jobs}: must be an integer >= 1")
+    grid = load_grid(grid_file) if grid_file is not None else grid_preset(preset_name)
+    out = out or Path("runs") / f"sweep-{grid.name}"
+    try:
+        res = run_sweep(grid, out, resume=resume, jobs=jobs, progress=not quiet, log=lambda m: console.print(m, highlight=False))
+    except KeyboardInterrupt:
+        err_console.print(f"interrupted: `synthsae sweep ... --resume --out {out}` trains only the missing cells")
+        raise typer.Exit(code=130) from None
+    console.print(f"{res['cells']} cells, trained {res['trained']}; {out / 'sweep.md'} and {out / 'sweep.html'}", highlight=False)
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(app())
