@@ -198,3 +198,13 @@ def load_grid(path: str | Path) -> Grid:
 
 def to_dict(grid: Grid) -> dict:
     return {"name": grid.name, "kind": grid.kind, "base": grid.base, "axes": grid.axes, "settings": grid.settings}
+
+
+def cell_folder(out: Path, cell) -> Path:
+    """A cell's run folder: OUT/cells/<cell id> (the id depends on its axis values only)."""
+    return Path(out) / "cells" / cell.id
+
+
+def cell_finished(folder: Path) -> bool:
+    """A cell is done once its run wrote its report and metrics."""
+    return (folder / "report.html").is_file() and (folder / "metrics.json").is_file()

@@ -85,7 +85,7 @@ def summarize(grid, out: Path) -> SweepResult:
     """Read every cell back from its own files (verdicts by title, numbers by claim key) and test the trends."""
     from synthsae.sweep.grid import cells
     from synthsae.sweep.numbers import DECIDING, cell_numbers, cell_verdicts, claim_titles
-    from synthsae.sweep.run import cell_finished, cell_folder
+    from synthsae.sweep.grid import cell_finished, cell_folder
 
     titles = claim_titles()
     rows, order, nums = [], [], {}

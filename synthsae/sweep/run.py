@@ -24,18 +24,10 @@ from typing import Callable
 from synthsae.config import ConfigError
 from synthsae.fileio import atomic_write_json
 from synthsae.sweep.configs import CellConfig, cell_config
-from synthsae.sweep.grid import Grid, cells, to_dict
+from synthsae.sweep.grid import Grid, cell_finished, cell_folder, cells, to_dict
 
 GRID_FILE = "grid.json"
 _LM_CACHE: dict = {}  # model name -> loaded model, so consecutive real cells in one process load it once
-
-
-def cell_folder(out: Path, cell) -> Path:
-    return Path(out) / "cells" / cell.id
-
-
-def cell_finished(folder: Path) -> bool:
-    return (folder / "report.html").is_file() and (folder / "metrics.json").is_file()
 
 
 def acts_folder(out: Path, cfg) -> Path:
