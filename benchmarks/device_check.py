@@ -604,13 +604,16 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out", type=Path, help="folder for device_check.json / .md / .log")
     ap.add_argument("--dry-run", action="store_true", help="the same steps at toy sizes on the CPU")
-    ap.add_argument("--budget", type=float, default=450.0, help="seconds for the whole check (default 450)")
+    ap.add_argument("--budget", type=float, default=None,
+                    help="seconds for the whole check (default 450; dry run 1500: only a hang should stop it)")
     ap.add_argument("--parts", default=",".join(PARTS), help="which parts (default a,b,c,d,e)")
     ap.add_argument("--work", type=Path, default=None, help="scratch folder, new or empty (default: a new temporary "
                     "folder, removed at the end unless --keep)")
     ap.add_argument("--keep", action="store_true", help="keep the scratch folder (run folders, the model)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.budget is None:
+        args.budget = 1500.0 if args.dry_run else 450.0
     if args.child:  # one part's measurement in its own process: write its JSON for the parent
         import torch
 
