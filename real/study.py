@@ -92,7 +92,9 @@ def check_real_target(out: Path) -> None:
     if not out.is_dir():
         raise RunFolderError(f"--out = {str(out)!r}: is a file, not a run folder")
     check_not_locked(out)  # a run in progress elsewhere: say so, rather than "pass --force"
-    if any(out.iterdir()) and not (is_run_folder(out) or (out / CONFIG).is_file()):
+    names = {p.name for p in out.iterdir()}
+    shared_acts = names == {"acts"} and (out / "acts" / "meta.json").is_file()  # a sweep cell: only its collection
+    if names and not (is_run_folder(out) or (out / CONFIG).is_file() or shared_acts):
         names = sorted(p.name for p in out.iterdir())
         shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
         raise RunFolderError(f"{out}: not a synthsae run (no {MARKER}; holds {shown}); a real run writes only into a "

@@ -155,6 +155,7 @@ def test_refused_real_collect_leaves_no_marker_only_folder(tmp_path):
 
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(rm, "check_layer", lambda lm, layer: None)
+            mp.setattr(rs, "check_real_disk", lambda *a, **k: None)  # the stand-in model has no d_model
             with pytest.raises(Boom):
                 run_real(cfg, out, lm=object(), collect_only=True)
     finally:
