@@ -523,35 +523,26 @@ def pooling_study(
 ) -> PoolingResult:
     """Pool the seeds of a run and judge the pools against single seeds and bagging (a PoolingResult).
 
-    `run` is a run directory or a (RunConfig, SAE, Truth | None) triple. Stages: cluster -> build -> refit ->
+    `run` is a (RunConfig, SAE, Truth | None) triple (a Source's config, stacked SAEs and truth). Stages: cluster -> build -> refit ->
     judge -> save. The primary pooled SAE (config analysis.pool_primary, or `primary_rule`, at the base width) is
     named before anything is measured; every other (rule, width) is secondary. Pools are built from all seeds
     and, with `halves`, from each disjoint half, so their stability between halves can be compared with single
     seeds'. `batches(seed)` -> iterator of [B, d] replaces the truth's stream for the refit (the real side); `x`
-    replaces the eval sample. Pooled SAEs go under `out_dir` (default RUN_DIR/pooled for a run directory).
+    replaces the eval sample. Pooled SAEs go under `out_dir` (none saved without).
     """
     from synthsae.metrics.ablation import eval_sample
 
     t0 = time.perf_counter()
-    if isinstance(run, (str, Path)):
-        from synthsae.io import load_run
-        from synthsae.metrics.run_analysis import resolve_device
-
-        run_dir = Path(run)
-        cfg, sae, truth = load_run(run_dir, device=resolve_device(device))
-        if out_dir is None:
-            out_dir = run_dir / "pooled"
-    else:
-        cfg, sae, truth = run
+    cfg, sae, truth = run
     if device is not None and device != "auto":
         sae = sae.to(device)
         truth = truth.to(device) if truth is not None else None
     dev = sae.W_dec.device
     given_x = x is not None  # the caller's own eval sample (the real side): no synthetic eval seed to name
     if eval_seed is None and not given_x:
-        from synthsae.metrics.run_analysis import EVAL_DATA_SEED_OFFSET
+        from synthsae.source import eval_data_seed
 
-        eval_seed = cfg.train.data_seed + EVAL_DATA_SEED_OFFSET
+        eval_seed = eval_data_seed(cfg)
     tau = cfg.analysis.tau if tau is None else tau
     match = cfg.analysis.match if match is None else match
     primary_rule = primary_rule or getattr(cfg.analysis, "pool_primary", "coverage")

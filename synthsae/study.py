@@ -12,10 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from synthsae.config import RunConfig, validate
-from synthsae.metrics_file import Metrics, read_metrics, stage_done, write_stage
+from synthsae.metrics_file import Metrics, read_metrics, stage_done
 from synthsae.threads import configure_threads
 
-STAGES = ("train", "analysis", "ablation", "pooling", "report")
 RUN_OUTPUTS = ("metrics.json", "analysis_latents.safetensors", "report.md", "report.html", "figures", "pooled")
 
 
@@ -67,7 +66,7 @@ def run_study(cfg: RunConfig, out: str | Path, *, resume: bool = False, force: b
     from synthsae import distributed
     from synthsae.memory import check_run_fits
     from synthsae.rundir import run_lock
-    from synthsae.train import pick_device
+    from synthsae.device import pick_device
 
     validate(cfg)
     out = Path(out)
@@ -88,16 +87,17 @@ def run_study(cfg: RunConfig, out: str | Path, *, resume: bool = False, force: b
         raise
 
 
+SYNTHETIC = ("train", "analysis", "ablation", "pooling", "report")  # the stages of `synthsae run`, in order
+
+
 def _run_locked(cfg: RunConfig, out: Path, *, resume: bool, force: bool, device: str | None, progress: bool,
                 log, allow_missing_seeds: bool) -> StudyResult:
-    from synthsae.io import check_seed_folders, load_run
-    from synthsae.rundir import clear_run
-    from synthsae.metrics.ablation import ablation_study
-    from synthsae.metrics.run_analysis import analyze_run, write_analysis
-    from synthsae.pooling import pooling_study
-    from synthsae.report import build_report
+    import synthsae.study_stages as ss
     from synthsae import distributed
-    from synthsae.train import pick_device, train_run
+    from synthsae.device import pick_device
+    from synthsae.io import check_seed_folders
+    from synthsae.source import Source
+    from synthsae.stages import run_stages
 
     dd = distributed.current()
     if not dd.is_main:
@@ -105,73 +105,33 @@ def _run_locked(cfg: RunConfig, out: Path, *, resume: bool, force: bool, device:
     mpath = out / "metrics.json"
     if resume and mpath.is_file():
         read_metrics(mpath)  # a corrupt metrics.json is named now, not after the stages before it ran
-    saved = {k for k in ("analysis", "ablation", "pooling") if resume and stage_done(mpath, k)}  # before any rank writes
-    trained = resume and (out / "train.json").is_file()
+    dev = device or cfg.train.device
+    if dd.active and pick_device(dev).type == "cuda":
+        dev = str(distributed.rank_device(pick_device(dev), dd))
+    src = Source("run", out, run_dir=out, device=None if dev == "auto" else dev)
+    settings = {"train": ss.TrainSettings(cfg, resume=resume, force=force, progress=progress),
+                "ablation": ss.AblationSettings(progress=progress), "pooling": ss.PoolSettings(progress=progress)}
+    done = {k for k in SYNTHETIC[1:4] if resume and stage_done(mpath, k)}  # read before any rank writes
+    if resume and (out / "train.json").is_file():
+        done.add("train")
     distributed.barrier("start")  # every rank has read the folder's state before rank 0 changes it
     configure_threads(cfg.train.batch_size, cfg.truth.d, cfg.sae.d_sae, device or cfg.train.device)
     if force and dd.is_main:
         _clear_outputs(out)
-    seconds: dict[str, float] = {}
 
-    def done(key: str) -> bool:
-        return key in saved
+    def stages(keys: tuple[str, ...]) -> dict[str, float]:
+        todo = tuple(k for k in keys if k not in done)
+        return run_stages(src, todo, resume=False, settings=settings, log=log, pipeline=SYNTHETIC).seconds
 
-    t0 = time.perf_counter()
-    if not trained:
-        log(f"[1/5] training {cfg.train.seeds} seeds of {cfg.sae.variant} (d_sae {cfg.sae.d_sae}, k {cfg.sae.k}, "
-            f"{cfg.train.steps} steps) -> {out}")
-        train_run(cfg, out, resume=resume, force=force, progress=progress)
-        seconds["train"] = time.perf_counter() - t0
-
-    dev = device or cfg.train.device
+    seconds = stages(("train",))
     missing = check_seed_folders(out, allow_missing=allow_missing_seeds)
     if missing:
         log(f"warning: seed folders missing, going on without them: {', '.join(missing)}")
-    if dd.active and pick_device(dev).type == "cuda":
-        dev = str(distributed.rank_device(pick_device(dev), dd))
-    latents = None
-    if not done("analysis"):
-        log("[2/5] analysing stability, truth recovery and subspaces")
-        t = time.perf_counter()
-        with distributed.sharing_pairs():  # the seed pairs of the stability scores are split over the ranks
-            res, latents = analyze_run(out, device=dev)
-        if dd.is_main:
-            write_analysis(mpath, res, latents)
-        seconds["analysis"] = time.perf_counter() - t
+    seconds.update(stages(("analysis",)))  # every rank: the seed pairs are split over them
     if not dd.is_main:  # ablation, pooling and the report run on rank 0 alone
         return StudyResult(out, None, seconds)
-
-    run_cfg, sae, truth = load_run(out, device="cpu" if dev == "auto" else dev)
-    if not done("ablation"):
-        log("[3/5] ablating stable / unstable / random groups")
-        t = time.perf_counter()
-        stab = latents["stability"] if latents is not None else _saved_stability(out)
-        write_stage(mpath, "ablation", ablation_study(sae, truth, run_cfg, stability=stab, progress=progress))
-        seconds["ablation"] = time.perf_counter() - t
-
-    if not done("pooling"):
-        log("[4/5] pooling seeds (disjoint halves, widths 1x and 2x)")
-        t = time.perf_counter()
-        clear_run(out, ("pooled",))
-        write_stage(mpath, "pooling", pooling_study((run_cfg, sae, truth), out_dir=out / "pooled",
-                                                    refit_steps=run_cfg.analysis.pool_refit_steps, progress=progress))
-        seconds["pooling"] = time.perf_counter() - t
-
-    log("[5/5] writing report.md, report.html and figures/")
-    t = time.perf_counter()
-    build_report(out)
-    seconds["report"] = time.perf_counter() - t
+    seconds.update(stages(("ablation", "pooling", "report")))
     return StudyResult(out, read_metrics(mpath), seconds)
-
-
-def _saved_stability(out: Path):
-    """Per-latent stability from the analysis' saved tensors (for a resumed run)."""
-    from safetensors.torch import load_file
-
-    from synthsae.metrics.run_analysis import LATENTS_FILE
-
-    path = out / LATENTS_FILE
-    return load_file(str(path))["stability"] if path.is_file() else None
 
 
 def stage_taus(m: Metrics) -> dict[str, float]:

@@ -259,7 +259,7 @@ def eval_sample(truth, n: int, seed: int) -> Tensor:
     return sample(truth, n, make_generator(seed, truth.device), details=False).x
 
 
-from synthsae.metrics.run_analysis import EVAL_DATA_SEED_OFFSET  # noqa: E402
+from synthsae.source import EVAL_DATA_SEED_OFFSET, eval_data_seed  # noqa: E402
 from synthsae.results import AblationResult, GroupCost, GroupResult, Spread  # noqa: E402  (one eval stream for every stage)
 
 
@@ -287,7 +287,7 @@ def ablation_study(
     """Functional asymmetry of stable vs unstable latents across all S seeds of `sae` (an AblationResult).
 
     `cfg` (a RunConfig) supplies tau, match, cut-offs, eval_tokens and the eval seed (data_seed + 1_000_003);
-    keyword arguments override it, DESIGN.md defaults fill in without it. `x` is the eval sample (default: fresh
+    keyword arguments override it, AnalysisConfig's defaults fill in without it. `x` is the eval sample (default: fresh
     samples of `truth`); `pred_cost` defaults to the truth's readout-head KL (no prediction cost when neither is
     given). `stability` [S, m] defaults to the per-latent cross-seed stability at `tau` under `match`.
     """
@@ -300,7 +300,7 @@ def ablation_study(
     unstable_cutoff = acfg.unstable_cutoff if unstable_cutoff is None else unstable_cutoff
     eval_tokens = acfg.eval_tokens if eval_tokens is None else eval_tokens
     if eval_seed is None:
-        eval_seed = (cfg.train.data_seed if cfg is not None else 1234) + EVAL_DATA_SEED_OFFSET
+        eval_seed = eval_data_seed(cfg) if cfg is not None else 1234 + EVAL_DATA_SEED_OFFSET
     if x is None:
         if truth is None:
             raise ValueError("ablation_study needs an eval sample x or a truth to draw one from")
@@ -350,19 +350,3 @@ def latent_stability(sae, tau: float = 0.7, match: str = "maxcos") -> Float[Tens
     enc = sae.W_enc.detach() if match == "strict" else None
     scores, _ = pair_scores(sae.W_dec.detach(), match, enc)
     return stability(scores, tau)
-
-
-def ablate_run(run_dir, device: str | None = None, progress: bool = True, **overrides) -> AblationResult:
-    """ablation_study on every seed of a synthetic run directory (config, seeds and truth read from disk)."""
-    from pathlib import Path
-
-    from synthsae.io import load_run
-    from synthsae.metrics.run_analysis import resolve_device
-
-    dev = resolve_device(device)
-    cfg, sae, truth = load_run(Path(run_dir), device=dev)
-    if truth is None:
-        raise ValueError(f"{run_dir}: no truth.safetensors; on real activations pass x and a pred_cost to ablation_study")
-    res = ablation_study(sae, truth.to(dev), cfg, progress=progress, **overrides)
-    res.run_dir, res.variant = str(run_dir), cfg.sae.variant
-    return res

@@ -242,45 +242,6 @@ def atlas_result(sae, cfg: AtlasConfig, *, x: Tensor | None = None, freq: Tensor
     return res, atlas
 
 
-def atlas_of(paths: list[Path], cfg: AtlasConfig | None = None, device: str | None = None,
-             heldout: bool = True, fmt: str | None = None) -> tuple[AtlasResult, Atlas]:
-    """Atlas of a synthetic run folder (one path; data from its truth) or of SAE folders of any format that
-    `analyze` reads (frequencies where the library stores them, no EV)."""
-    from synthsae.metrics.run_analysis import EVAL_DATA_SEED_OFFSET, _sparsity, is_run_dir, resolve_device
-
-    cfg = cfg or AtlasConfig()
-    _validate(cfg)
-    dev = resolve_device(device)
-    run_dir = paths[0] if len(paths) == 1 and is_run_dir(paths[0]) else None
-    truth, x, tau, variant, sae_cfg, freq, folders = None, None, 0.7, None, None, None, None
-    if run_dir is not None:
-        from synthsae.io import load_run, seed_folders
-
-        run_cfg, sae, truth = load_run(run_dir)
-        tau, variant, sae_cfg = run_cfg.analysis.tau, run_cfg.sae.variant, run_cfg.sae
-        if truth is not None:
-            from synthsae.truth import make_generator, sample
-
-            truth = truth.to(dev)
-            gen = make_generator(run_cfg.train.data_seed + EVAL_DATA_SEED_OFFSET, truth.device)
-            x = sample(truth, run_cfg.analysis.eval_tokens, gen, details=False).x
-        else:
-            freq, _ = _sparsity(seed_folders(run_dir))
-    else:
-        from synthsae.loaders import load_stack
-
-        folders = paths
-        st = load_stack(paths, fmt)
-        sae, freq = st.sae, st.frequency
-        sae_cfg, variant = sae.cfg, sae.variant
-    res, atlas = atlas_result(sae.to(dev), cfg, x=x, freq=freq, tau=tau, variant=variant, sae_cfg=sae_cfg, truth=truth,
-                              run_dir=run_dir, heldout=heldout)
-    res.source.folders = [str(p) for p in folders] if folders else None
-    res.source.data = ("fresh truth samples" if x is not None else
-                       "stored firing frequency (frequency only; no EV)" if freq is not None else "none")
-    return res, atlas
-
-
 def _groups_per_block(dec: Tensor, sae_cfg, stab: Tensor, truth) -> list[AtlasGroupBlock]:
     """For each planted block: the groups lying inside it (containment >= 0.9) and their mean stability."""
     from synthsae.metrics.subspaces import orthonormal_basis

@@ -1,85 +1,48 @@
-"""Analyse a run directory or a list of SAE folders from disk and write the result into metrics.json."""
+"""The analysis stage: stability, truth recovery and subspaces of every seed of a Source, into metrics.json."""
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-
 import torch
 from torch import Tensor
 
 from synthsae.config import AnalysisConfig, validate_analysis
 from synthsae.fileio import atomic_save_safetensors
-from synthsae.metrics.analyze import analyze_with_latents, measure_frequency
 from synthsae.results import AnalysisResult
+from synthsae.source import Source
 
-EVAL_DATA_SEED_OFFSET = 1_000_003  # frequencies are measured on a stream the SAEs never trained on
 METRICS_KEY = "analysis"
 LATENTS_FILE = "analysis_latents.safetensors"
 
 
 def resolve_device(device: str | None) -> torch.device:
-    """None / 'auto' = CUDA when available, else CPU (train.pick_device, which also rejects absent CUDA)."""
-    from synthsae.train import pick_device
+    """None / 'auto' = CUDA when available, else CPU (pick_device, which also rejects absent CUDA)."""
+    from synthsae.device import pick_device
 
     return pick_device(device or "auto")
 
 
-def is_run_dir(path: Path) -> bool:
-    """A run directory holds config.toml and seeds/."""
-    return (path / "config.toml").is_file() and (path / "seeds").is_dir()
+def analysis_of(src: Source, cfg: AnalysisConfig | None = None) -> tuple[AnalysisResult, dict[str, Tensor]]:
+    """Stability, truth recovery (with a truth), clusters and span reproducibility of every seed of a run; the
+    frequencies are measured on the truth's eval stream, else read from the seeds' sparsity files."""
+    from synthsae import distributed
+    from synthsae.metrics.analyze import analyze_with_latents
 
-
-def analyze_run(
-    run_dir: str | Path, cfg: AnalysisConfig | None = None, device: str | None = None
-) -> tuple[AnalysisResult, dict[str, Tensor]]:
-    """Analyse every seed of a run (config's [analysis] section unless cfg is given); frequencies are measured on
-    analysis.eval_tokens fresh samples from the truth, else read from sparsity.safetensors."""
-    from synthsae.io import load_run, seed_folders
-
-    run_dir = Path(run_dir)
-    run_cfg, sae, truth = load_run(run_dir)
-    cfg = cfg or run_cfg.analysis
+    cfg = cfg or src.config.analysis
     validate_analysis(cfg)
-    dev = resolve_device(device)
-    sae = sae.to(dev)
-    freq, source = None, None
-    if truth is not None:
-        truth = truth.to(dev)
-        seed = run_cfg.train.data_seed + EVAL_DATA_SEED_OFFSET
-        freq = measure_frequency(sae, truth, cfg.eval_tokens, seed)
-        source = f"measured on {cfg.eval_tokens} fresh samples from the truth (data seed {seed})"
-    else:
-        freq, source = _sparsity(seed_folders(run_dir))
-    res, per = analyze_with_latents(sae.W_dec.detach(), sae.W_enc.detach(), freq, truth, cfg, dev, source)
-    res.settings.run_dir, res.settings.variant = str(run_dir), run_cfg.sae.variant
+    sae = src.sae
+    freq, how = src.frequency(cfg.eval_tokens)
+    with distributed.sharing_pairs():  # torchrun: the seed pairs of the stability scores are split over the ranks
+        res, per = analyze_with_latents(sae.W_dec.detach(), sae.W_enc.detach(), freq, src.truth, cfg, src.dev, how)
+    res.settings.run_dir, res.settings.variant = str(src.run_dir), src.variant
     return res, per
 
 
-def analyze_folders(
-    folders: list[str | Path], cfg: AnalysisConfig | None = None, device: str | None = None, fmt: str | None = None
-) -> tuple[AnalysisResult, dict[str, Tensor]]:
-    """Analyse several single-SAE folders (SAELens, sparsify or dictionary_learning; one per seed), weights only.
-
-    The loaders (synthsae.loaders) detect each folder's format (`fmt` overrides) and give the library's stored
-    frequencies where it keeps them; synthsae.loaders.analysis also measures on given activations."""
-    from synthsae.loaders import load_stack
-    from synthsae.loaders.analysis import analyze_stack
-
-    cfg = cfg or AnalysisConfig()
-    validate_analysis(cfg)
-    out = analyze_stack(load_stack([Path(f) for f in folders], fmt), cfg, resolve_device(device))
-    return out.analysis, out.per_latent
-
-
-def _sparsity(folders: list[Path]) -> tuple[Tensor | None, str | None]:
-    """Firing frequencies from sparsity.safetensors (log10; the 1e-10 floor reads back as dead) when every folder has one."""
-    if not folders or not all((f / "sparsity.safetensors").is_file() for f in folders):
-        return None, None
-    from synthsae.io import load_sparsity
-    from synthsae.metrics.frequency import frequency_from_log10
-
-    return frequency_from_log10(load_sparsity(folders).cpu()), "sparsity.safetensors (training; at the log10 floor = dead)"
+def analyze_run(run_dir: str | Path, cfg: AnalysisConfig | None = None,
+                device: str | None = None) -> tuple[AnalysisResult, dict[str, Tensor]]:
+    """analysis_of a synthetic run folder (config's [analysis] section unless cfg is given)."""
+    return analysis_of(Source("run", Path(run_dir), run_dir=Path(run_dir), device=device), cfg)
 
 
 def write_analysis(path: str | Path, res: AnalysisResult, per_latent: dict[str, Tensor] | None = None) -> Path:
@@ -99,3 +62,12 @@ def with_overrides(cfg: AnalysisConfig, tau: float | None = None, match: str | N
     new = dataclasses.replace(cfg, tau=cfg.tau if tau is None else tau, match=cfg.match if match is None else match)
     validate_analysis(new)
     return new
+
+
+def saved_stability(metrics: Path) -> Tensor | None:
+    """Per-latent stability [S, m] saved beside a metrics.json by the analysis (a resumed run), None when absent."""
+    from safetensors.torch import load_file
+
+    path = metrics.parent / LATENTS_FILE
+    return load_file(str(path))["stability"] if path.is_file() else None
+
