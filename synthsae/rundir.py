@@ -178,3 +178,30 @@ def run_lock(out: Path) -> Iterator[None]:
             os.ftruncate(fd, 0)
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
+
+
+def check_target(out: Path, *, resume: bool, force: bool, finished: bool, what: str = "run",
+                 ours: bool = False) -> None:
+    """The one folder-safety check of every command that writes a run folder, before any work: a path that is a file,
+    a folder another process is writing, or a non-empty folder synthsae did not write (unless the caller knows it is
+    `ours`) is refused; a `finished` run is replaced only with force, an unfinished one continued only with resume.
+    One-line RunFolderError / FileExistsError naming the flag to pass."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise RunFolderError(f"--out = {str(out)!r}: is a file, not a run folder")
+    check_not_locked(out)  # a run in progress elsewhere: say so, rather than "pass --force"
+    if force:
+        check_overwritable(out)
+        return
+    if not out.exists() or not any(out.iterdir()):
+        return
+    if not (ours or is_run_folder(out)):
+        names = sorted(p.name for p in out.iterdir())
+        shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+        raise RunFolderError(f"{out}: not a synthsae run (no {MARKER}; holds {shown}); a {what} writes only into a new, "
+                             "empty or synthsae run folder: pick another --out")
+    if finished and not resume:
+        raise FileExistsError(f"{out}: holds a finished {what}; pass --force to overwrite it")
+    if not resume:
+        raise FileExistsError(f"{out}: is not empty (an unfinished {what}?); pass --resume to finish it or --force to "
+                              "start over")

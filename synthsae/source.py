@@ -80,7 +80,10 @@ class Source:
     acts_path: Path | None = None  # kind folders: the activations the user gave
     device: str | None = None  # None / "auto" = CUDA when available
     metrics: Path | None = None  # default out/metrics.json (`analyze --out FILE` on a run names another)
-    # kind real: the language model, the activation store and the training's norm scale (set by the real pipeline)
+    # kind real (attached by real.stages.attach, so this module never imports real/): the run's config, the norm
+    # scale training used, the language model and the activation store
+    run_config: RunConfig | None = None
+    scale: float | None = None
     lm: object | None = None
     store: object | None = None
 
@@ -106,10 +109,11 @@ class Source:
             cfg, sae, truth = load_run(self.run_dir)
             return cfg, sae, truth, None
         if self.kind == "real":
-            from real.config import load
             from synthsae.io import load_sae_folders, seed_folders
 
-            return load(self.run_dir / REAL_CONFIG).run_config(), load_sae_folders(seed_folders(self.run_dir)), None, None
+            if self.run_config is None:
+                raise ConfigError(f"{self.run_dir}: a real run's source needs its config attached (real.stages.attach)")
+            return self.run_config, load_sae_folders(seed_folders(self.run_dir)), None, None
         from synthsae.loaders import load_stack
 
         st = load_stack(self.paths, self.fmt)
@@ -157,15 +161,6 @@ class Source:
         from synthsae.loaders.acts import read_activations
 
         return read_activations(self.acts_path, self._loaded[1].d_in)
-
-    @functools.cached_property
-    def scale(self) -> float:
-        """Real runs: the norm scaling factor training used (train.json)."""
-        import json
-
-        from real.train import FINISHED
-
-        return float(json.loads((self.run_dir / FINISHED).read_text())["norm_scaling_factor"])
 
     def eval_x(self, n: int) -> Float[Tensor, "n d"]:
         """n evaluation activations on the device: fresh truth samples (its eval stream), the real run's held-out

@@ -58,9 +58,13 @@ def stage_keys(kind: str) -> list[str]:
 def is_done(src: Source, stage: Stage) -> bool:
     if stage.done is not None:
         return stage.done(src)
-    from synthsae.metrics_file import stage_done
+    from synthsae.metrics_file import STAGES, stage_done
 
-    return stage_done(src.metrics, stage.key)
+    if stage.key in STAGES:
+        return stage_done(src.metrics, stage.key)  # a corrupt metrics.json is named, never overwritten
+    import json
+
+    return src.metrics.is_file() and stage.key in json.loads(src.metrics.read_text())
 
 
 @dataclass

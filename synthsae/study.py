@@ -38,21 +38,10 @@ def _clear_outputs(out: Path) -> None:
 
 def check_target(out: Path, resume: bool, force: bool) -> None:
     """Refuse to touch a finished run without force, an unfinished one without resume / force, and with force
-    anything that is not a synthsae run (an empty folder is fine)."""
-    from synthsae.rundir import check_not_locked, check_overwritable
+    anything that is not a synthsae run (an empty folder is fine): synthsae.rundir.check_target."""
+    from synthsae.rundir import check_target as check_run_target
 
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"--out = {str(out)!r}: is a file, not a run folder")
-    check_not_locked(out)  # a run in progress elsewhere: say so, rather than "pass --force"
-    if force:
-        check_overwritable(out)
-        return
-    if not out.exists():
-        return
-    if _is_finished(out) and not resume:
-        raise FileExistsError(f"{out}: holds a finished run; pass --force to overwrite it")
-    if not resume and any(out.iterdir()):
-        raise FileExistsError(f"{out}: is not empty (an unfinished run?); pass --resume to finish it or --force to start over")
+    check_run_target(out, resume=resume, force=force, finished=_is_finished(out))
 
 
 def run_study(cfg: RunConfig, out: str | Path, *, resume: bool = False, force: bool = False,

@@ -103,8 +103,8 @@ def _write_folder_analysis(src: Source, res) -> None:
 
 
 ANALYSIS_TITLE = "analysing stability, truth recovery and subspaces"
-register(Stage("analysis", lambda src, s: ANALYSIS_TITLE, _analysis, write=_write_analysis),
-         kinds=("run", "real"))
+ANALYSIS = register(Stage("analysis", lambda src, s: ANALYSIS_TITLE, _analysis, write=_write_analysis),
+                    kinds=("run", "real"))
 register(Stage("analysis", lambda src, s: ANALYSIS_TITLE, _folder_analysis, write=_write_folder_analysis), kinds=("folders",))
 
 
@@ -134,7 +134,8 @@ register(Stage("ablation", lambda src, s: "ablating stable / unstable / random g
 # ----------------------------------------------------------------------------------------------- pooling
 
 
-def _pooling(src: Source, earlier: dict, s: PoolSettings | None):
+def pool_run(src: Source, earlier: dict, s: PoolSettings | None):
+    """The pooling study of a run's seeds (real runs: refit on their training stream, judged on held-out activations)."""
     from contextlib import nullcontext
 
     from synthsae.pooling import RULES, pooling_study
@@ -177,7 +178,7 @@ def _write_folder_pooling(src: Source, res) -> None:
 
 
 POOL_TITLE = "pooling seeds (disjoint halves, widths 1x and 2x)"
-register(Stage("pooling", lambda src, s: POOL_TITLE, _pooling), kinds=("run", "real"))
+register(Stage("pooling", lambda src, s: POOL_TITLE, pool_run), kinds=("run", "real"))
 register(Stage("pooling", lambda src, s: POOL_TITLE, _folder_pooling, write=_write_folder_pooling), kinds=("folders",))
 
 

@@ -83,7 +83,9 @@ def share_activations(out: Path, cc: CellConfig, folder: Path, *, progress: bool
         log(f"collecting activations for {store.name} (model {cc.cfg.collect.model}, block {cc.cfg.collect.layer}, "
             f"{cc.cfg.collect.train_tokens} + {cc.cfg.collect.eval_tokens} tokens)")
         collect(cc.cfg.collect, store, lm=_lm(cc.cfg.collect.model, cc.cfg.train.device), progress=progress)
-    folder.mkdir(parents=True, exist_ok=True)
+    from synthsae.rundir import mark
+
+    mark(folder)  # the cell is a synthsae run folder from its first file on, so `real run` takes it as its own
     link = folder / "acts"
     target = os.path.relpath(store, folder)
     if link.is_symlink() and os.readlink(link) == target:
