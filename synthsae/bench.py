@@ -409,13 +409,14 @@ def cell_numbers(folder: Path, *, pool: bool = True, progress: bool = False) -> 
     recovery: `analyze_run` (what `synthsae analyze` reports). MCC: SynthSAEBench's Hungarian on |cos|. Pooled
     SAE and bagging: `pooling_study` (primary pool, judged between disjoint halves of the seeds).
     """
-    from synthsae.io import load_run
-    from synthsae.metrics.run_analysis import analyze_run, with_overrides
-    from synthsae.pooling import pooling_study
+    from synthsae.metrics.run_analysis import analysis_of, with_overrides
+    from synthsae.source import Source
+    from synthsae.study_stages import PoolSettings, pool_run
     from synthsae.train import load_train_summary
 
     t0 = time.perf_counter()
-    cfg, sae, truth = load_run(folder)
+    src = Source("run", folder, run_dir=folder, device="cpu")
+    cfg, sae, truth = src.config, src.sae, src.truth
     summ = load_train_summary(folder)
     ev = summ["eval"]
     S = sae.n_seeds
@@ -425,11 +426,11 @@ def cell_numbers(folder: Path, *, pool: bool = True, progress: bool = False) -> 
         "train_seconds": summ["seconds"],
         "throughput": summ["steps"] * cfg.train.batch_size * S / max(summ["seconds"], 1e-9),
     }
-    res, per = analyze_run(folder, device="cpu")
+    res, per = analysis_of(src)
     row.update(adapt_analysis(res))
     dec = sae.W_dec.detach().float().cpu()
     row.update(group_numbers(sae, dec, per.get("frequency")))
-    strict_res = analyze_run(folder, with_overrides(cfg.analysis, match="strict"), device="cpu")[0]
+    strict_res = analysis_of(src, with_overrides(cfg.analysis, match="strict"))[0]
     strict = adapt_analysis(strict_res)
     row["stability_strict"], row["stability_strict_null"] = strict["stability"], strict["stability_null"]
     mcc_seeds: list = []
@@ -442,9 +443,8 @@ def cell_numbers(folder: Path, *, pool: bool = True, progress: bool = False) -> 
         "mcc": mcc_seeds or None,
     }
     if pool and S >= 2:
-        pooled = pooling_study((cfg, sae, truth), widths=[cfg.sae.d_sae], rules=(cfg.analysis.pool_primary,),
-                               refit_steps=cfg.analysis.pool_refit_steps, out_dir=folder / "pooled", device="cpu",
-                               progress=progress)
+        pooled = pool_run(src, {}, PoolSettings(widths=[cfg.sae.d_sae], rules=(cfg.analysis.pool_primary,),
+                                                progress=progress))
         row["pooled"], row["bagging"] = adapt_pooling(pooled, truth, dec)
         row["pooled_stability"] = row["pooled"]["stability"]
     row["metric_seconds"] = time.perf_counter() - t0
