@@ -98,7 +98,9 @@ def _folder_analysis(src: Source, earlier: dict, cfg: AnalysisConfig | None):
 
 def _write_folder_analysis(src: Source, res) -> None:
     from synthsae.loaders.analysis import write_folder_results
+    from synthsae.outdir import claim
 
+    claim(src.out)  # the marker that lets later analyses update what we write there
     write_folder_results(src.metrics, res)
 
 
@@ -166,6 +168,9 @@ def _folder_pooling(src: Source, earlier: dict, s: PoolSettings | None):
 
         raise ConfigError(f"{str(src.paths[0])!r}: not a run directory (config.toml + seeds/); pooling SAE folders needs "
                           "--acts (activations to refit and judge the pools on)")
+    from synthsae.outdir import claim
+
+    claim(src.out)  # before the pools are saved into it
     return pool_stack(src.stack, GivenActs(src.acts, str(src.acts_path)), AnalysisConfig(), src.out / "pooled",
                       tau=s.tau, widths=s.widths, rules=s.rules, halves=s.halves,
                       refit_steps=300 if s.refit_steps is None else s.refit_steps, device=src.dev, progress=s.progress)
