@@ -104,3 +104,15 @@ def test_shipped_saelens_map_and_bench_hooks():
     assert build_sae(SAEConfig(variant="topk", d_sae=8, k=2), 4, [0]).latent_groups() == []
     with pytest.raises(ConfigError, match=r"^sae\.k = 5: must be an integer 1\.\.4$"):
         validate_sae(SAEConfig(variant="blocktopk", d_sae=8, k=5, group_size=2))
+
+
+def test_known_names_in_a_fresh_process_lists_the_shipped_variants():
+    """The CLI's --variant help: every name, even when nothing has been registered yet (no plug-in imported)."""
+    import subprocess
+    import sys
+
+    from conftest import SHIPPED
+
+    code = "from synthsae.sae import known_names; print(','.join(known_names()))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert set(SHIPPED) <= set(out.split(","))

@@ -83,8 +83,9 @@ def registered_variants() -> list[str]:
 
 
 def known_names() -> list[str]:
-    """Every registered and declared variant name, without importing any plug-in (for error messages)."""
-    return sorted(set(_REGISTRY) | set(_plugin_entry_points()) - set(_BROKEN))
+    """Every registered and declared variant name, without importing any plug-in (for error messages, CLI help)."""
+    declared = _plugin_entry_points()  # imports the shipped variants first, so they are in _REGISTRY below
+    return sorted(set(_REGISTRY) | set(declared) - set(_BROKEN))
 
 
 def get_variant(name: str) -> type:

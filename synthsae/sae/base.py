@@ -95,7 +95,7 @@ class SAE(nn.Module):
     # ---- the variant protocol: what a variant may declare (defaults here; see tests/test_variant_protocol.py)
     variant: ClassVar[str] = "base"  # the registered name (set by register_variant / the plug-in loader)
     saelens_architecture: ClassVar[str] = "standard"  # the architecture name written to cfg.json
-    saelens_reads: ClassVar[tuple[str, ...]] = ()  # SAELens architectures (folders SAELens wrote) loaded as this variant
+    saelens_reads: ClassVar[tuple[str, ...]] = ()  # SAELens architectures loaded as this variant (own, not inherited)
     sparsity_knob: ClassVar[str] = "l1_coeff"  # the SAEConfig field that sets L0 (bench): k, l0_coeff or l1_coeff
     bench_sae: ClassVar[dict[str, Any]] = {}  # SAEConfig fields `synthsae bench` sets for this variant (read-only)
 
