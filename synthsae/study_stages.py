@@ -193,9 +193,10 @@ register(Stage("pooling", lambda src, s: POOL_TITLE, _folder_pooling, write=_wri
 def atlas_of(src: Source, cfg=None):
     """Atlas of a synthetic run (data: fresh truth samples) or of SAE folders (their stored frequencies, no EV)."""
     from synthsae.metrics.atlas import AtlasConfig
-    from synthsae.metrics.atlas_run import atlas_result
+    from synthsae.metrics.atlas_run import atlas_result, validate_atlas
 
     cfg = cfg or AtlasConfig()
+    validate_atlas(cfg)  # bad settings are named before anything loads
     x, freq = None, None
     if src.kind == "run" and src.truth is not None:
         x = src.eval_x(src.config.analysis.eval_tokens)

@@ -14,7 +14,8 @@ from synthsae.metrics.atlas import (
     AtlasConfig, atlas_summary, atlas_tensors, attach_stats, build_atlas, heldout_stability, holding_overlap,
     match_blocks,
 )
-from synthsae.metrics.atlas_run import atlas_of
+from synthsae.source import Source
+from synthsae.study_stages import atlas_of
 from synthsae.metrics.stability import pair_scores, stability
 from synthsae.metrics.subspaces import random_rotation_in
 
@@ -156,7 +157,7 @@ def test_ev_shares_sum_to_one_per_seed():
 
 def test_bad_atlas_settings_and_paths(tmp_path):
     with pytest.raises(ConfigError, match=r"^atlas.overlap = 1.5"):
-        atlas_of([tmp_path], AtlasConfig(overlap=1.5))
+        atlas_of(Source("run", tmp_path, run_dir=tmp_path), AtlasConfig(overlap=1.5))
     from cli import app
 
     res = CliRunner().invoke(app, ["atlas", str(tmp_path / "nope")])

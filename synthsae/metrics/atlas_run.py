@@ -33,7 +33,7 @@ FEATURE_GOAL = 0.9  # issue 15: atlas features should reproduce in >= 90% of hel
 EV_GOAL = 0.95  # ... while carrying >= 95% of the seeds' explained variance
 
 
-def _validate(cfg: AtlasConfig) -> None:
+def validate_atlas(cfg: AtlasConfig) -> None:
     from synthsae.config import ConfigError
 
     for name in ("overlap", "rho", "member_share"):
@@ -202,7 +202,7 @@ def atlas_result(sae, cfg: AtlasConfig, *, x: Tensor | None = None, freq: Tensor
     held-out judgement (>= 4 seeds), its leave-one-seed-out spread (>= 3 seeds), planted blocks (truth) and group
     stability (blocktopk)."""
     t0 = time.perf_counter()
-    _validate(cfg)
+    validate_atlas(cfg)
     if sae.n_seeds < 2:
         from synthsae.config import ConfigError
 
