@@ -17,11 +17,12 @@ import torch
 
 from real.activations import ActivationStore, activation_scale
 from real.config import RealConfig
+from synthsae.device import pick_device
 from synthsae.fileio import atomic_path, atomic_write_json
 from synthsae.io import CFG, RunFileError, save_seed_folder
 from synthsae.sae import build_sae
 from synthsae.threads import threads_for
-from synthsae.train import DTYPES, new_state, pick_device, train_steps
+from synthsae.train import DTYPES, new_state, train_steps
 
 CHECKPOINT = "checkpoint/state.pt"
 FINISHED = "train.json"

@@ -30,6 +30,7 @@ from torch import Tensor
 from synthsae import distributed
 from synthsae.config import RunConfig, TrainConfig, validate
 from synthsae.config import save as save_config
+from synthsae.device import pick_device  # train_run uses it; cli.py still imports it from here
 from synthsae.fileio import atomic_path, atomic_write_json
 from synthsae.sae import build_sae
 from synthsae.sae.base import SAE, cheap_sync
@@ -52,18 +53,6 @@ class TrainingDiverged(RuntimeError):
 
     checkpoint_step: int | None = None
     lr: float | None = None
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """'auto' = CUDA when available, else CPU; anything else is passed to torch.device."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        from synthsae.config import ConfigError
-
-        raise ConfigError(f"train.device = {name!r}: CUDA is not available on this machine; use cpu or auto")
-    return dev
 
 
 def lr_at(step: int, tcfg: TrainConfig) -> float:
