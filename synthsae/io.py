@@ -44,8 +44,8 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 
 def save_seed_folder(folder: str | os.PathLike[str], sae: SAE, s: int, metadata: dict[str, Any],
-                     sparsity: Float[Tensor, " m"] | None = None) -> Path:
-    """Write seed s of `sae` as a SAELens folder (atomic per file)."""
+                     sparsity: Float[Tensor, " m"] | None = None, cfg_extra: dict[str, Any] | None = None) -> Path:
+    """Write seed s of `sae` as a SAELens folder (atomic per file); `cfg_extra` adds or replaces cfg.json keys."""
     folder = Path(folder)
     meta = {"sae_lens_version": SAELENS_VERSION, "sae_lens_training_version": SAELENS_VERSION,
             "variant": sae.variant, "init_seed": sae.init_seeds[s], **metadata}
@@ -62,6 +62,7 @@ def save_seed_folder(folder: str | os.PathLike[str], sae: SAE, s: int, metadata:
         **sae.saelens_cfg(),
         "metadata": meta,
     }
+    cfg.update(cfg_extra or {})  # a replaced key keeps its place, a new one goes last
     atomic_save_safetensors({k: v.detach() for k, v in sae.seed_tensors(s).items()}, folder / WEIGHTS)
     if sparsity is not None:
         atomic_save_safetensors({"sparsity": sparsity.detach().float()}, folder / SPARSITY)
