@@ -20,16 +20,13 @@ from torch import Tensor
 
 from synthsae.config import ConfigError, RunConfig, SAEConfig
 from synthsae.fileio import atomic_save_safetensors, atomic_write_json
-from synthsae.sae import get_variant
+from synthsae.sae import get_variant, saelens_architectures
 from synthsae.sae.base import SAE
 
 CFG = "cfg.json"
 WEIGHTS = "sae_weights.safetensors"
 SPARSITY = "sparsity.safetensors"
 SAELENS_VERSION = "6.0.0"  # the config schema we write (SAELens reads metadata.sae_lens_version)
-# SAELens architecture -> our variant, for folders written by SAELens itself (no metadata.variant)
-ARCH_TO_VARIANT = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu", "gated": "gated",
-                   "batchtopk": "batchtopk", "matryoshka_batchtopk": "matryoshka"}
 
 
 class RunFileError(ConfigError):
@@ -133,12 +130,12 @@ def sae_config_from_cfg(cfg: dict[str, Any], where: Path) -> SAEConfig:
             raise RunFileError(f"{where / CFG}: metadata.sae.{unknown[0]}: unknown field (known: {', '.join(sorted(known))})")
         sc = SAEConfig(**meta["sae"])
     else:
-        arch = cfg.get("architecture", "standard")
-        if not isinstance(arch, str) or arch not in ARCH_TO_VARIANT:
+        arch, arch_to_variant = cfg.get("architecture", "standard"), saelens_architectures()
+        if not isinstance(arch, str) or arch not in arch_to_variant:
             raise RunFileError(f"{where / CFG}: architecture = {_short(arch)} is not one we can load "
-                               f"(known: {', '.join(ARCH_TO_VARIANT)})")
+                               f"(known: {', '.join(arch_to_variant)})")
         k = cfg.get("k", 1)
-        sc = SAEConfig(variant=ARCH_TO_VARIANT[arch], d_sae=cfg["d_sae"], k=k,
+        sc = SAEConfig(variant=arch_to_variant[arch], d_sae=cfg["d_sae"], k=k,
                        apply_b_dec_to_input=bool(cfg.get("apply_b_dec_to_input", True)))
     variant = meta.get("variant", sc.variant)
     if not isinstance(variant, str):

@@ -184,7 +184,7 @@ def _check_target(cfg: RunConfig, out: Path, resume: bool, force: bool) -> tuple
 
 def train_run(cfg: RunConfig, out: Path, *, resume: bool = False, force: bool = False, progress: bool = True,
               stop_after: int | None = None) -> SAE:
-    """Train cfg.train.seeds SAEs into run folder `out` (layout in DESIGN.md); returns this process's seeds stacked.
+    """Train cfg.train.seeds SAEs into run folder `out` (docs/architecture.md); returns this process's seeds stacked.
 
     resume=True continues from out/checkpoint/ (bit-identical on CPU) with the config the run was started with
     (only train.lr may differ, and the change is recorded); a finished run is only replaced with force=True, and
