@@ -17,13 +17,13 @@ import torch
 from real.activations import ActivationStore, activation_scale
 from real.config import RealConfig
 from synthsae.checkpoint import FINISHED, checkpoint_step, finish, load_checkpoint, train_checkpointed, write_seed_folders
+from synthsae.device import pick_device
 from synthsae.io import RunFileError
 from synthsae.loop import DTYPES, new_state
 from synthsae.results import ConvergencePoint
 from synthsae.sae import build_sae
 from synthsae.serialize import to_json
 from synthsae.threads import threads_for
-from synthsae.train import pick_device
 
 __all__ = ["FINISHED", "checkpoint_steps", "convergence_point", "train_real"]
 

@@ -246,7 +246,8 @@ def atlas_of(paths: list[Path], cfg: AtlasConfig | None = None, device: str | No
              heldout: bool = True, fmt: str | None = None) -> tuple[AtlasResult, Atlas]:
     """Atlas of a synthetic run folder (one path; data from its truth) or of SAE folders of any format that
     `analyze` reads (frequencies where the library stores them, no EV)."""
-    from synthsae.metrics.run_analysis import EVAL_DATA_SEED_OFFSET, _sparsity, is_run_dir, resolve_device
+    from synthsae.device import resolve_device
+    from synthsae.metrics.run_analysis import EVAL_DATA_SEED_OFFSET, _sparsity, is_run_dir
 
     cfg = cfg or AtlasConfig()
     _validate(cfg)
