@@ -99,7 +99,7 @@ def atlas_of_real_run(run_dir: Path, atlas_cfg: AtlasConfig, device: str | None 
     from real.model import load_model
     from real.train import FINISHED
     from synthsae.io import RunFileError, load_sae_folders, seed_folders
-    from synthsae.metrics.run_analysis import resolve_device
+    from synthsae.device import resolve_device
 
     cfg = load(run_dir / "real_config.json")
     if not (run_dir / FINISHED).is_file():

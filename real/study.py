@@ -64,7 +64,7 @@ def run_real(cfg: RealConfig, out: str | Path, *, force: bool = False, lm=None, 
     prepare(cfg, out, force, write=False)
     t0 = time.perf_counter()
     log(f"[1/8] loading {cfg.collect.model}")
-    from synthsae.train import pick_device
+    from synthsae.device import pick_device
 
     lm = lm or load_model(cfg.collect.model, device=pick_device(cfg.train.device))  # the LM runs where the SAEs do
     check_layer(lm, cfg.collect.layer)
@@ -133,7 +133,7 @@ def _run_locked(cfg: RealConfig, out: Path, force: bool, lm, progress: bool, log
     summary = json.loads((out / FINISHED).read_text())
     scale = float(summary["norm_scaling_factor"])
     sae = load_sae_folders(seed_folders(out))
-    from synthsae.train import pick_device
+    from synthsae.device import pick_device
 
     dev = pick_device(cfg.train.device)
     sae = sae.to(dev)
@@ -228,7 +228,8 @@ def check_real_fits(cfg: RealConfig, lm) -> None:
     """synthsae.memory's check for a real run: training, analysis and the spliced ablation's big tensors against the
     free memory of their devices (estimates on the high side, not exact); one line naming the knobs when too big."""
     from synthsae.memory import check_fits
-    from synthsae.train import DTYPES, pick_device
+    from synthsae.device import pick_device
+    from synthsae.train import DTYPES
 
     S, m, d, B = cfg.train.seeds, cfg.sae.d_sae, lm.d_model, cfg.train.batch_size
     b = torch.empty((), dtype=DTYPES[cfg.train.dtype]).element_size()

@@ -4,27 +4,28 @@ Activations are scaled by SAELens's expected_average_only_in factor c = sqrt(d) 
 in normalised units); each seed's cfg.json says `normalize_activations = "expected_average_only_in"` and holds c
 as `metadata.norm_scaling_factor`: SAELens users call `sae.fold_activation_norm_scaling_factor(c)` to get an SAE
 on raw activations. At `checkpoints` points of training, stability (maxcos at tau) and eval FVU are recorded:
-the convergence curve the report shows.
+the convergence curve the report shows. The loop, its checkpoints (Ctrl-C included) and train.json are the
+synthetic run's (synthsae.loop, synthsae.checkpoint); the batches come from the store, by step.
 """
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 
 import torch
 
 from real.activations import ActivationStore, activation_scale
 from real.config import RealConfig
-from synthsae.fileio import atomic_path, atomic_write_json
-from synthsae.io import CFG, RunFileError, save_seed_folder
+from synthsae.checkpoint import FINISHED, checkpoint_step, finish, load_checkpoint, train_checkpointed, write_seed_folders
+from synthsae.device import pick_device
+from synthsae.io import RunFileError
+from synthsae.loop import DTYPES, new_state
 from synthsae.sae import build_sae
 from synthsae.threads import threads_for
-from synthsae.train import DTYPES, new_state, pick_device, train_steps
 
-CHECKPOINT = "checkpoint/state.pt"
-FINISHED = "train.json"
+__all__ = ["FINISHED", "checkpoint_steps", "convergence_point", "train_real"]
+
+LEGACY_CHECKPOINT = "checkpoint/state.pt"  # one file for all seeds, written before real runs shared synthsae.checkpoint
 
 
 def checkpoint_steps(steps: int, n: int) -> list[int]:
@@ -76,73 +77,69 @@ def _train_real(cfg: RealConfig, store: ActivationStore, out: Path, *, resume: b
     d = store.d
     sae = build_sae(cfg.sae, d, t.resolved_init_seeds(), device=device, dtype=dtype)
     state = new_state(sae, t)
-    ckpt = out / CHECKPOINT
     scale = activation_scale(store)
     x_eval = (store.load("eval", limit=min(cfg.analysis.eval_tokens, 8192)) * scale).to(device, dtype)
-    conv: list[dict] = []
-    if resume and ckpt.is_file():
-        try:
-            blob = torch.load(ckpt, map_location="cpu", weights_only=True)
-            sae.load_state_dict({k: v.to(device) for k, v in blob["model"].items()})
-            state.optimizer.load_state_dict(blob["optimizer"])
-            state.tokens_since_fired.copy_(blob["tokens_since_fired"])
-            state.step, state.history, conv = int(blob["step"]), list(blob["history"]), list(blob["convergence"])
-            scale = float(blob["scale"])
-        except Exception as exc:  # noqa: BLE001
-            raise RunFileError(f"{ckpt}: cannot resume from this checkpoint ({str(exc).splitlines()[0] if str(exc) else exc}); "
-                               "pass --force to start over") from None
+    extra = {"convergence": [], "scale": scale}  # saved with every checkpoint
+    resumed_from = None
+    if resume and checkpoint_step(out) is not None:
+        saved = load_checkpoint(out, sae, state)
+        extra, resumed_from = {"convergence": list(saved["convergence"]), "scale": float(saved["scale"])}, state.step
+    elif resume and (out / LEGACY_CHECKPOINT).is_file():
+        extra, resumed_from = _load_legacy_checkpoint(out / LEGACY_CHECKPOINT, sae, state), state.step
+    conv: list[dict] = extra["convergence"]
+    scale = extra["scale"]
     marks = set(checkpoint_steps(t.steps, cfg.checkpoints))
-    batches = store.batches(t.batch_size, t.data_seed, scale=scale, start=state.step)
+    batches = store.batches(t.batch_size, t.data_seed, scale=scale, start=state.step)  # the step fixes the data
 
-    def save_ckpt(st) -> None:
-        blob = {"step": st.step, "model": {k: v.detach().cpu() for k, v in sae.state_dict().items()},
-                "optimizer": st.optimizer.state_dict(), "tokens_since_fired": st.tokens_since_fired.cpu(),
-                "history": st.history, "convergence": conv, "scale": scale}
-        with atomic_path(ckpt) as tmp:
-            torch.save(blob, tmp)
-
-    def on_step(st) -> bool:
+    def convergence(st) -> None:
         if st.step in marks and not any(c["step"] == st.step for c in conv):
             conv.append(convergence_point(sae, x_eval, cfg, st.step, st.step * t.batch_size))
             sae.train()
-        if st.step % t.checkpoint_every == 0 and st.step < t.steps:
-            save_ckpt(st)
-        if stop_after is not None and st.step >= stop_after:
-            save_ckpt(st)
-            return False
-        return True
 
-    stats = train_steps(sae, batches, t.steps, t, progress=progress, state=state, on_step=on_step)
+    stats, interrupted = train_checkpointed(sae, batches, state, t, out, extra=extra, resumed_from=resumed_from,
+                                            stop_after=stop_after, progress=progress, on_step=convergence)
     if state.step < t.steps:
         return sae, scale
     from synthsae.metrics.ablation import latent_stats
 
     freq, _ = latent_stats(sae, (store.load("eval") * scale).to(device, dtype))
-    log10 = torch.log10(freq + 1e-10)
-    for s in range(sae.n_seeds):
-        folder = out / "seeds" / f"seed_{s}"
-        meta = {"variant": cfg.sae.variant, "seed_index": s, "init_seed": sae.init_seeds[s], "data_seed": t.data_seed,
+
+    def meta(s: int) -> dict:
+        return {"variant": cfg.sae.variant, "seed_index": s, "init_seed": sae.init_seeds[s], "data_seed": t.data_seed,
                 "preset": cfg.preset, "model": cfg.collect.model, "hook_name": f"layers.{cfg.collect.layer}",
                 "hook_layer": cfg.collect.layer, "context_size": cfg.collect.ctx_len,
                 "norm_scaling_factor": scale,
                 "normalization": "inputs multiplied by norm_scaling_factor (sqrt(d_in) / mean norm of the training "
                                  "activations); fold it with sae.fold_activation_norm_scaling_factor(c)",
                 "sae": _asdict(cfg.sae), "train": _asdict(cfg.train)}
-        save_seed_folder(folder, sae, s, meta, log10[s])
-        cj = json.loads((folder / CFG).read_text())
-        cj["normalize_activations"] = "expected_average_only_in"
-        cj["model_name"] = cfg.collect.model
-        cj["hook_name"] = f"layers.{cfg.collect.layer}"
-        atomic_write_json(folder / CFG, cj)
-    atomic_write_json(out / FINISHED, {
+
+    write_seed_folders(out, sae, list(range(sae.n_seeds)), meta, torch.log10(freq + 1e-10),
+                       cfg_extra={"normalize_activations": "expected_average_only_in",
+                                  "model_name": cfg.collect.model, "hook_name": f"layers.{cfg.collect.layer}"})
+    finish(out, {
         "variant": cfg.sae.variant, "init_seeds": sae.init_seeds, "steps": stats.steps, "passes": cfg.passes,
         "decay_start": t.decay_start,
         "tokens_per_seed": stats.steps * t.batch_size, "train_tokens_collected": store.n_rows("train"),
         "seconds": state.seconds, "norm_scaling_factor": scale,
         "train_final": {"fvu": stats.fvu, "l0": stats.l0, "dead_fraction": stats.dead_fraction},
         "convergence": conv, "history": stats.history})
-    shutil.rmtree(out / "checkpoint", ignore_errors=True)
+    if interrupted:  # Ctrl-C in the last step: training is finished and saved, now stop
+        raise KeyboardInterrupt
     return sae, scale
+
+
+def _load_legacy_checkpoint(path: Path, sae, state) -> dict:
+    """Resume from a LEGACY_CHECKPOINT (all seeds in one file); returns its convergence points and scale."""
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        sae.load_state_dict({k: v.to(sae.device) for k, v in blob["model"].items()})
+        state.optimizer.load_state_dict(blob["optimizer"])
+        state.tokens_since_fired.copy_(blob["tokens_since_fired"])
+        state.step, state.history = int(blob["step"]), list(blob["history"])
+        return {"convergence": list(blob["convergence"]), "scale": float(blob["scale"])}
+    except Exception as exc:  # noqa: BLE001
+        raise RunFileError(f"{path}: cannot resume from this checkpoint ({str(exc).splitlines()[0] if str(exc) else exc}); "
+                           "pass --force to start over") from None
 
 
 def _asdict(obj) -> dict:

@@ -89,40 +89,29 @@ PENALTY_KNOBS = ("l1_coeff", "l0_coeff")
 def sparsity_knob(variant: str) -> str:
     """The SAEConfig field that sets a variant's L0: "k" (TopK family), "l0_coeff" (JumpReLU) or "l1_coeff".
 
-    A plug-in may say so itself with a class attribute `sparsity_knob`; otherwise TopK subclasses use k,
-    JumpReLU subclasses l0_coeff and everything else is treated as an L1 penalty.
+    The class attribute `SAE.sparsity_knob`: l1_coeff by default, k on TopK and its subclasses, l0_coeff on JumpReLU.
     """
     from synthsae.sae import get_variant
-    from synthsae.sae.dense import JumpReLUSAE
-    from synthsae.sae.topk import TopKSAE
 
-    cls = get_variant(variant)
-    knob = getattr(cls, "sparsity_knob", None)
-    if knob is not None:
-        if knob not in ("k", *PENALTY_KNOBS):
-            raise ConfigError(f"{variant}.sparsity_knob = {knob!r}: must be one of k, {', '.join(PENALTY_KNOBS)}")
-        return knob
-    if issubclass(cls, TopKSAE):
-        return "k"
-    if issubclass(cls, JumpReLUSAE):
-        return "l0_coeff"
-    return "l1_coeff"
+    knob = get_variant(variant).sparsity_knob
+    if knob not in ("k", *PENALTY_KNOBS):
+        raise ConfigError(f"{variant}.sparsity_knob = {knob!r}: must be one of k, {', '.join(PENALTY_KNOBS)}")
+    return knob
 
 
 def bench_sae_settings(variant: str) -> dict:
-    """SAEConfig fields a variant asks the bench to set (class attribute `bench_sae`; blocktopk: groups of 2)."""
+    """SAEConfig fields a variant asks the bench to set (class attribute `SAE.bench_sae`; blocktopk: groups of 2)."""
     from synthsae.sae import get_variant
 
-    return dict(getattr(get_variant(variant), "bench_sae", None) or {})
+    return dict(get_variant(variant).bench_sae)
 
 
 def k_for_l0(variant: str, sae_cfg, l0: float) -> int:
-    """k of a TopK-family variant for an L0 target: the target over the latents one unit of k turns on (class
-    method `latents_per_k(sae_cfg)`, default 1; blocktopk: the mean group size), rounded, at least 1."""
+    """k of a TopK-family variant for an L0 target: the target over the latents one unit of k turns on
+    (`SAE.latents_per_k(sae_cfg)`, default 1; blocktopk: the mean group size), rounded, at least 1."""
     from synthsae.sae import get_variant
 
-    per = getattr(get_variant(variant), "latents_per_k", None)
-    per = float(per(sae_cfg)) if per is not None else 1.0
+    per = float(get_variant(variant).latents_per_k(sae_cfg))
     return max(1, int(round(l0 / per)))
 
 
@@ -368,7 +357,7 @@ GROUP_OVERLAP = 0.9  # a group reproduces in another seed when a group there spa
 
 
 def group_numbers(sae, dec: torch.Tensor, freq: torch.Tensor | None) -> dict:
-    """Group-level stability of a block-sparse variant (one whose `sizes` has a group of >= 2 latents) beside the
+    """Group-level stability of a block-sparse variant (`SAE.latent_groups` has a group of >= 2 latents) beside the
     rotated-seeds null, over live groups (a group is live when one of its latents fired); None for the others.
 
     A group variant's features are its groups (a group's latents may rotate freely inside its span), so this, not
@@ -377,7 +366,7 @@ def group_numbers(sae, dec: torch.Tensor, freq: torch.Tensor | None) -> dict:
     from synthsae.metrics.analyze import rotated_seeds
     from synthsae.metrics.atlas import group_stability
 
-    sizes = list(getattr(sae, "sizes", None) or [])
+    sizes = sae.latent_groups()
     if not sizes or max(sizes) < 2 or dec.shape[0] < 2:
         return {"group_stability": None, "group_stability_null": None, "n_groups": None}
     alive = freq.cpu() > 0 if freq is not None else None

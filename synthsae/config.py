@@ -392,8 +392,9 @@ def block_orthogonal_flags(t: TruthConfig) -> list[bool]:
 
 
 def validate_sae(s: SAEConfig, d: int | None = None, prefix: str = "sae") -> None:
-    """Raise ConfigError on the first bad SAE value; the variant must be registered."""
-    from synthsae.sae import get_variant  # late import: the registry lives with the variants
+    """Raise ConfigError on the first bad SAE value: the shared fields here, then the variant's own rules (its
+    `check_config`); the variant must be registered."""
+    from synthsae.sae import check_variant_config, get_variant  # late import: the registry lives with the variants
 
     if not isinstance(s.variant, str):
         raise _err(f"{prefix}.variant", s.variant, "must be a variant name (a string)")
@@ -419,11 +420,7 @@ def validate_sae(s: SAEConfig, d: int | None = None, prefix: str = "sae") -> Non
         _check_int(f"{prefix}.group_sizes[{i}]", g, 1, s.d_sae)
     if s.group_sizes and sum(s.group_sizes) != s.d_sae:
         raise _err(f"{prefix}.group_sizes", s.group_sizes, f"must sum to d_sae = {s.d_sae} (sums to {sum(s.group_sizes)})")
-    if s.variant == "blocktopk":
-        if not s.group_sizes and s.d_sae % s.group_size:
-            raise _err(f"{prefix}.group_size", s.group_size, f"must divide d_sae = {s.d_sae} (or give group_sizes)")
-        n_groups = len(s.group_sizes) if s.group_sizes else s.d_sae // s.group_size
-        _check_int(f"{prefix}.k", s.k, 1, n_groups)
+    check_variant_config(s, prefix)
 
 
 # what the S seeds share: independent = own init and own data stream; shared_init = one init, own data streams;

@@ -20,16 +20,13 @@ from torch import Tensor
 
 from synthsae.config import ConfigError, RunConfig, SAEConfig
 from synthsae.fileio import atomic_save_safetensors, atomic_write_json
-from synthsae.sae import get_variant
+from synthsae.sae import get_variant, saelens_architectures
 from synthsae.sae.base import SAE
 
 CFG = "cfg.json"
 WEIGHTS = "sae_weights.safetensors"
 SPARSITY = "sparsity.safetensors"
 SAELENS_VERSION = "6.0.0"  # the config schema we write (SAELens reads metadata.sae_lens_version)
-# SAELens architecture -> our variant, for folders written by SAELens itself (no metadata.variant)
-ARCH_TO_VARIANT = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu", "gated": "gated",
-                   "batchtopk": "batchtopk", "matryoshka_batchtopk": "matryoshka"}
 
 
 class RunFileError(ConfigError):
@@ -44,8 +41,8 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 
 def save_seed_folder(folder: str | os.PathLike[str], sae: SAE, s: int, metadata: dict[str, Any],
-                     sparsity: Float[Tensor, " m"] | None = None) -> Path:
-    """Write seed s of `sae` as a SAELens folder (atomic per file)."""
+                     sparsity: Float[Tensor, " m"] | None = None, cfg_extra: dict[str, Any] | None = None) -> Path:
+    """Write seed s of `sae` as a SAELens folder (atomic per file); `cfg_extra` adds or replaces cfg.json keys."""
     folder = Path(folder)
     meta = {"sae_lens_version": SAELENS_VERSION, "sae_lens_training_version": SAELENS_VERSION,
             "variant": sae.variant, "init_seed": sae.init_seeds[s], **metadata}
@@ -62,6 +59,7 @@ def save_seed_folder(folder: str | os.PathLike[str], sae: SAE, s: int, metadata:
         **sae.saelens_cfg(),
         "metadata": meta,
     }
+    cfg.update(cfg_extra or {})  # a replaced key keeps its place, a new one goes last
     atomic_save_safetensors({k: v.detach() for k, v in sae.seed_tensors(s).items()}, folder / WEIGHTS)
     if sparsity is not None:
         atomic_save_safetensors({"sparsity": sparsity.detach().float()}, folder / SPARSITY)
@@ -132,12 +130,12 @@ def sae_config_from_cfg(cfg: dict[str, Any], where: Path) -> SAEConfig:
             raise RunFileError(f"{where / CFG}: metadata.sae.{unknown[0]}: unknown field (known: {', '.join(sorted(known))})")
         sc = SAEConfig(**meta["sae"])
     else:
-        arch = cfg.get("architecture", "standard")
-        if not isinstance(arch, str) or arch not in ARCH_TO_VARIANT:
+        arch, arch_to_variant = cfg.get("architecture", "standard"), saelens_architectures()
+        if not isinstance(arch, str) or arch not in arch_to_variant:
             raise RunFileError(f"{where / CFG}: architecture = {_short(arch)} is not one we can load "
-                               f"(known: {', '.join(ARCH_TO_VARIANT)})")
+                               f"(known: {', '.join(arch_to_variant)})")
         k = cfg.get("k", 1)
-        sc = SAEConfig(variant=ARCH_TO_VARIANT[arch], d_sae=cfg["d_sae"], k=k,
+        sc = SAEConfig(variant=arch_to_variant[arch], d_sae=cfg["d_sae"], k=k,
                        apply_b_dec_to_input=bool(cfg.get("apply_b_dec_to_input", True)))
     variant = meta.get("variant", sc.variant)
     if not isinstance(variant, str):

@@ -535,7 +535,7 @@ def pooling_study(
     t0 = time.perf_counter()
     if isinstance(run, (str, Path)):
         from synthsae.io import load_run
-        from synthsae.metrics.run_analysis import resolve_device
+        from synthsae.device import resolve_device
 
         run_dir = Path(run)
         cfg, sae, truth = load_run(run_dir, device=resolve_device(device))

@@ -67,7 +67,7 @@ def run_study(cfg: RunConfig, out: str | Path, *, resume: bool = False, force: b
     from synthsae import distributed
     from synthsae.memory import check_run_fits
     from synthsae.rundir import run_lock
-    from synthsae.train import pick_device
+    from synthsae.device import pick_device
 
     validate(cfg)
     out = Path(out)
@@ -97,7 +97,8 @@ def _run_locked(cfg: RunConfig, out: Path, *, resume: bool, force: bool, device:
     from synthsae.pooling import pooling_study
     from synthsae.report import build_report
     from synthsae import distributed
-    from synthsae.train import pick_device, train_run
+    from synthsae.device import pick_device
+    from synthsae.train import train_run
 
     dd = distributed.current()
     if not dd.is_main:

@@ -186,13 +186,14 @@ class _CountSyncs(torch.utils._python_dispatch.TorchDispatchMode):
 def test_training_step_reads_nothing_on_the_host_between_log_steps(monkeypatch, variant, host_reads_free):
     """Under the CUDA policy (host reads are not free) a step between log steps issues no op that reads a device
     value on the host; under the CPU policy the same counter sees the per-step reads (so it can fail)."""
+    from synthsae import loop
     from synthsae import train as T
     from synthsae.config import preset
     from synthsae.sae import base
     from synthsae.truth import build_truth
 
     monkeypatch.setattr(base, "cheap_sync", lambda device: host_reads_free)
-    monkeypatch.setattr(T, "cheap_sync", lambda device: host_reads_free)
+    monkeypatch.setattr(loop, "cheap_sync", lambda device: host_reads_free)
     cfg = preset("tiny")
     cfg.sae.variant = variant
     cfg.train.dead_window_tokens = 128  # latents die, so AuxK runs too

@@ -563,3 +563,26 @@ def test_smollm2_quick_preset(tmp_path):
 
     typed = read_metrics(out / "metrics.json")  # the shared stages are stored as their typed results
     assert set(typed.ablation.groups["stable"].costs) == {"fvu", "pred", "ce"}
+
+
+def test_killed_real_training_resumes_to_the_same_seeds(tiny, lm, tmp_path):
+    """real training shares the synthetic checkpoints: stopped at step 11 and resumed, it ends where a fresh run does."""
+    from real.activations import collect
+    from real.config import RealConfig, resolve
+    from real.train import train_real
+    from synthsae.checkpoint import checkpoint_step
+    from synthsae.config import AnalysisConfig, SAEConfig, TrainConfig
+
+    c = _collect_cfg(tiny)
+    store = collect(c, tmp_path / "acts", lm=lm, progress=False)
+    cfg = resolve(RealConfig(preset="quick", collect=c, sae=SAEConfig(variant="topk", d_sae=48, k=4),
+                             train=TrainConfig(seeds=2, batch_size=128, warmup_steps=2, checkpoint_every=5),
+                             analysis=AnalysisConfig(eval_tokens=256), passes=2, checkpoints=3))
+    train_real(cfg, store, tmp_path / "fresh", progress=False)
+    train_real(cfg, store, tmp_path / "killed", progress=False, stop_after=11)
+    assert checkpoint_step(tmp_path / "killed") == 11 and not (tmp_path / "killed" / "train.json").exists()
+    train_real(cfg, store, tmp_path / "killed", progress=False)
+    a, b = (json.loads((tmp_path / n / "train.json").read_text()) for n in ("fresh", "killed"))
+    a.pop("seconds"), b.pop("seconds")
+    assert a == b and len(a["convergence"]) == 3
+    assert _snapshot(tmp_path / "fresh" / "seeds") == _snapshot(tmp_path / "killed" / "seeds")

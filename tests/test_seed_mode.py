@@ -44,7 +44,7 @@ def test_modes_resolve_to_what_seeds_share():
 
 
 def _zero_lr(monkeypatch):
-    import synthsae.train as tr
+    import synthsae.loop as tr
 
     monkeypatch.setattr(tr, "lr_at", lambda step, tcfg: 0.0)
 

@@ -14,6 +14,7 @@ import torch
 
 from synthsae.io import RunFileError, load_sae_folders, read_json
 from synthsae.metrics.frequency import frequency_from_log10  # the one dead-latent rule (floor = never fired)
+from synthsae.sae import saelens_architectures
 from synthsae.loaders.common import (
     LoadedSAE,
     Provenance,
@@ -25,16 +26,6 @@ from synthsae.loaders.common import (
 )
 
 CFG, WEIGHTS, SPARSITY = "cfg.json", "sae_weights.safetensors", "sparsity.safetensors"
-# SAELens architecture -> (our variant, tensor names it needs besides W_enc/W_dec/b_dec)
-ARCHITECTURES = {
-    "standard": "relu",
-    "topk": "topk",
-    "jumprelu": "jumprelu",
-    "gated": "gated",
-    # training checkpoints of these keep their own name and a scalar `topk_threshold`
-    "batchtopk": "batchtopk",
-    "matryoshka_batchtopk": "matryoshka",
-}
 # normalize_activations values that change nothing in SAELens's own encode/decode after load_from_disk
 NO_OP_NORMALIZATION = ("none", "expected_average_only_in")
 
@@ -93,9 +84,9 @@ def load(folder: Path) -> LoadedSAE:
     pre6 = not ours and _is_pre6(version, raw)
     cfg = flat_to_v6(raw) if pre6 else raw
     d_in, d_sae = need_int(cfg, "d_in", cfg_path), need_int(cfg, "d_sae", cfg_path)
-    arch = cfg.get("architecture", "standard")
+    arch, architectures = cfg.get("architecture", "standard"), saelens_architectures()
     if not isinstance(arch, str):
-        raise RunFileError(f"{cfg_path}: architecture = {arch!r:.40}: must be a name (known: {', '.join(ARCHITECTURES)})")
+        raise RunFileError(f"{cfg_path}: architecture = {arch!r:.40}: must be a name (known: {', '.join(architectures)})")
     details = {k: cfg.get(k) or meta.get(k) for k in ("hook_name", "model_name") if cfg.get(k) or meta.get(k)}
     if pre6:
         details["config_schema"] = "flat (SAELens < 6)"
@@ -115,13 +106,13 @@ def load(folder: Path) -> LoadedSAE:
         reshape = cfg.get("reshape_activations", "none")
         if reshape not in ("none", "hook_z", None):
             raise RunFileError(f"{cfg_path}: reshape_activations = {reshape!r} is not supported (supported: none, hook_z)")
-        if arch not in ARCHITECTURES:
+        if arch not in architectures:
             raise RunFileError(f"{cfg_path}: architecture {arch!r} is not one we can load "
-                               f"(known: {', '.join(ARCHITECTURES)})")
+                               f"(known: {', '.join(architectures)})")
         if pre6 and cfg.get("activation_fn", "relu") not in ("relu", "topk"):
             raise RunFileError(f"{cfg_path}: activation_fn_str = {cfg.get('activation_fn')!r} is not supported "
                                "(supported: relu, topk)")
-        variant = ARCHITECTURES[arch]
+        variant = architectures[arch]
         sae = _build(folder, cfg, arch, variant, d_in, d_sae)
         library = "sae_lens"
     if sae.d_in != d_in or sae.d_sae != d_sae:

@@ -357,7 +357,7 @@ def ablate_run(run_dir, device: str | None = None, progress: bool = True, **over
     from pathlib import Path
 
     from synthsae.io import load_run
-    from synthsae.metrics.run_analysis import resolve_device
+    from synthsae.device import resolve_device
 
     dev = resolve_device(device)
     cfg, sae, truth = load_run(Path(run_dir), device=dev)

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from synthsae.config import AnalysisConfig, validate_analysis
+from synthsae.device import resolve_device
 from synthsae.fileio import atomic_save_safetensors
 from synthsae.metrics.analyze import analyze_with_latents, measure_frequency
 from synthsae.results import AnalysisResult
@@ -16,13 +17,6 @@ from synthsae.results import AnalysisResult
 EVAL_DATA_SEED_OFFSET = 1_000_003  # frequencies are measured on a stream the SAEs never trained on
 METRICS_KEY = "analysis"
 LATENTS_FILE = "analysis_latents.safetensors"
-
-
-def resolve_device(device: str | None) -> torch.device:
-    """None / 'auto' = CUDA when available, else CPU (train.pick_device, which also rejects absent CUDA)."""
-    from synthsae.train import pick_device
-
-    return pick_device(device or "auto")
 
 
 def is_run_dir(path: Path) -> bool:

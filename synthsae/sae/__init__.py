@@ -83,8 +83,9 @@ def registered_variants() -> list[str]:
 
 
 def known_names() -> list[str]:
-    """Every registered and declared variant name, without importing any plug-in (for error messages)."""
-    return sorted(set(_REGISTRY) | set(_plugin_entry_points()) - set(_BROKEN))
+    """Every registered and declared variant name, without importing any plug-in (for error messages, CLI help)."""
+    declared = _plugin_entry_points()  # imports the shipped variants first, so they are in _REGISTRY below
+    return sorted(set(_REGISTRY) | set(declared) - set(_BROKEN))
 
 
 def get_variant(name: str) -> type:
@@ -102,6 +103,36 @@ def get_variant(name: str) -> type:
     if name in _BROKEN:
         raise ConfigError(f"sae.variant = {name!r}: the plug-in cannot be used: {_BROKEN[name]}")
     raise ConfigError(f"sae.variant = {name!r}: unknown; known variants are {', '.join(known_names())}")
+
+
+def check_variant_config(cfg, prefix: str = "sae") -> None:
+    """The variant's own config rules (`check_config` of its class); a plug-in's check failing with anything but a
+    ConfigError is a one-line ConfigError naming the plug-in."""
+    from synthsae.config import ConfigError
+
+    cls = get_variant(cfg.variant)
+    if not is_plugin(cfg.variant):
+        cls.check_config(cfg, prefix)
+        return
+    try:
+        cls.check_config(cfg, prefix)
+    except ConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a third-party check: its failure is named, not a traceback
+        raise ConfigError(f"{prefix}.variant = {cfg.variant!r}: plug-in class {cls.__module__}.{cls.__qualname__} "
+                          f"failed to check its config: {type(exc).__name__}: {_first_line(exc)}") from None
+
+
+def saelens_architectures() -> dict[str, str]:
+    """SAELens architecture -> our variant, for folders SAELens wrote itself (no metadata.variant): the names each
+    registered class lists in its own `saelens_reads` (not inherited; the first class to claim a name keeps it).
+    Plug-ins not imported yet are not imported for this."""
+    _builtins()
+    out: dict[str, str] = {}
+    for name, cls in _REGISTRY.items():
+        for arch in vars(cls).get("saelens_reads", ()):
+            out.setdefault(arch, name)
+    return dict(sorted(out.items()))
 
 
 def is_plugin(name: str) -> bool:

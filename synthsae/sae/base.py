@@ -92,8 +92,25 @@ def batch_scale(x: Tensor, S: int) -> Float[Tensor, " S"]:
 class SAE(nn.Module):
     """Base of every variant: parameters, init, dense encode/decode and the decoder-norm housekeeping."""
 
-    variant: ClassVar[str] = "base"
+    # ---- the variant protocol: what a variant may declare (defaults here; see tests/test_variant_protocol.py)
+    variant: ClassVar[str] = "base"  # the registered name (set by register_variant / the plug-in loader)
     saelens_architecture: ClassVar[str] = "standard"  # the architecture name written to cfg.json
+    saelens_reads: ClassVar[tuple[str, ...]] = ()  # SAELens architectures loaded as this variant (own, not inherited)
+    sparsity_knob: ClassVar[str] = "l1_coeff"  # the SAEConfig field that sets L0 (bench): k, l0_coeff or l1_coeff
+    bench_sae: ClassVar[dict[str, Any]] = {}  # SAEConfig fields `synthsae bench` sets for this variant (read-only)
+
+    @classmethod
+    def check_config(cls, cfg: SAEConfig, prefix: str = "sae") -> None:
+        """This variant's own config rules (after the shared field checks); raise a one-line ConfigError."""
+
+    @staticmethod
+    def latents_per_k(cfg: SAEConfig) -> float:
+        """Latents one unit of k turns on (bench: k = L0 target / this); 1 unless latents come in groups."""
+        return 1.0
+
+    def latent_groups(self) -> list[int]:
+        """Sizes of the contiguous latent groups that act as one feature, in latent order ([] = every latent alone)."""
+        return []
 
     def __init__(self, cfg: SAEConfig, d_in: int, init_seeds: list[int], device=None, dtype=torch.float32):
         super().__init__()

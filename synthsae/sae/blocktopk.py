@@ -16,6 +16,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from synthsae.config import ConfigError, SAEConfig
 from synthsae.sae import register_variant
 from synthsae.sae.sparse import SparseCode, code_from_topk, fast_topk
 from synthsae.sae.topk import TopKSAE
@@ -45,15 +46,29 @@ class BlockTopKSAE(TopKSAE):
     architecture "blocktopk" with `group_sizes` and a `note` on how to encode (SAELens has no group encoder).
     """
 
+    saelens_reads = ()  # SAELens has no group encoder: only our own folders (metadata.variant) load as blocktopk
     # `synthsae bench` trains it with pairs of latents (the smallest real group; 2 divides every suite's width) and
     # k = L0 target / 2 groups: with groups of one it would be TopK exactly and add nothing to the board
     bench_sae = {"group_size": 2, "group_sizes": []}
+
+    @classmethod
+    def check_config(cls, cfg: SAEConfig, prefix: str = "sae") -> None:
+        """Equal groups must tile d_sae, and k counts groups, so it is at most their number."""
+        if not cfg.group_sizes and cfg.d_sae % cfg.group_size:
+            raise ConfigError(f"{prefix}.group_size = {cfg.group_size!r}: must divide d_sae = {cfg.d_sae} "
+                              "(or give group_sizes)")
+        n_groups = len(cfg.group_sizes) if cfg.group_sizes else cfg.d_sae // cfg.group_size
+        if cfg.k > n_groups:
+            raise ConfigError(f"{prefix}.k = {cfg.k!r}: must be an integer 1..{n_groups}")
 
     @staticmethod
     def latents_per_k(cfg) -> float:
         """Latents one unit of k turns on (bench: k for an L0 target): the mean group size."""
         sizes = group_sizes(cfg)
         return sum(sizes) / len(sizes)
+
+    def latent_groups(self) -> list[int]:
+        return list(self.sizes)
 
     def __init__(self, cfg, d_in, init_seeds, device=None, dtype=torch.float32):
         sizes = group_sizes(cfg)

@@ -20,6 +20,7 @@ class ReLUSAE(SAE):
     """Standard ReLU SAE with an L1 penalty weighted by decoder row norms (coefficient warmed up linearly)."""
 
     saelens_architecture = "standard"
+    saelens_reads = ("standard",)
 
     def seed_tensors(self, s: int) -> dict[str, Tensor]:
         return {k: getattr(self, k)[s] for k in ("W_enc", "b_enc", "W_dec", "b_dec")}
@@ -77,6 +78,8 @@ class JumpReLUSAE(SAE):
     """
 
     saelens_architecture = "jumprelu"
+    saelens_reads = ("jumprelu",)
+    sparsity_knob = "l0_coeff"
 
     def __init__(self, cfg, d_in, init_seeds, device=None, dtype=torch.float32):
         super().__init__(cfg, d_in, init_seeds, device=device, dtype=dtype)
@@ -117,6 +120,7 @@ class GatedSAE(SAE):
     """
 
     saelens_architecture = "gated"
+    saelens_reads = ("gated",)
 
     def __init__(self, cfg, d_in, init_seeds, device=None, dtype=torch.float32):
         super().__init__(cfg, d_in, init_seeds, device=device, dtype=dtype)

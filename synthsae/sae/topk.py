@@ -30,6 +30,8 @@ class TopKSAE(SAE):
     """
 
     saelens_architecture = "topk"
+    saelens_reads = ("topk",)
+    sparsity_knob = "k"
 
     def activation(self, pre: Float[Tensor, "S B m"]) -> Float[Tensor, "S B m"]:
         vals, idx = torch.topk(pre, self.cfg.k, dim=-1, sorted=False)
@@ -136,6 +138,7 @@ class BatchTopKSAE(TopKSAE):
     """
 
     saelens_architecture = "jumprelu"
+    saelens_reads = ("batchtopk",)  # a SAELens training checkpoint keeps this name and a scalar `topk_threshold`
     threshold_decay = 0.99
 
     def __init__(self, cfg, d_in, init_seeds, device=None, dtype=torch.float32):
@@ -202,6 +205,8 @@ class MatryoshkaSAE(BatchTopKSAE):
     The loss is the mean FVU over nested prefixes (sae.matryoshka_prefixes, default powers of two from 2k up
     to d_sae). One banded sparse decode gives every prefix's reconstruction by a cumulative sum.
     """
+
+    saelens_reads = ("matryoshka_batchtopk",)  # a SAELens training checkpoint, as for batchtopk
 
     def prefixes(self) -> list[int]:
         cfg = self.cfg
