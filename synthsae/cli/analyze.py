@@ -15,11 +15,12 @@ from synthsae.cli.options import AllowMissingSeeds, AsJson, Device, Format, Matc
 from synthsae.cli.show import print_ablation, print_analysis, print_pooling, print_verdicts
 from synthsae.config import AnalysisConfig
 from synthsae.config import load as load_config
+from synthsae.device import resolve_device
 from synthsae.fileio import check_writable_dir
 from synthsae.loaders import load_stack
 from synthsae.loaders.analysis import analyze_stack, pool_stack, write_folder_results, write_pooling
 from synthsae.metrics.ablation import ablate_run
-from synthsae.metrics.run_analysis import analyze_run, is_run_dir, resolve_device, with_overrides, write_analysis
+from synthsae.metrics.run_analysis import analyze_run, is_run_dir, with_overrides, write_analysis
 from synthsae.metrics.stability import RULES as MATCH_RULES
 from synthsae.metrics_file import write_stage
 from synthsae.outdir import analysis_folder, claim

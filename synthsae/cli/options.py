@@ -11,7 +11,6 @@ from typing import Annotated, Optional
 
 import typer
 
-import synthsae.sae.variants  # noqa: F401  (registers the shipped variants before known_names lists them)
 from synthsae.config import PRESETS, AnalysisConfig
 from synthsae.loaders import FORMATS
 from synthsae.metrics.stability import RULES as MATCH_RULES

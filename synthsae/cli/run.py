@@ -22,7 +22,7 @@ from synthsae.report import build_comparison, build_report
 from synthsae.rundir import run_lock
 from synthsae.seed_modes import seed_mode_study
 from synthsae.study import check_target, run_study
-from synthsae.train import TrainingDiverged
+from synthsae.loop import TrainingDiverged
 
 
 def run(

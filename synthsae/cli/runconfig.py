@@ -10,7 +10,7 @@ from synthsae import config as C
 from synthsae import distributed
 from synthsae.cli.common import UserError
 from synthsae.config import RunConfig, preset, validate, validate_sae, validate_train
-from synthsae.train import pick_device
+from synthsae.device import pick_device
 
 SECTION_OF = {"variant": "sae", "d_sae": "sae", "k": "sae", "group_size": "sae", "seeds": "train", "steps": "train",
               "batch_size": "train", "lr": "train", "device": "train", "vary_data": "train", "data_seed": "train",

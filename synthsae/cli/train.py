@@ -14,7 +14,9 @@ from synthsae.cli.options import (BatchSize, ConfigFile, DSae, Dtype, GroupSize,
 from synthsae.cli.runconfig import check_world, run_config
 from synthsae.cli.show import print_train_summary
 from synthsae.fileio import check_writable_dir
-from synthsae.train import TrainingDiverged, load_train_summary, train_run
+from synthsae.checkpoint import load_train_summary
+from synthsae.loop import TrainingDiverged
+from synthsae.train import train_run
 
 
 def train(
