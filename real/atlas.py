@@ -9,7 +9,6 @@ over 'no latent', the analogue of the EV share (docs/atlas.md).
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -83,29 +82,3 @@ def real_atlas(lm, sae, store, cfg, scale: float, out: Path, atlas_cfg: AtlasCon
     res.seconds = time.perf_counter() - t0
     write_atlas(out, res, atlas)
     return res
-
-
-def is_real_run(path: Path) -> bool:
-    """A real run folder holds real_config.json and seeds/."""
-    return (path / "real_config.json").is_file() and (path / "seeds").is_dir()
-
-
-def atlas_of_real_run(run_dir: Path, atlas_cfg: AtlasConfig, device: str | None = None,
-                      progress: bool = False) -> AtlasResult:
-    """`synthsae atlas RUN_DIR` on a finished real run: the atlas stage again with these cut-offs (needs the model
-    for the CE splice)."""
-    from real.activations import ActivationStore
-    from real.config import load
-    from real.model import load_model
-    from real.train import FINISHED
-    from synthsae.io import RunFileError, load_sae_folders, seed_folders
-    from synthsae.metrics.run_analysis import resolve_device
-
-    cfg = load(run_dir / "real_config.json")
-    if not (run_dir / FINISHED).is_file():
-        raise RunFileError(f"{run_dir / FINISHED}: missing (training not finished; `synthsae real run` finishes it)")
-    scale = float(json.loads((run_dir / FINISHED).read_text())["norm_scaling_factor"])
-    store = ActivationStore(run_dir / "acts")
-    sae = load_sae_folders(seed_folders(run_dir)).to(resolve_device(device))
-    lm = load_model(cfg.collect.model, device=sae.W_dec.device)  # the LM runs where the SAEs do
-    return real_atlas(lm, sae, store, cfg, scale, run_dir, atlas_cfg, progress=progress)

@@ -9,18 +9,23 @@ Each section states its rule and its checks, and every rule is tested on a plant
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 
 from real.triggers import LIVE_FREQ
-from real.verdicts import convergence_verdict, fidelity_verdict, triggers_verdict
+from real.verdicts import CONVERGENCE, FIDELITY, TRIGGERS, convergence_verdict, fidelity_verdict, triggers_verdict, typed
 from synthsae import figures
+from synthsae.claims import claim_sections, claim_verdicts, register
+from synthsae.metrics_file import Metrics
 from synthsae.report import _section as verdict_section
 from synthsae.report_render import Section, Table, fmt, pm, write_report
-from synthsae.results import Verdict
+from synthsae.results import ConvergenceResult, TriggersResult, Verdict
 from synthsae.verdicts import always_on_text
+
+# report order of a real run's claims (no recovery, truth filter or seed budget: there is no planted truth)
+REAL_CLAIMS = ("convergence", "fidelity", "stability", "frequency", "clusters", "ablation", "triggers", "pooling", "atlas")
 
 
 def fidelity_section(v: Verdict, ab=None) -> Section:
@@ -38,14 +43,14 @@ def fidelity_section(v: Verdict, ab=None) -> Section:
     return sec
 
 
-def triggers_section(v: Verdict, tr: dict | None, trig: dict | None, lat: dict, fig_dir: Path, examples: list[str],
+def triggers_section(v: Verdict, tr: TriggersResult | None, trig: dict | None, lat: dict, fig_dir: Path, examples: list[str],
                      cutoffs: tuple[float, float] = (0.8, 0.2)) -> Section:
     sec = verdict_section(v)
     if not v.checks:
         return sec
-    s, u = tr["stable"], tr["unstable"]
-    rows = [[name, str(r["n"]), fmt(r["surface_score_median"]), fmt(r["frac_surface_ge_0.5"]), fmt(r["token_entropy_median"], 2)]
-            for name, r in (("stable", s), ("unstable", u))]
+    tr = typed(TriggersResult, tr)
+    rows = [[name, str(r.n), fmt(r.surface_score_median), fmt(r.frac_surface_ge_05), fmt(r.token_entropy_median, 2)]
+            for name, r in (("stable", tr.stable), ("unstable", tr.unstable))]
     sec.tables.append(Table(["group", "live latents", "median surface score", "share with score >= 0.5",
                              "median token entropy (bits)"], rows,
                             "Firing frequency is the Frequency section's (one sample, one answer)"))
@@ -62,23 +67,23 @@ def triggers_section(v: Verdict, tr: dict | None, trig: dict | None, lat: dict, 
     return sec
 
 
-def convergence_section(v: Verdict, train: dict | None, fig_dir: Path) -> Section:
+def convergence_section(v: Verdict, train: ConvergenceResult | dict | None, fig_dir: Path) -> Section:
     sec = verdict_section(v)
     if not v.checks:
         return sec
+    conv = typed(ConvergenceResult, train).convergence or []
     if any(c.core and not c.passed for c in v.checks):
         sec.paragraphs.append("This run did NOT converge: more tokens or passes would change its stability numbers, so "
                               "read the other sections as a snapshot, not a result.")
-    conv = train["convergence"]
     sec.tables.append(Table(["step", "tokens / seed", "FVU", "L0", "mean stability (live)", "stable", "unstable", "live"],
-                            [[str(c["step"]), str(c["tokens_per_seed"]), fmt(float(np.mean(c["fvu"]))), fmt(float(np.mean(c["l0"])), 1),
-                              fmt(c["mean_stability_live"]), fmt(c["frac_stable_live"]), fmt(c["frac_unstable_live"]),
-                              fmt(c["frac_live"])] for c in conv], "Stability against training tokens"))
-    x = np.array([c["tokens_per_seed"] for c in conv], dtype=float)
+                            [[str(c.step), str(c.tokens_per_seed), fmt(float(np.mean(c.fvu))), fmt(float(np.mean(c.l0)), 1),
+                              fmt(c.mean_stability_live), fmt(c.frac_stable_live), fmt(c.frac_unstable_live),
+                              fmt(c.frac_live)] for c in conv], "Stability against training tokens"))
+    x = np.array([c.tokens_per_seed for c in conv], dtype=float)
     sec.figures.append(figures.scatter(fig_dir / "convergence.png", {
-        "stable share (live)": (x, np.array([c["frac_stable_live"] for c in conv])),
-        "unstable share (live)": (x, np.array([c["frac_unstable_live"] for c in conv])),
-        "FVU": (x, np.array([float(np.mean(c["fvu"])) for c in conv]))},
+        "stable share (live)": (x, np.array([c.frac_stable_live for c in conv])),
+        "unstable share (live)": (x, np.array([c.frac_unstable_live for c in conv])),
+        "FVU": (x, np.array([float(np.mean(c.fvu)) for c in conv]))},
         "training tokens per seed", "share / FVU", "Convergence: stability and FVU against training tokens"))
     return sec
 
@@ -158,28 +163,25 @@ def atlas_section(at) -> Section:
 
 
 @dataclass
-class _RunFiles:
-    """What the real report reads from a run folder."""
+class RealRun(Metrics):
+    """A real run's typed results: metrics.json's stages (splice and triggers among them) plus train.json's
+    convergence curve, and what the report reads beside them (train.json's provenance, per-latent trigger arrays)."""
 
-    metrics: object  # synthsae.metrics_file.Metrics
-    raw: dict  # metrics.json as a dict (the real-only keys splice and triggers)
-    train: dict | None
-    lat: dict
-    trig: dict | None
-    cutoffs: tuple[float, float]
+    convergence: ConvergenceResult | None = None  # train.json's convergence curve
+    train: dict | None = None  # train.json as written (tokens, norm scaling factor for the report's summary)
+    trig: dict | None = None  # triggers.safetensors
+    cutoffs: tuple[float, float] = (0.8, 0.2)  # the analysis' stable / unstable cut-offs
+    examples: list[str] = field(default_factory=list)  # example latents with their contexts (report only)
 
 
-def _read_run(run_dir: Path) -> _RunFiles:
+def _read_run(run_dir: Path) -> RealRun:
     from synthsae.metrics_file import read_metrics
-    from synthsae.report import load_latents
 
     mpath = run_dir / "metrics.json"
     if not mpath.is_file():
         raise FileNotFoundError(f"{mpath}: no metrics.json; run `synthsae real run` first")
     m = read_metrics(mpath)
-    raw = json.loads(mpath.read_text())
     train = json.loads((run_dir / "train.json").read_text()) if (run_dir / "train.json").is_file() else None
-    lat = load_latents(run_dir)
     trig = None
     if (run_dir / "triggers.safetensors").is_file():
         from safetensors.numpy import load_file
@@ -187,56 +189,52 @@ def _read_run(run_dir: Path) -> _RunFiles:
         trig = load_file(str(run_dir / "triggers.safetensors"))
     s = m.analysis.settings if m.analysis is not None else None
     cutoffs = (s.stable_cutoff, s.unstable_cutoff) if s is not None else (0.8, 0.2)
-    tr = raw.get("triggers")
-    if tr and "null" not in tr and trig is not None:
+    tr = m.triggers
+    if tr is not None and tr.null is None and trig is not None:
         # a run made before the null was stored: the same random splits from the saved per-latent arrays
-        from real.triggers import LIVE_FREQ, split_null
+        from real.triggers import split_null
+        from synthsae.results import TriggerNull
 
-        tr["null"] = split_null(trig, trig["frequency"] > LIVE_FREQ, (tr.get("stable") or {}).get("n", 0),
-                                (tr.get("unstable") or {}).get("n", 0))
-    return _RunFiles(m, raw, train, lat, trig, cutoffs)
+        tr.null = typed(TriggerNull, split_null(trig, trig["frequency"] > LIVE_FREQ, (tr.stable.n if tr.stable else None) or 0,
+                                                (tr.unstable.n if tr.unstable else None) or 0))
+    return RealRun(**{f.name: getattr(m, f.name) for f in fields(Metrics)}, convergence=typed(ConvergenceResult, train),
+                   train=train, trig=trig, cutoffs=cutoffs)
 
 
-def _verdicts(f: _RunFiles) -> list[Verdict]:
-    """Every verdict in report order: convergence, fidelity, stability, frequency, clusters, ablation, triggers, pooling."""
-    from synthsae.verdicts import all_verdicts
+def _register_claims() -> None:
+    """The real-only claims, once each: key, (title, claim), rule on a RealRun, section builder."""
+    register("convergence", CONVERGENCE, lambda r: convergence_verdict(r.convergence),
+             lambda v, r, lat, d: convergence_section(v, r.convergence, d))
+    register("fidelity", FIDELITY, lambda r: fidelity_verdict(r.splice), lambda v, r, lat, d: fidelity_section(v, r.ablation))
+    register("triggers", TRIGGERS,
+             lambda r: triggers_verdict(r.triggers, r.analysis.frequency if r.analysis is not None else None),
+             lambda v, r, lat, d: triggers_section(v, r.triggers, r.trig, lat, d, r.examples, r.cutoffs))
 
-    m = f.metrics
-    v = all_verdicts(m.analysis, m.ablation, m.pooling)  # stability, frequency, recovery, clusters, ablation, pooling
-    return [convergence_verdict(f.train), fidelity_verdict(f.raw.get("splice")), v[0], v[1], v[3], v[4],
-            triggers_verdict(f.raw.get("triggers"), m.analysis.frequency if m.analysis is not None else None), v[5]]
+
+_register_claims()
+
+
+def real_claim_verdicts(run_dir: str | Path) -> dict[str, Verdict]:
+    """key -> verdict of every claim of a real run (REAL_CLAIMS order): rules only, no figures drawn."""
+    return claim_verdicts(_read_run(Path(run_dir)), REAL_CLAIMS)
 
 
 def real_verdicts(run_dir: str | Path) -> list[Verdict]:
-    """Every claim's verdict for a real run (terminal summaries): rules only, no figures drawn."""
-    from synthsae.metrics.atlas_run import atlas_verdict
-
-    f = _read_run(Path(run_dir))
-    return [*_verdicts(f), atlas_verdict(f.metrics.atlas)]
+    """Every claim's verdict for a real run (terminal summaries), in report order."""
+    return list(real_claim_verdicts(run_dir).values())
 
 
 def build_real_report(run_dir: str | Path, tokenizer=None) -> tuple[Path, Path]:
     """figures/*.png, report.md and report.html of a real run from its saved files."""
-    from synthsae.report import ablation_section, clusters_section, frequency_section, pooling_section, stability_section
+    from synthsae.report import load_latents
 
     run_dir = Path(run_dir)
-    f = _read_run(run_dir)
-    m, lat, trig, train = f.metrics, f.lat, f.trig, f.train
+    m = _read_run(run_dir)
+    lat, train = load_latents(run_dir), m.train
     fig_dir = run_dir / "figures"
     fig_dir.mkdir(exist_ok=True)
-    conv, fid, stab, freq, clus, abl, trg, pool = _verdicts(f)
-    sections = [
-        convergence_section(conv, train, fig_dir),
-        fidelity_section(fid, m.ablation),
-        stability_section(stab, m.analysis, lat, fig_dir),
-        frequency_section(freq, m.analysis, lat, fig_dir),
-        clusters_section(clus, m.analysis, lat, fig_dir),
-        ablation_section(abl, m.ablation, fig_dir),
-        triggers_section(trg, f.raw.get("triggers"), trig, lat, fig_dir,
-                         _examples(run_dir, trig, lat, tokenizer, f.cutoffs), f.cutoffs),
-        pooling_section(pool, m.pooling, fig_dir),
-        atlas_section(m.atlas),
-    ]
+    m.examples = _examples(run_dir, m.trig, lat, tokenizer, m.cutoffs)
+    sections = claim_sections(m, REAL_CLAIMS, lat, fig_dir, builders={"atlas": lambda v, r, lat_, d: atlas_section(r.atlas)})
     cfg = json.loads((run_dir / "real_config.json").read_text()) if (run_dir / "real_config.json").is_file() else {}
     c, s = cfg.get("collect", {}), cfg.get("sae", {})
     meta = json.loads((run_dir / "acts" / "meta.json").read_text()) if (run_dir / "acts" / "meta.json").is_file() else {}

@@ -141,11 +141,10 @@ def _ablation(src: Source, earlier: dict, s: RealSettings):
 
 
 def _write_ablation(src: Source, res) -> None:
-    from synthsae.fileio import merge_json_key
     from synthsae.metrics_file import write_stage
 
     ab, splice = res
-    merge_json_key(src.metrics, "splice", splice)
+    write_stage(src.metrics, "splice", splice)
     write_stage(src.metrics, "ablation", ab)  # last: its presence marks the stage done
 
 
@@ -177,23 +176,19 @@ def _atlas(src: Source, earlier: dict, s):
     cfg = s.cfg if isinstance(s, RealSettings) else load(src.run_dir / "real_config.json")
     progress = s.progress if isinstance(s, RealSettings) else False
     attach(src)
-    real_atlas(language_model(src), src.sae, activation_store(src), cfg, src.scale, src.out, acfg, progress=progress)
+    res = real_atlas(language_model(src), src.sae, activation_store(src), cfg, src.scale, src.out, acfg, progress=progress)
+    return res, None  # written by real_atlas (atlas.json, atlas.safetensors, metrics.json "atlas")
 
 
 def _triggers(src: Source, earlier: dict, s: RealSettings):
     from synthsae.metrics.run_analysis import saved_stability
 
+    from synthsae.results import TriggersResult
+    from synthsae.serialize import from_json
+
     attach(src)
-    return trigger_stage(src.sae, activation_store(src), s.cfg, saved_stability(src.metrics), src.scale, src.out)
-
-
-def _write_json_key(key: str):
-    def write(src: Source, res) -> None:
-        from synthsae.fileio import merge_json_key
-
-        merge_json_key(src.metrics, key, res)
-
-    return write
+    summary = trigger_stage(src.sae, activation_store(src), s.cfg, saved_stability(src.metrics), src.scale, src.out)
+    return from_json(TriggersResult, summary, "triggers")
 
 
 def _report(src: Source, earlier: dict, s):
@@ -222,8 +217,7 @@ register(Stage("ablation", lambda src, s: (f"ablating stable / unstable / random
 register(Stage("pooling", _pool_title, _pooling), KINDS)
 register(Stage("atlas", lambda src, s: "feature atlas: stable directions, reproducible subspaces, remainder; spliced CE "
                                        "of each", _atlas, write=lambda src, res: None), KINDS)
-register(Stage("triggers", lambda src, s: "triggers: top tokens, surface-form score, token entropy", _triggers,
-               write=_write_json_key("triggers")), KINDS)
+register(Stage("triggers", lambda src, s: "triggers: top tokens, surface-form score, token entropy", _triggers), KINDS)
 register(Stage(REPORT_KEY, lambda src, s: "", _report, write=lambda src, res: None, done=lambda src: False), KINDS)
 
 

@@ -12,11 +12,13 @@ from pathlib import Path
 import numpy as np
 
 from synthsae import figures
-from synthsae.metrics.run_analysis import LATENTS_FILE
+from synthsae import verdicts as rules
+from synthsae.claims import ANALYSIS_CLAIMS, REPORT_CLAIMS, SUMMARY_CLAIMS, claim_sections, claim_verdicts, register, shown_keys
+from synthsae.metrics.atlas_run import ATLAS, atlas_verdict
 from synthsae.metrics_file import Metrics, read_metrics
+from synthsae.metrics.run_analysis import LATENTS_FILE
 from synthsae.report_render import Section, Table, fmt, pm, write_report
 from synthsae.results import AblationResult, AnalysisResult, AtlasResult, PoolingResult, SourcesResult, Spread, Verdict
-from synthsae.verdicts import all_verdicts
 
 
 def load_latents(run_dir: Path) -> dict[str, np.ndarray]:
@@ -264,11 +266,12 @@ def pooling_section(v: Verdict, po: PoolingResult | None, fig_dir: Path) -> Sect
 
 def atlas_sections(at: AtlasResult | None) -> list[Section]:
     """The feature atlas (issue 15) when metrics.json holds an "atlas" stage (`synthsae atlas RUN_DIR`); none otherwise."""
-    from synthsae.metrics.atlas_run import atlas_verdict
+    return [] if at is None else [atlas_section(atlas_verdict(at), at)]
 
-    if at is None:
-        return []
-    sec = _section(atlas_verdict(at))
+
+def atlas_section(v: Verdict, at: AtlasResult) -> Section:
+    """The atlas stage's verdict with its kinds, held-out, resample and planted-block tables."""
+    sec = _section(v)
     sec.paragraphs.append(
         f"{at.n_features} features from {at.n_seeds} seeds: {at.n_stable_rank1} stable rank-1 directions, "
         f"{at.n_subspaces} reproducible subspaces (ranks {at.rank_histogram}), {at.n_remainder_latents} "
@@ -315,22 +318,47 @@ def atlas_sections(at: AtlasResult | None) -> list[Section]:
     if at.group_stability is not None:
         g = at.group_stability
         sec.paragraphs.append(f"blocktopk group-level stability: {fmt(g.mean)} over {g.n_live_groups} live groups.")
-    return [sec]
+    return sec
 
 
 # ----------------------------------------------------------------------------------------------- assembly
 
 
+def _register_claims() -> None:
+    """The shared claims, once each: key, (title, claim), rule on the typed Metrics, section builder."""
+    from synthsae import report_questions as q
+
+    an = lambda m: m.analysis  # noqa: E731
+    register("stability", rules.STABILITY, lambda m: rules.stability_verdict(m.analysis),
+             lambda v, m, lat, d: stability_section(v, an(m), lat, d))
+    register("frequency", rules.FREQUENCY, lambda m: rules.frequency_verdict(m.analysis),
+             lambda v, m, lat, d: frequency_section(v, an(m), lat, d))
+    register("recovery", rules.RECOVERY, lambda m: rules.recovery_verdict(m.analysis),
+             lambda v, m, lat, d: recovery_section(v, an(m), d))
+    register("clusters", rules.CLUSTERS, lambda m: rules.clusters_verdict(m.analysis),
+             lambda v, m, lat, d: clusters_section(v, an(m), lat, d))
+    register("ablation", rules.ABLATION, lambda m: rules.ablation_verdict(m.ablation),
+             lambda v, m, lat, d: ablation_section(v, m.ablation, d))
+    register("pooling", rules.POOLING, lambda m: rules.pooling_verdict(m.pooling),
+             lambda v, m, lat, d: pooling_section(v, m.pooling, d))
+    register("truth_filter", rules.TRUTH_FILTER, lambda m: rules.truth_filter_verdict(m.analysis),
+             lambda v, m, lat, d: q.truth_filter_section(v, an(m), lat, d),
+             shown=lambda m: m.analysis is None or m.analysis.truth_filter is not None)  # planted truth only
+    register("seed_budget", rules.SEED_BUDGET, lambda m: rules.seed_budget_verdict(m.analysis),
+             lambda v, m, lat, d: q.seed_budget_section(v, an(m), d))
+    register("seed_modes", rules.SEED_MODES, lambda m: rules.seed_modes_verdict(m.seed_modes),
+             lambda v, m, lat, d: q.seed_modes_section(v, m.seed_modes),
+             shown=lambda m: m.seed_modes is not None)  # only when `synthsae seed-modes` ran
+    register("atlas", ATLAS, lambda m: atlas_verdict(m.atlas), lambda v, m, lat, d: atlas_section(v, m.atlas),
+             shown=lambda m: m.atlas is not None)  # only with an atlas stage
+
+
+_register_claims()
+
+
 def build_sections(m: Metrics, lat: dict, fig_dir: Path) -> list[Section]:
-    v = all_verdicts(m.analysis, m.ablation, m.pooling)
-    return [
-        stability_section(v[0], m.analysis, lat, fig_dir),
-        frequency_section(v[1], m.analysis, lat, fig_dir),
-        recovery_section(v[2], m.analysis, fig_dir),
-        clusters_section(v[3], m.analysis, lat, fig_dir),
-        ablation_section(v[4], m.ablation, fig_dir),
-        pooling_section(v[5], m.pooling, fig_dir),
-    ]
+    """The analysis claims' sections (stability, frequency, recovery, clusters, ablation, pooling)."""
+    return claim_sections(m, ANALYSIS_CLAIMS, lat, fig_dir)
 
 
 def _summary(run_dir: Path, m: Metrics) -> list[str]:
@@ -384,19 +412,15 @@ def build_report(run_dir: str | Path, title: str | None = None) -> tuple[Path, P
     m = _metrics(run_dir)
     fig_dir = run_dir / "figures"
     fig_dir.mkdir(exist_ok=True)
-    from synthsae.report_questions import question_sections
-
     lat = load_latents(run_dir)
-    sections = build_sections(m, lat, fig_dir) + question_sections(m.analysis, lat, fig_dir, m.seed_modes) + atlas_sections(m.atlas)
+    sections = claim_sections(m, shown_keys(m, REPORT_CLAIMS), lat, fig_dir)
     return write_report(run_dir, title or f"synthsae report: {run_dir.name}", _summary(run_dir, m), sections)
 
 
 def verdicts(run_dir: str | Path) -> list[Verdict]:
-    """Every claim's verdict for a run (for terminal summaries and compare): rules only, no figures drawn."""
-    from synthsae.report_questions import question_verdicts
-
+    """Every claim's verdict for a run (for terminal summaries): rules only, no figures drawn."""
     m = _metrics(Path(run_dir))
-    return all_verdicts(m.analysis, m.ablation, m.pooling) + question_verdicts(m.analysis, m.seed_modes)
+    return list(claim_verdicts(m, shown_keys(m, SUMMARY_CLAIMS)).values())
 
 
 # ----------------------------------------------------------------------------------------------- comparison
@@ -441,13 +465,14 @@ def build_comparison(run_dirs: list[str | Path], out_dir: str | Path) -> tuple[P
     names = [r.name for r in runs]
     metrics = [_metrics(r) for r in runs]
     lats = [load_latents(r) for r in runs]
-    per_run = [all_verdicts(m.analysis, m.ablation, m.pooling) for m in metrics]
+    per_run = [claim_verdicts(m, ANALYSIS_CLAIMS) for m in metrics]
     variants = [(m.analysis.settings.variant if m.analysis else None) or "?" for m in metrics]
     numbers = Table(["", *[f"{n} ({v})" for n, v in zip(names, variants)]],
                     [[label, *[fmt(_get(fn, m), digits) for m in metrics]] for label, fn, digits in _KEY_NUMBERS], "Key numbers")
     sections = []
-    for i, first in enumerate(per_run[0]):
-        vs = [verdicts_[i].verdict for verdicts_ in per_run]
+    for key in ANALYSIS_CLAIMS:
+        first = per_run[0][key]
+        vs = [verdicts_[key].verdict for verdicts_ in per_run]
         measured = [v for v in vs if v != "not measured"]
         if not measured:
             overall = "not measured"
@@ -458,7 +483,7 @@ def build_comparison(run_dirs: list[str | Path], out_dir: str | Path) -> tuple[P
         else:
             overall = "partly held"
         sections.append(Section(first.title, first.claim, overall, "; ".join(f"{n}: {v}" for n, v in zip(names, vs)),
-                                tables=[Table(["run", "verdict", "numbers"], [[n, r[i].verdict, r[i].why] for n, r in zip(names, per_run)])]))
+                                tables=[Table(["run", "verdict", "numbers"], [[n, r[key].verdict, r[key].why] for n, r in zip(names, per_run)])]))
     sweep = {n: ([r.tau for r in m.analysis.stability.sweep], [r.mean_stability for r in m.analysis.stability.sweep])
              for n, m in zip(names, metrics) if m.analysis is not None and m.analysis.stability.sweep}
     if sweep:

@@ -1,5 +1,6 @@
-"""Report sections for two questions the analysis answers beside the claims: does stability mark true features
-(planted truth only), and how many seeds are enough. Built from the typed AnalysisResult and the per-latent arrays."""
+"""Report sections for the questions the analysis answers beside the claims: does stability mark true features
+(planted truth only), how many seeds are enough, and stability or stabilization (seed modes). Built from the typed
+results and the per-latent arrays; their verdicts and registration are with the other claims (synthsae.report)."""
 
 from __future__ import annotations
 
@@ -10,15 +11,6 @@ import numpy as np
 from synthsae import figures
 from synthsae.report_render import Section, Table, fmt
 from synthsae.results import AnalysisResult, SeedModesResult, Verdict
-from synthsae.verdicts import seed_budget_verdict, seed_modes_verdict, truth_filter_verdict
-
-
-def question_verdicts(an: AnalysisResult | None, sm: SeedModesResult | None = None) -> list[Verdict]:
-    """The questions' verdicts in report order: truth filter (left out when the analysis had no planted truth),
-    seed budget, seed modes (only when `synthsae seed-modes` ran)."""
-    has_truth = an is None or an.truth_filter is not None
-    return ([truth_filter_verdict(an)] if has_truth else []) + [seed_budget_verdict(an)] + \
-        ([seed_modes_verdict(sm)] if sm is not None else [])
 
 
 def _section(v: Verdict) -> Section:
@@ -92,8 +84,8 @@ def seed_budget_section(v: Verdict, an: AnalysisResult | None, fig_dir: Path) ->
     return sec
 
 
-def seed_modes_section(sm: SeedModesResult) -> Section:
-    sec = _section(seed_modes_verdict(sm))
+def seed_modes_section(v: Verdict, sm: SeedModesResult) -> Section:
+    sec = _section(v)
     ind = next((r for r in sm.rows if r.mode == "independent"), None)
     sec.paragraphs.append("Each mode is the run's config with only train.seed_mode changed, trained into seed_modes/<mode>/ "
                           "and analysed with the run's settings. independent: own init, own data stream; shared_init: one "
@@ -106,11 +98,3 @@ def seed_modes_section(sm: SeedModesResult) -> Section:
           f"{fmt(r.frac_stable.value)} ({fmt(r.frac_stable.baseline)})", fmt(r.truth_auroc), fmt(r.ev, 4)] for r in sm.rows],
         "The same config under each seed mode"))
     return sec
-
-
-def question_sections(an: AnalysisResult | None, lat: dict, fig_dir: Path, sm: SeedModesResult | None = None) -> list[Section]:
-    """The truth-filter (only with a planted truth), seed-budget and seed-mode (only when measured) sections."""
-    has_truth = an is None or an.truth_filter is not None
-    v = question_verdicts(an)
-    return ([truth_filter_section(v[0], an, lat, fig_dir)] if has_truth else []) + [seed_budget_section(v[-1], an, fig_dir)] \
-        + ([seed_modes_section(sm)] if sm is not None else [])

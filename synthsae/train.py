@@ -31,6 +31,7 @@ from synthsae.checkpoint import (  # noqa: F401 - checkpoint names re-exported f
 )
 from synthsae.config import RunConfig, validate
 from synthsae.config import save as save_config
+from synthsae.device import pick_device
 from synthsae.loop import (  # noqa: F401 - loop names re-exported for existing callers
     DTYPES,
     PARAM_DTYPE,
@@ -48,18 +49,6 @@ from synthsae.loop import (  # noqa: F401 - loop names re-exported for existing 
 from synthsae.sae import build_sae
 from synthsae.sae.base import SAE
 from synthsae.threads import configure_threads
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """'auto' = CUDA when available, else CPU; anything else is passed to torch.device."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        from synthsae.config import ConfigError
-
-        raise ConfigError(f"train.device = {name!r}: CUDA is not available on this machine; use cpu or auto")
-    return dev
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -195,7 +184,7 @@ def _check_target(cfg: RunConfig, out: Path, resume: bool, force: bool) -> tuple
 
 def train_run(cfg: RunConfig, out: Path, *, resume: bool = False, force: bool = False, progress: bool = True,
               stop_after: int | None = None) -> SAE:
-    """Train cfg.train.seeds SAEs into run folder `out` (layout in DESIGN.md); returns this process's seeds stacked.
+    """Train cfg.train.seeds SAEs into run folder `out` (docs/architecture.md); returns this process's seeds stacked.
 
     resume=True continues from out/checkpoint/ (bit-identical on CPU) with the config the run was started with
     (only train.lr may differ, and the change is recorded); a finished run is only replaced with force=True, and

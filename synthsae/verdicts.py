@@ -419,9 +419,3 @@ def pooling_verdict(po: PoolingResult | None) -> Verdict:
            f"{_f(sev, 4)}; L0 {_f(pl0, 2)} vs {_f(sl0, 2)}"
            + (f"; bagging {_f(po.bagging.stability_between_halves.mean)}" if po.bagging else ""))
     return _verdict(*POOLING, rule, checks, why)
-
-
-def all_verdicts(analysis: AnalysisResult | None, ablation: AblationResult | None, pooling: PoolingResult | None) -> list[Verdict]:
-    """One verdict per claim, in report order."""
-    return [stability_verdict(analysis), frequency_verdict(analysis), recovery_verdict(analysis),
-            clusters_verdict(analysis), ablation_verdict(ablation), pooling_verdict(pooling)]

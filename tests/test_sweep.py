@@ -63,8 +63,9 @@ class _Cells(HTMLParser):
 
 
 def test_map_equals_each_cells_own_verdicts(quick: Path) -> None:
+    import synthsae.report  # noqa: F401  (registers the shared claims)
+    from synthsae.claims import ANALYSIS_CLAIMS, claim_verdicts
     from synthsae.metrics_file import read_metrics
-    from synthsae.verdicts import all_verdicts
 
     res = json.loads((quick / "sweep.json").read_text())
     assert len(res["cells"]) == 4 and all(c["finished"] for c in res["cells"])
@@ -73,7 +74,7 @@ def test_map_equals_each_cells_own_verdicts(quick: Path) -> None:
     seen = 0
     for cell in res["cells"]:
         m = read_metrics(quick / cell["folder"] / "metrics.json")
-        own = {v.title: v.verdict for v in all_verdicts(m.analysis, m.ablation, m.pooling)}
+        own = {v.title: v.verdict for v in claim_verdicts(m, ANALYSIS_CLAIMS).values()}
         mapped = {c["claim"]: c["verdict"] for c in cell["claims"]}
         assert mapped == own, cell["id"]
         links = [v for href, v in html_cells.cells if href == f"{cell['folder']}/report.html"]

@@ -13,7 +13,8 @@ from synthsae.config import SAEConfig, TrainConfig, preset
 from synthsae.io import load_run
 from synthsae.sae import build_sae, register_variant
 from synthsae.sae.base import SAE, SAEOutput, batch_scale
-from synthsae.train import TrainingDiverged, checkpoint_step, lr_at, pick_device, seed_checkpoint, train_run, train_steps
+from synthsae.device import pick_device
+from synthsae.train import TrainingDiverged, checkpoint_step, lr_at, seed_checkpoint, train_run, train_steps
 from synthsae.truth import build_truth, make_generator, sample
 
 from conftest import SHIPPED

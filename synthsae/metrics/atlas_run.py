@@ -299,15 +299,19 @@ def _n(v) -> str:
     return "-" if v is None else f"{v:.3f}"
 
 
+ATLAS = ("Feature atlas: features that reproduce across seeds",
+         f"An atlas built from half of the seeds gives features that the other half holds (EV-weighted stability "
+         f">= {FEATURE_GOAL}) and that carry >= {EV_GOAL:.0%} of the seeds' explained variance.")
+
+
 def atlas_verdict(res: AtlasResult | None):
     """Whether the atlas gives features that reproduce: held-out seeds hold them (EV-weighted stability >= 0.9) and
     they carry >= 95% of the EV (core); they beat latent-level stability, and every orthogonal planted block is one
     feature of the right rank (supporting)."""
     from synthsae.results import Check, Verdict
+    from synthsae.verdicts import decide
 
-    title = "Feature atlas: features that reproduce across seeds"
-    claim = (f"An atlas built from half of the seeds gives features that the other half holds (EV-weighted stability "
-             f">= {FEATURE_GOAL}) and that carry >= {EV_GOAL:.0%} of the seeds' explained variance.")
+    title, claim = ATLAS
     rule = ("core: held-out EV-weighted feature stability >= 0.9 and EV share of the features >= 0.95 (mean of both "
             "halves); supporting: held-out feature stability above held-out latent stability, every orthogonal "
             "planted block matched by one feature of its rank at overlap >= 0.9")
@@ -330,7 +334,5 @@ def atlas_verdict(res: AtlasResult | None):
         ok = [b for b in orth if b.overlap >= 0.9 and b.rank_right]
         checks.append(Check("every orthogonal planted block is one feature of its rank", len(ok) == len(orth), False,
                             f"{len(ok)} of {len(orth)}"))
-    core_ok = all(c.passed for c in checks if c.core)
-    verdict = "held" if all(c.passed for c in checks) else ("partly held" if core_ok else "did not hold")
     why = f"held-out EV-weighted feature stability {fs:.3f}, EV share of features {ev:.3f}"
-    return Verdict(title, claim, rule, verdict, why, checks)
+    return Verdict(title, claim, rule, decide(checks), why, checks)

@@ -8,19 +8,13 @@ import torch
 from torch import Tensor
 
 from synthsae.config import AnalysisConfig, validate_analysis
+from synthsae.device import resolve_device
 from synthsae.fileio import atomic_save_safetensors
 from synthsae.results import AnalysisResult
 from synthsae.source import Source
 
 METRICS_KEY = "analysis"
 LATENTS_FILE = "analysis_latents.safetensors"
-
-
-def resolve_device(device: str | None) -> torch.device:
-    """None / 'auto' = CUDA when available, else CPU (pick_device, which also rejects absent CUDA)."""
-    from synthsae.device import pick_device
-
-    return pick_device(device or "auto")
 
 
 def analysis_of(src: Source, cfg: AnalysisConfig | None = None) -> tuple[AnalysisResult, dict[str, Tensor]]:

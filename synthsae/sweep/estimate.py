@@ -56,7 +56,7 @@ def sweep_disk_bytes(grid, ccs) -> int:
 def check_sweep_fits(grid, out: Path, ccs) -> None:
     """MemoryLimitError (one line) when the missing cells' files exceed the free disk or a cell exceeds memory."""
     from synthsae.memory import MemoryLimitError
-    from synthsae.train import pick_device
+    from synthsae.device import pick_device
 
     need = sweep_disk_bytes(grid, ccs)
     free = shutil.disk_usage(_existing(Path(out))).free

@@ -1,5 +1,5 @@
 """Each cell's verdicts and deciding numbers, read back only from its own files (metrics.json, the analysis'
-per-latent tensors) through the project's verdict functions; verdicts are looked up by title, never by position.
+per-latent tensors) through the claims registry; verdicts and numbers are looked up by claim key, never by position.
 
 Deciding number per claim (value, its null, one value per seed where the files allow it):
 stability: share of live latents that are stable (null: the rotated-seeds null's share);
@@ -20,20 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-# claim key -> verdict title (the titles are the verdict modules' own constants)
-def claim_titles() -> dict[str, str]:
-    from synthsae import verdicts as v
-
-    out = {"stability": v.STABILITY[0], "frequency": v.FREQUENCY[0], "recovery": v.RECOVERY[0], "clusters": v.CLUSTERS[0],
-           "ablation": v.ABLATION[0], "pooling": v.POOLING[0]}
-    try:
-        from real import verdicts as rv
-
-        out.update({"convergence": rv.CONVERGENCE[0], "fidelity": rv.FIDELITY[0], "triggers": rv.TRIGGERS[0]})
-    except ImportError:  # the real extras are not installed
-        pass
-    return out
-
+from synthsae.results import Verdict
 
 DECIDING = {"stability": "stable share of live latents", "frequency": "Spearman(log frequency, stability)",
             "clusters": "share of unstable latents in multi-seed clusters",
@@ -53,19 +40,17 @@ class Number:
         return float(np.std(v)) if len(v) >= 2 else None
 
 
-def cell_verdicts(folder: Path, kind: str) -> dict[str, tuple[str, str]]:
-    """title -> (verdict, why) from the cell's own files through the project's verdict functions."""
+def cell_verdicts(folder: Path, kind: str) -> dict[str, Verdict]:
+    """claim key -> verdict, from the cell's own files through the claims registry (report order)."""
     if kind == "real":
-        from real.report import real_verdicts
+        from real.report import real_claim_verdicts
 
-        vs = real_verdicts(folder)
-    else:
-        from synthsae.metrics_file import read_metrics
-        from synthsae.verdicts import all_verdicts
+        return real_claim_verdicts(folder)
+    from synthsae.claims import ANALYSIS_CLAIMS, claim_verdicts
+    from synthsae.metrics_file import read_metrics
+    import synthsae.report  # noqa: F401  (registers the shared claims)
 
-        m = read_metrics(folder / "metrics.json")
-        vs = all_verdicts(m.analysis, m.ablation, m.pooling)
-    return {v.title: (v.verdict, v.why) for v in vs}
+    return claim_verdicts(read_metrics(folder / "metrics.json"), ANALYSIS_CLAIMS)
 
 
 def _f(x) -> float | None:

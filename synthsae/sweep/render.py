@@ -82,24 +82,22 @@ def sweep_schema() -> dict:
 
 
 def summarize(grid, out: Path) -> SweepResult:
-    """Read every cell back from its own files (verdicts by title, numbers by claim key) and test the trends."""
+    """Read every cell back from its own files (verdicts and numbers by claim key) and test the trends."""
     from synthsae.sweep.grid import cells
-    from synthsae.sweep.numbers import DECIDING, cell_numbers, cell_verdicts, claim_titles
+    from synthsae.sweep.numbers import DECIDING, cell_numbers, cell_verdicts
     from synthsae.sweep.grid import cell_finished, cell_folder
 
-    titles = claim_titles()
     rows, order, nums = [], [], {}
     for c in cells(grid):
         folder = cell_folder(out, c)
         sc = SweepCell(c.id, {k: str(v) for k, v in c.values.items()}, str(folder.relative_to(out)), cell_finished(folder))
         if sc.finished:
             verdicts, nums[c.id] = cell_verdicts(folder, grid.kind), cell_numbers(folder)
-            for title, (verdict, why) in verdicts.items():
-                if title not in order:
-                    order.append(title)
-                key = next((k for k, t in titles.items() if t == title), None)
-                n = nums[c.id].get(key) if key else None
-                sc.claims.append(ClaimCell(title, verdict, why, n.value if n else None, n.null if n else None,
+            for key, v in verdicts.items():
+                if v.title not in order:
+                    order.append(v.title)
+                n = nums[c.id].get(key)
+                sc.claims.append(ClaimCell(v.title, v.verdict, v.why, n.value if n else None, n.null if n else None,
                                            n.spread if n else None))
         rows.append(sc)
     trends = []

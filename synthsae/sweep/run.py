@@ -66,7 +66,7 @@ def run_cell(cc: CellConfig, folder: Path, *, progress: bool = True, log=print) 
 
 def _lm(model: str, device: str):
     from real.model import load_model
-    from synthsae.train import pick_device
+    from synthsae.device import pick_device
 
     if model not in _LM_CACHE:
         _LM_CACHE[model] = load_model(model, device=pick_device(device))
