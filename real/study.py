@@ -47,22 +47,27 @@ def run_real(cfg: RealConfig, out: str | Path, *, force: bool = False, lm=None, 
     created = not out.exists()
     try:
         with run_lock(out):  # one process writes a run folder at a time (a second one is refused in one line)
-            if collect_only:
-                run_stages(src, ("collect",), settings=settings, log=log, pipeline=REAL)
-                return src.store.meta
-            done = run_stages(src, REAL[1:] + ("report",), settings=settings, log=log, pipeline=REAL)
-            from real.stages import run_seconds
-
-            run_seconds(src.metrics, {k: v for k, v in done.seconds.items() if k in ("train", "analysis", "ablation",
-                                                                                     "pooling", "atlas", "triggers")},
-                        time.perf_counter() - t0)
-            return json.loads(src.metrics.read_text())
+            return _run_locked(src, settings, log, collect_only, t0)
     except BaseException:
         if created:
             from synthsae.rundir import drop_if_only_marker
 
             drop_if_only_marker(out)  # a refused call leaves no folder holding only the marker
         raise
+
+
+def _run_locked(src, settings: dict, log, collect_only: bool, t0: float) -> dict:
+    """The stages after the model, inside the run's lock: collect (only, with collect_only) or every one."""
+    from real.stages import REAL, run_seconds
+    from synthsae.stages import run_stages
+
+    if collect_only:
+        run_stages(src, ("collect",), settings=settings, log=log, pipeline=REAL)
+        return src.store.meta
+    done = run_stages(src, REAL[1:] + ("report",), settings=settings, log=log, pipeline=REAL)
+    timed = ("train", "analysis", "ablation", "pooling", "atlas", "triggers")
+    run_seconds(src.metrics, {k: v for k, v in done.seconds.items() if k in timed}, time.perf_counter() - t0)
+    return json.loads(src.metrics.read_text())
 
 
 def check_real_target(out: Path, force: bool = False) -> None:

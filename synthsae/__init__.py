@@ -1,8 +1,8 @@
 """synthsae: a testbed for seed dependence in sparse autoencoders.
 
 The public API (README, "Python API"): load SAEs from any supported folder, build a planted truth, train seeds,
-analyse them, run the whole study, and read a run's typed results. Names load on first use, so `import synthsae`
-stays cheap and no submodule imports this package's namespace.
+analyse them, run the whole study, and read a run's typed results and verdicts. Names load on first use, so
+`import synthsae` stays cheap; no public name is also a submodule's (`synthsae.train` is the trainer module).
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ _API = {  # public name -> (module, attribute)
     "preset": ("synthsae.config", "preset"),
     "load_saes": ("synthsae.api", "load_saes"),
     "build_truth": ("synthsae.truth", "build_truth"),
-    "train": ("synthsae.api", "train"),
+    "train_seeds": ("synthsae.api", "train_seeds"),
     "analyze": ("synthsae.api", "analyze"),
     "run_study": ("synthsae.study", "run_study"),
     "read_results": ("synthsae.metrics_file", "read_metrics"),
-    "verdicts": ("synthsae.api", "verdicts"),
+    "read_verdicts": ("synthsae.api", "read_verdicts"),
     "open_source": ("synthsae.source", "open_source"),
 }
 __all__ = sorted(_API) + ["__version__"]

@@ -16,7 +16,7 @@ def load_saes(paths: list[str | os.PathLike[str]], fmt: str | None = None):
     return load_stack(expand_paths([Path(p) for p in paths]), fmt)
 
 
-def train(cfg: RunConfig, out: str | os.PathLike[str], *, resume: bool = False, force: bool = False,
+def train_seeds(cfg: RunConfig, out: str | os.PathLike[str], *, resume: bool = False, force: bool = False,
           progress: bool = True):
     """Train cfg.train.seeds SAEs in one batched loop into run folder `out`; returns the stacked SAE."""
     from synthsae.config import validate
@@ -50,7 +50,7 @@ def analyze(paths: list[str | os.PathLike[str]] | str | os.PathLike[str], *, fmt
     return res.results["analysis"][0]
 
 
-def verdicts(run_dir: str | os.PathLike[str]) -> list:
+def read_verdicts(run_dir: str | os.PathLike[str]) -> list:
     """Every claim's verdict for a run folder (held / partly held / did not hold / not measured), rules only."""
     from synthsae.report import verdicts as run_verdicts
 

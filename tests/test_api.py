@@ -13,8 +13,14 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def test_public_names_resolve_and_unknown_names_fail() -> None:
+    import importlib.util
+    import inspect
+
     for name in synthsae.__all__:
         assert getattr(synthsae, name) is not None
+        if name != "__version__":  # a submodule of the same name would shadow the function once imported
+            assert importlib.util.find_spec(f"synthsae.{name}") is None, name
+            assert not inspect.ismodule(getattr(synthsae, name)), name
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         synthsae.nope  # noqa: B018
 
