@@ -11,6 +11,7 @@ import synthsae.study_stages as shared
 from real.config import RealConfig, load, to_json
 from synthsae.config import ConfigError
 from synthsae.fileio import atomic_save_safetensors, atomic_write_text
+from synthsae.pooling import PoolConfig
 from synthsae.source import Source
 from synthsae.stages import Stage, register
 
@@ -155,10 +156,10 @@ def _pool_title(src: Source, s) -> str:
     return f"pooling seeds (disjoint halves; rules {', '.join(cfg.pool_rules)}; widths {cfg.pool_widths} x d_sae)"
 
 
-def pool_settings(cfg: RealConfig, progress: bool = True) -> shared.PoolSettings:
+def pool_settings(cfg: RealConfig, progress: bool = True) -> PoolConfig:
     """A real run's pooling: its rules, widths as multiples of d_sae, its refit steps."""
-    return shared.PoolSettings(rules=tuple(cfg.pool_rules), widths=[w * cfg.sae.d_sae for w in cfg.pool_widths],
-                               progress=progress)
+    return PoolConfig(rules=tuple(cfg.pool_rules), widths=[w * cfg.sae.d_sae for w in cfg.pool_widths],
+                      progress=progress)
 
 
 def _pooling(src: Source, earlier: dict, s):

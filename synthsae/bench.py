@@ -400,7 +400,8 @@ def cell_numbers(folder: Path, *, pool: bool = True, progress: bool = False) -> 
     """
     from synthsae.metrics.run_analysis import analysis_of, with_overrides
     from synthsae.source import Source
-    from synthsae.study_stages import PoolSettings, pool_run
+    from synthsae.pooling import PoolConfig
+    from synthsae.study_stages import pool_run
     from synthsae.train import load_train_summary
 
     t0 = time.perf_counter()
@@ -432,8 +433,8 @@ def cell_numbers(folder: Path, *, pool: bool = True, progress: bool = False) -> 
         "mcc": mcc_seeds or None,
     }
     if pool and S >= 2:
-        pooled = pool_run(src, {}, PoolSettings(widths=[cfg.sae.d_sae], rules=(cfg.analysis.pool_primary,),
-                                                progress=progress))
+        pooled = pool_run(src, {}, PoolConfig(widths=[cfg.sae.d_sae], rules=(cfg.analysis.pool_primary,),
+                                              progress=progress))
         row["pooled"], row["bagging"] = adapt_pooling(pooled, truth, dec)
         row["pooled_stability"] = row["pooled"]["stability"]
     row["metric_seconds"] = time.perf_counter() - t0

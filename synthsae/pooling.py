@@ -501,42 +501,46 @@ def save_stage(out_dir: Path, sae, clusters: dict[str, Clusters], plan: PoolPlan
             info.kept_coverage_hist = torch.bincount(clusters[p].coverage[f.keep], minlength=len(seeds) + 1)[1:].tolist()
 
 
-def pooling_study(
-    run,
-    *,
-    tau: float | None = None,
-    match: str | None = None,
-    widths: list[int] | None = None,
-    rules: tuple[str, ...] | list[str] = RULES,
-    primary_rule: str | None = None,
-    halves: bool = True,
-    refit_steps: int = 300,
-    live_threshold: float = LIVE_THRESHOLD,
-    eval_tokens: int | None = None,
-    eval_seed: int | None = None,
-    refit_seed_offset: int = 7919,
-    x: Tensor | None = None,
-    batches=None,
-    out_dir: str | Path | None = None,
-    device: str | torch.device | None = None,
-    progress: bool = True,
-) -> PoolingResult:
+@dataclass
+class PoolConfig:
+    """What a pooling study varies; None = the run's config (analysis.tau / match / pool_primary / eval_tokens /
+    pool_refit_steps, widths 1x and 2x d_sae, its eval stream's seed)."""
+
+    tau: float | None = None
+    match: str | None = None
+    widths: list[int] | None = None
+    rules: tuple[str, ...] = RULES
+    primary_rule: str | None = None
+    halves: bool = True  # also pool disjoint seed halves and compare their stability
+    refit_steps: int | None = None
+    live_threshold: float = LIVE_THRESHOLD
+    eval_tokens: int | None = None
+    eval_seed: int | None = None
+    refit_seed_offset: int = 7919
+    progress: bool = True
+
+
+def pooling_study(run, settings: PoolConfig | None = None, *, x: Tensor | None = None, batches=None,
+                  out_dir: str | Path | None = None) -> PoolingResult:
     """Pool the seeds of a run and judge the pools against single seeds and bagging (a PoolingResult).
 
-    `run` is a (RunConfig, SAE, Truth | None) triple (a Source's config, stacked SAEs and truth). Stages: cluster -> build -> refit ->
-    judge -> save. The primary pooled SAE (config analysis.pool_primary, or `primary_rule`, at the base width) is
-    named before anything is measured; every other (rule, width) is secondary. Pools are built from all seeds
-    and, with `halves`, from each disjoint half, so their stability between halves can be compared with single
-    seeds'. `batches(seed)` -> iterator of [B, d] replaces the truth's stream for the refit (the real side); `x`
-    replaces the eval sample. Pooled SAEs go under `out_dir` (none saved without).
+    `run` is a (RunConfig, SAE, Truth | None) triple (a Source's config, stacked SAEs and truth). Stages: cluster ->
+    build -> refit -> judge -> save. The primary pooled SAE (config analysis.pool_primary, or `primary_rule`, at the
+    base width) is named before anything is measured; every other (rule, width) is secondary. Pools are built from
+    all seeds and, with `halves`, from each disjoint half, so their stability between halves can be compared with
+    single seeds'. `batches(seed)` -> iterator of [B, d] replaces the truth's stream for the refit (the real side);
+    `x` replaces the eval sample. Pooled SAEs go under `out_dir` (none saved without).
     """
+    s = settings or PoolConfig()
+    tau, match, widths, rules, primary_rule, halves = s.tau, s.match, s.widths, tuple(s.rules), s.primary_rule, s.halves
+    live_threshold, eval_tokens, eval_seed, progress = s.live_threshold, s.eval_tokens, s.eval_seed, s.progress
+    cfg = run[0]
+    refit_steps = cfg.analysis.pool_refit_steps if s.refit_steps is None else s.refit_steps
+    refit_seed_offset = s.refit_seed_offset
     from synthsae.metrics.ablation import eval_sample
 
     t0 = time.perf_counter()
     cfg, sae, truth = run
-    if device is not None and device != "auto":
-        sae = sae.to(device)
-        truth = truth.to(device) if truth is not None else None
     dev = sae.W_dec.device
     given_x = x is not None  # the caller's own eval sample (the real side): no synthetic eval seed to name
     if eval_seed is None and not given_x:

@@ -99,7 +99,8 @@ def _run_locked(cfg: RunConfig, out: Path, *, resume: bool, force: bool, device:
         dev = str(distributed.rank_device(pick_device(dev), dd))
     src = Source("run", out, run_dir=out, device=None if dev == "auto" else dev)
     settings = {"train": ss.TrainSettings(cfg, resume=resume, force=force, progress=progress),
-                "ablation": ss.AblationSettings(progress=progress), "pooling": ss.PoolSettings(progress=progress)}
+                "ablation": ss.AblationSettings(ss.AblationConfig(progress=progress)),
+                "pooling": ss.PoolConfig(progress=progress)}
     done = {k for k in SYNTHETIC[1:4] if resume and stage_done(mpath, k)}  # read before any rank writes
     if resume and (out / "train.json").is_file():
         done.add("train")

@@ -6,12 +6,14 @@ ablation, atlas and triggers stages beside these (real/stages.py).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from torch import Tensor
 
 from synthsae.config import AnalysisConfig, RunConfig
+from synthsae.metrics.ablation import AblationConfig
+from synthsae.pooling import PoolConfig
 from synthsae.source import Source
 from synthsae.stages import Stage, register
 
@@ -31,26 +33,11 @@ class TrainSettings:
 
 @dataclass
 class AblationSettings:
-    """Overrides of the ablation (None = the source's analysis config); `from_analysis` reuses the analysis
-    stage's per-latent stability instead of recomputing it at (tau, match)."""
+    """The ablation stage: the study's own config and whether to reuse the analysis stage's per-latent stability
+    (the pipeline) or recompute it at the config's (tau, match) (`synthsae ablate`)."""
 
-    tau: float | None = None
-    match: str | None = None
-    n_draws: int = 3
+    config: AblationConfig = field(default_factory=AblationConfig)
     from_analysis: bool = True
-    progress: bool = True
-
-
-@dataclass
-class PoolSettings:
-    """Overrides of the pooling study (None = the source's config: tau, both widths, every rule, its refit steps)."""
-
-    tau: float | None = None
-    widths: list[int] | None = None
-    rules: tuple[str, ...] | None = None
-    halves: bool = True
-    refit_steps: int | None = None
-    progress: bool = True
 
 
 # ----------------------------------------------------------------------------------------------- train
@@ -124,8 +111,7 @@ def _ablation(src: Source, earlier: dict, s: AblationSettings | None):
     stab = None
     if s.from_analysis:
         stab = earlier["analysis"][1]["stability"] if "analysis" in earlier else saved_stability(src.metrics)
-    res = ablation_study(src.sae, src.truth, src.config, stability=stab, tau=s.tau, match=s.match, n_draws=s.n_draws,
-                         progress=s.progress)
+    res = ablation_study(src.sae, src.truth, src.config, s.config, stability=stab)
     res.run_dir, res.variant = str(src.run_dir), src.variant
     return res
 
@@ -136,17 +122,15 @@ register(Stage("ablation", lambda src, s: "ablating stable / unstable / random g
 # ----------------------------------------------------------------------------------------------- pooling
 
 
-def pool_run(src: Source, earlier: dict, s: PoolSettings | None):
+def pool_run(src: Source, earlier: dict, s: PoolConfig | None):
     """The pooling study of a run's seeds (real runs: refit on their training stream, judged on held-out activations)."""
     from contextlib import nullcontext
 
-    from synthsae.pooling import RULES, pooling_study
+    from synthsae.pooling import pooling_study
     from synthsae.rundir import clear_run
     from synthsae.threads import threads_for
 
-    s = s or PoolSettings()
     cfg = src.config
-    steps = cfg.analysis.pool_refit_steps if s.refit_steps is None else s.refit_steps
     x, batches, threads = None, None, nullcontext()
     if src.kind == "real":
         bs = cfg.train.batch_size
@@ -154,15 +138,17 @@ def pool_run(src: Source, earlier: dict, s: PoolSettings | None):
         threads = threads_for(bs, src.sae.d_in, cfg.sae.d_sae, src.dev)  # the refits are SAE training: its thread policy
     clear_run(src.out, ("pooled",))
     with threads:
-        return pooling_study((cfg, src.sae, src.truth), tau=s.tau, widths=s.widths, rules=tuple(s.rules or RULES),
-                             halves=s.halves, refit_steps=steps, x=x, batches=batches, out_dir=src.out / "pooled",
-                             progress=s.progress)
+        return pooling_study((cfg, src.sae, src.truth), s, x=x, batches=batches, out_dir=src.out / "pooled")
 
 
-def _folder_pooling(src: Source, earlier: dict, s: PoolSettings | None):
+def _folder_pooling(src: Source, earlier: dict, s: PoolConfig | None):
+    import dataclasses
+
     from synthsae.loaders.analysis import GivenActs, pool_stack
 
-    s = s or PoolSettings()
+    s = s or PoolConfig()
+    if s.refit_steps is None:  # loaded SAEs have no run config: 300 refit steps, as `synthsae pool --steps`
+        s = dataclasses.replace(s, refit_steps=300)
     if src.acts is None:
         from synthsae.config import ConfigError
 
@@ -171,9 +157,8 @@ def _folder_pooling(src: Source, earlier: dict, s: PoolSettings | None):
     from synthsae.outdir import claim
 
     claim(src.out)  # before the pools are saved into it
-    return pool_stack(src.stack, GivenActs(src.acts, str(src.acts_path)), AnalysisConfig(), src.out / "pooled",
-                      tau=s.tau, widths=s.widths, rules=s.rules, halves=s.halves,
-                      refit_steps=300 if s.refit_steps is None else s.refit_steps, device=src.dev, progress=s.progress)
+    return pool_stack(src.stack, GivenActs(src.acts, str(src.acts_path)), AnalysisConfig(), src.out / "pooled", s,
+                      device=src.dev)
 
 
 def _write_folder_pooling(src: Source, res) -> None:

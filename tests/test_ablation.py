@@ -14,6 +14,7 @@ from synthsae.config import preset
 from synthsae.metrics.ablation import (
     GROUPS,
     ablate,
+    AblationConfig,
     ablation_study,
     build_groups,
     freq_matched_group,
@@ -128,7 +129,7 @@ def tiny_study():
         sae.W_dec[:, :16] = sae.W_dec[:1, :16]
         sae.W_enc[:, :, :16] = sae.W_enc[:1, :, :16]
     stab = None
-    res = ablation_study(sae, truth, eval_tokens=2048, n_draws=2, progress=False)
+    res = ablation_study(sae, truth, settings=AblationConfig(eval_tokens=2048, n_draws=2, progress=False))
     return sae, truth, res, stab
 
 
@@ -186,7 +187,8 @@ def test_pluggable_prediction_cost():
 
     stab = torch.zeros(2, 12)
     stab[:, :6] = 1.0
-    res = ablation_study(sae, x=x, stability=stab, pred_cost=sq, pred_cost_name="sq", n_draws=1, progress=False)
+    res = ablation_study(sae, settings=AblationConfig(n_draws=1, progress=False), x=x, stability=stab, pred_cost=sq,
+                         pred_cost_name="sq")
     assert res.prediction_cost == "sq"
     # with this cost, pred = FVU * total variance / n
     var = float(((x - x.mean(0)) ** 2).sum()) / x.shape[0]

@@ -129,7 +129,7 @@ def test_pooling_study_on_tiny_run(tmp_path):
     import dataclasses
 
     from synthsae.io import load_sae_folders
-    from synthsae.pooling import pooling_study
+    from synthsae.pooling import PoolConfig, pooling_study
     from synthsae.sae import build_sae
     from synthsae.train import train_steps
     from synthsae.truth import build_truth, stream
@@ -139,7 +139,7 @@ def test_pooling_study_on_tiny_run(tmp_path):
     truth = build_truth(cfg.truth)
     sae = build_sae(cfg.sae, truth.d, [0, 1, 2, 3], "cpu", torch.float32)
     train_steps(sae, stream(truth, 256, 0), 150, cfg.train, freeze_decoder=False)
-    res = pooling_study((cfg, sae, truth), refit_steps=20, eval_tokens=2048, out_dir=tmp_path, progress=False)
+    res = pooling_study((cfg, sae, truth), PoolConfig(refit_steps=20, eval_tokens=2048, progress=False), out_dir=tmp_path)
     from synthsae.serialize import to_json
 
     json.dumps(to_json(res), allow_nan=False)

@@ -28,14 +28,14 @@ def test_pooling_on_a_given_sample_names_no_synthetic_eval_seed():
     from conftest import make_sae
 
     from synthsae.config import preset
-    from synthsae.pooling import pooling_study
+    from synthsae.pooling import PoolConfig, pooling_study
 
     cfg = preset("tiny")
     S, d, m = 4, 16, 24
     cfg = dataclasses.replace(cfg, sae=dataclasses.replace(cfg.sae, d_sae=m, k=4))
     sae = make_sae(S, d, m, "topk", k=4)
     x = torch.randn(512, d, generator=torch.Generator().manual_seed(0))
-    res = pooling_study((cfg, sae, None), x=x, refit_steps=0, rules=("coverage",), widths=[m], progress=False)
+    res = pooling_study((cfg, sae, None), PoolConfig(refit_steps=0, rules=("coverage",), widths=[m], progress=False), x=x)
     assert "eval_seed" not in res.live_rule and "given eval sample (512 tokens)" in res.live_rule
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from synthsae.config import AnalysisConfig, preset
-from synthsae.metrics.ablation import ablation_study
+from synthsae.metrics.ablation import AblationConfig, ablation_study
 from synthsae.metrics.analyze import analyze, rotated_seeds
 from synthsae.metrics.matching import unit_rows
 from synthsae.results import Check
@@ -238,14 +238,15 @@ def test_ablation_verdict_follows_which_group_is_costly(costly):
     high, low = slice(m - 8, m), slice(0, 8)  # high-magnitude latents cost more per unit of mass
     stab[:, high if costly == "stable" else low] = 1.0
     stab[:, low if costly == "stable" else high] = 0.0
-    res = ablation_study(sae, x=x, stability=stab, n_draws=4, progress=False)
+    res = ablation_study(sae, settings=AblationConfig(n_draws=4, progress=False), x=x, stability=stab)
     v = ablation_verdict(res)
     assert v.verdict == ("held" if costly == "stable" else "did not hold"), v
 
 
 def test_ablation_without_unstable_latents_did_not_hold():
     m = 24
-    res = ablation_study(_identity_sae(3, m), x=_magnitude_data(m), stability=torch.ones(3, m), n_draws=2, progress=False)
+    res = ablation_study(_identity_sae(3, m), settings=AblationConfig(n_draws=2, progress=False), x=_magnitude_data(m),
+                         stability=torch.ones(3, m))
     v = ablation_verdict(res)
     assert v.verdict == "did not hold" and "no unstable live latents" in check(v, "unstable").detail
 

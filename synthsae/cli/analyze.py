@@ -102,8 +102,8 @@ def ablate_cmd(
     if not (run_dir / "truth.safetensors").is_file():
         raise UserError(f"{str(run_dir)!r}: no truth.safetensors (ablate scores synthetic runs; real runs splice via real/)")
     src = Source("run", run_dir, run_dir=run_dir, device=None if device == "auto" else device)
-    res = run_one(src, "ablation", stages.AblationSettings(tau=tau, match=match, n_draws=draws, from_analysis=False,
-                                                           progress=not as_json))
+    cfg = stages.AblationConfig(tau=tau, match=match, n_draws=draws, progress=not as_json)
+    res = run_one(src, "ablation", stages.AblationSettings(cfg, from_analysis=False))
     warn_taus(src.metrics)
     if as_json:
         typer.echo(json.dumps(to_json(res), indent=2))
@@ -143,8 +143,8 @@ def pool_cmd(
         if halves and len(list((src.run_dir / "seeds").glob("seed_*"))) < 2:
             raise UserError("--halves needs a run with at least 2 seeds (use --no-halves)")
     check_metrics_target(src.metrics)
-    res = run_one(src, "pooling", stages.PoolSettings(tau=tau, widths=[width] if width else None, rules=tuple(rules),
-                                                      halves=halves, refit_steps=steps, progress=not as_json))
+    res = run_one(src, "pooling", stages.PoolConfig(tau=tau, widths=[width] if width else None, rules=tuple(rules),
+                                                    halves=halves, refit_steps=steps, progress=not as_json))
     warn_taus(src.metrics)
     if as_json:
         typer.echo(json.dumps(to_json(res), indent=2))

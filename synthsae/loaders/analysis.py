@@ -87,18 +87,20 @@ def analyze_stack(stack: LoadedStack, cfg: AnalysisConfig, device: torch.device 
     if acts is not None and ablate:
         from synthsae.metrics.ablation import ablation_study
 
-        out.ablation = ablation_study(sae, None, run_config_for(stack, cfg), x=acts.x.to(device),
-                                      stability=per["stability"].to(device), progress=progress)
+        from synthsae.metrics.ablation import AblationConfig
+
+        out.ablation = ablation_study(sae, None, run_config_for(stack, cfg), AblationConfig(progress=progress),
+                                      x=acts.x.to(device), stability=per["stability"].to(device))
         out.ablation.variant = sae.variant
         out.sources.ablation_folders = folders
     return out
 
 
-def pool_stack(stack: LoadedStack, acts: GivenActs, cfg: AnalysisConfig, out_dir: str | Path, *, tau: float | None = None,
-               widths: list[int] | None = None, rules=None, halves: bool = True, refit_steps: int = 300,
-               device: torch.device | str = "cpu", progress: bool = False) -> PoolingResult:
-    """pooling_study on loaded SAEs: refit on the first half of the activations, judge on the second half."""
-    from synthsae.pooling import RULES, pooling_study
+def pool_stack(stack: LoadedStack, acts: GivenActs, cfg: AnalysisConfig, out_dir: str | Path, settings=None, *,
+               device: torch.device | str = "cpu") -> PoolingResult:
+    """pooling_study on loaded SAEs (settings: a pooling.PoolConfig): refit on the first half of the activations,
+    judge on the second half."""
+    from synthsae.pooling import pooling_study
 
     x = acts.x
     if x.shape[0] < 4:
@@ -118,9 +120,7 @@ def pool_stack(stack: LoadedStack, acts: GivenActs, cfg: AnalysisConfig, out_dir
             for i in range(0, fit.shape[0] - bs + 1, bs):
                 yield fit[perm[i : i + bs]]
 
-    return pooling_study((rc, stack.sae.to(device), None), tau=tau, widths=widths, rules=tuple(rules or RULES),
-                         halves=halves, refit_steps=refit_steps, x=judge, batches=batches, out_dir=out_dir,
-                         device=device, progress=progress)
+    return pooling_study((rc, stack.sae.to(device), None), settings, x=judge, batches=batches, out_dir=out_dir)
 
 
 def _read_sources_and_drop_stale(path: Path, folders: list[str], keep_pooling: bool = False) -> SourcesResult | None:

@@ -20,6 +20,7 @@ averaged over tokens), always per seed and as mean / std over seeds.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import torch
@@ -263,34 +264,38 @@ from synthsae.source import EVAL_DATA_SEED_OFFSET, eval_data_seed  # noqa: E402
 from synthsae.results import AblationResult, GroupCost, GroupResult, Spread  # noqa: E402  (one eval stream for every stage)
 
 
-def ablation_study(
-    sae,
-    truth=None,
-    cfg=None,
-    *,
-    x: Tensor | None = None,
-    stability: Tensor | None = None,
-    pred_cost: CostFn | None = None,
-    pred_cost_name: str | None = None,
-    tau: float | None = None,
-    match: str | None = None,
-    stable_cutoff: float | None = None,
-    unstable_cutoff: float | None = None,
-    eval_tokens: int | None = None,
-    eval_seed: int | None = None,
-    live_threshold: float = 1e-5,
-    n_draws: int = 3,
-    group_seed: int = 0,
-    batch_size: int = 4096,
-    progress: bool = True,
-) -> AblationResult:
+@dataclass
+class AblationConfig:
+    """What an ablation study varies; None = the run's analysis config (tau, match, cut-offs, eval_tokens) and its
+    eval stream's seed."""
+
+    tau: float | None = None
+    match: str | None = None
+    stable_cutoff: float | None = None
+    unstable_cutoff: float | None = None
+    eval_tokens: int | None = None
+    eval_seed: int | None = None
+    live_threshold: float = 1e-5
+    n_draws: int = 3  # random control groups per seed
+    group_seed: int = 0
+    batch_size: int = 4096
+    progress: bool = True
+
+
+def ablation_study(sae, truth=None, cfg=None, settings: AblationConfig | None = None, *, x: Tensor | None = None,
+                   stability: Tensor | None = None, pred_cost: CostFn | None = None,
+                   pred_cost_name: str | None = None) -> AblationResult:
     """Functional asymmetry of stable vs unstable latents across all S seeds of `sae` (an AblationResult).
 
     `cfg` (a RunConfig) supplies tau, match, cut-offs, eval_tokens and the eval seed (data_seed + 1_000_003);
-    keyword arguments override it, AnalysisConfig's defaults fill in without it. `x` is the eval sample (default: fresh
+    `settings` overrides it, AnalysisConfig's defaults fill in without it. `x` is the eval sample (default: fresh
     samples of `truth`); `pred_cost` defaults to the truth's readout-head KL (no prediction cost when neither is
     given). `stability` [S, m] defaults to the per-latent cross-seed stability at `tau` under `match`.
     """
+    s = settings or AblationConfig()
+    tau, match, stable_cutoff, unstable_cutoff = s.tau, s.match, s.stable_cutoff, s.unstable_cutoff
+    eval_tokens, eval_seed, live_threshold, n_draws = s.eval_tokens, s.eval_seed, s.live_threshold, s.n_draws
+    group_seed, batch_size, progress = s.group_seed, s.batch_size, s.progress
     from synthsae.config import AnalysisConfig
 
     acfg = cfg.analysis if cfg is not None else AnalysisConfig()
