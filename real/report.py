@@ -19,8 +19,7 @@ from real.verdicts import CONVERGENCE, FIDELITY, TRIGGERS, convergence_verdict, 
 from synthsae import figures
 from synthsae.claims import claim_sections, claim_verdicts, register
 from synthsae.metrics_file import Metrics
-from synthsae.report import _section as verdict_section
-from synthsae.report_render import Section, Table, fmt, pm, write_report
+from synthsae.report_render import Section, Table, fmt, pm, verdict_section, write_report
 from synthsae.results import Verdict
 from synthsae.verdicts import always_on_text
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from synthsae.config import RunConfig, validate
 from synthsae.metrics_file import Metrics, read_metrics, stage_done, write_stage
+from synthsae.metrics_file import tau_warning  # noqa: F401 - cli.py still imports it from here
 from synthsae.threads import configure_threads
 
 STAGES = ("train", "analysis", "ablation", "pooling", "report")
@@ -173,24 +174,3 @@ def _saved_stability(out: Path):
 
     path = out / LATENTS_FILE
     return load_file(str(path))["stability"] if path.is_file() else None
-
-
-def stage_taus(m: Metrics) -> dict[str, float]:
-    """The match threshold tau each stage of a run used ({"analysis": 0.7, "ablation": 0.7, ...}, stages run)."""
-    out = {}
-    if m.analysis is not None:
-        out["analysis"] = float(m.analysis.settings.tau)
-    if m.ablation is not None:
-        out["ablation"] = float(m.ablation.tau)
-    if m.pooling is not None:
-        out["pooling"] = float(m.pooling.tau)
-    return out
-
-
-def tau_warning(m: Metrics) -> str | None:
-    """One line when the stages of a run used different taus (their numbers do not describe the same matching)."""
-    taus = stage_taus(m)
-    if len(set(taus.values())) <= 1:
-        return None
-    return ("warning: the stages used different tau: " + ", ".join(f"{k} {v:g}" for k, v in taus.items())
-            + "; re-run the others with the same --tau to compare them")

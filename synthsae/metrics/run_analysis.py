@@ -50,22 +50,6 @@ def analyze_run(
     return res, per
 
 
-def analyze_folders(
-    folders: list[str | Path], cfg: AnalysisConfig | None = None, device: str | None = None, fmt: str | None = None
-) -> tuple[AnalysisResult, dict[str, Tensor]]:
-    """Analyse several single-SAE folders (SAELens, sparsify or dictionary_learning; one per seed), weights only.
-
-    The loaders (synthsae.loaders) detect each folder's format (`fmt` overrides) and give the library's stored
-    frequencies where it keeps them; synthsae.loaders.analysis also measures on given activations."""
-    from synthsae.loaders import load_stack
-    from synthsae.loaders.analysis import analyze_stack
-
-    cfg = cfg or AnalysisConfig()
-    validate_analysis(cfg)
-    out = analyze_stack(load_stack([Path(f) for f in folders], fmt), cfg, resolve_device(device))
-    return out.analysis, out.per_latent
-
-
 def _sparsity(folders: list[Path]) -> tuple[Tensor | None, str | None]:
     """Firing frequencies from sparsity.safetensors (log10; the 1e-10 floor reads back as dead) when every folder has one."""
     if not folders or not all((f / "sparsity.safetensors").is_file() for f in folders):
