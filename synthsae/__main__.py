@@ -3,7 +3,7 @@
 import os
 import sys
 
-from cli import app
+from synthsae.cli import app
 
 
 def main() -> int:

@@ -13,7 +13,6 @@ from pathlib import Path
 
 from synthsae.config import RunConfig, validate
 from synthsae.metrics_file import Metrics, read_metrics, stage_done, write_stage
-from synthsae.metrics_file import tau_warning  # noqa: F401 - cli.py still imports it from here
 from synthsae.threads import configure_threads
 
 STAGES = ("train", "analysis", "ablation", "pooling", "report")

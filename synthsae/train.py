@@ -31,7 +31,7 @@ from synthsae.checkpoint import (  # noqa: F401 - checkpoint names re-exported f
 )
 from synthsae.config import RunConfig, validate
 from synthsae.config import save as save_config
-from synthsae.device import pick_device  # train_run uses it; cli.py still imports it from here
+from synthsae.device import pick_device
 from synthsae.loop import (  # noqa: F401 - loop names re-exported for existing callers
     DTYPES,
     PARAM_DTYPE,
