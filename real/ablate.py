@@ -12,16 +12,15 @@ from torch import Tensor
 
 from real.splice import ce_recovered, splice_eval
 from synthsae.metrics.ablation import build_groups, latent_stats, spread, summarize
-from synthsae.results import AblationResult
-from synthsae.serialize import to_json
+from synthsae.results import AblationResult, SpliceResult
 
 
 PRED_NAME = "next-token KL(clean || spliced), reconstruction spliced in after the layer"
 
 
-def real_ablation(lm, sae, store, cfg, stability: Tensor, scale: float, progress: bool = True) -> tuple[AblationResult, dict]:
+def real_ablation(lm, sae, store, cfg, stability: Tensor, scale: float, progress: bool = True) -> tuple[AblationResult, SpliceResult]:
     """The shared AblationResult (costs fvu, pred = next-token KL, ce) and the splice numbers (CE recovered, clean and
-    zero-ablation CE) as a JSON-able dict."""
+    zero-ablation CE)."""
     x = store.load("eval", limit=cfg.analysis.eval_tokens) * scale
     x = x.to(sae.W_dec.device, sae.W_dec.dtype)
     S, m = sae.W_dec.shape[0], sae.W_dec.shape[1]
@@ -58,19 +57,19 @@ def real_ablation(lm, sae, store, cfg, stability: Tensor, scale: float, progress
         all_ablated={k: spread(v.tolist()) for k, v in full.items()},
         groups=summarize(groups, costs, base, full, mass))
     rec = ce_recovered(base["ce"], res["ce_clean"], res["ce_zero"])
-    splice = {
-        "layer": cfg.collect.layer,
-        "splice_windows": int(windows.shape[0]),
-        "splice_tokens": int(res["n_tokens"]),
-        "ce_clean": res["ce_clean"],
-        "ce_zero_ablation": res["ce_zero"],
-        "kl_zero_ablation": res["kl_zero"],
-        "ce_spliced": to_json(spread(base["ce"].tolist())),
-        "kl_spliced": to_json(spread(base["pred"].tolist())),
-        "fvu_spliced": to_json(spread(base["fvu"].tolist())),
-        "ce_recovered": to_json(spread(rec.tolist())),
-        "forward": res["path"],  # suffix: blocks after the layer run from the spliced stream; hook: the whole model
-        "definition": "CE recovered = (CE_zero - CE_spliced) / (CE_zero - CE_clean); zero ablation splices zeros at "
-                      "the same positions; position 0 and norm outliers keep their clean activations",
-    }
+    splice = SpliceResult(
+        layer=cfg.collect.layer,
+        splice_windows=int(windows.shape[0]),
+        splice_tokens=int(res["n_tokens"]),
+        ce_clean=res["ce_clean"],
+        ce_zero_ablation=res["ce_zero"],
+        kl_zero_ablation=res["kl_zero"],
+        ce_spliced=spread(base["ce"].tolist()),
+        kl_spliced=spread(base["pred"].tolist()),
+        fvu_spliced=spread(base["fvu"].tolist()),
+        ce_recovered=spread(rec.tolist()),
+        forward=res["path"],  # suffix: blocks after the layer run from the spliced stream; hook: the whole model
+        definition="CE recovered = (CE_zero - CE_spliced) / (CE_zero - CE_clean); zero ablation splices zeros at "
+                   "the same positions; position 0 and norm outliers keep their clean activations",
+    )
     return result, splice

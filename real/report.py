@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 
 from real.triggers import LIVE_FREQ
-from real.verdicts import CONVERGENCE, FIDELITY, TRIGGERS, convergence_verdict, fidelity_verdict, triggers_verdict
+from real.verdicts import CONVERGENCE, FIDELITY, TRIGGERS, convergence_verdict, fidelity_verdict, triggers_verdict, typed
 from synthsae import figures
 from synthsae.claims import claim_sections, claim_verdicts, register
 from synthsae.metrics_file import Metrics
 from synthsae.report import _section as verdict_section
 from synthsae.report_render import Section, Table, fmt, pm, write_report
-from synthsae.results import Verdict
+from synthsae.results import ConvergenceResult, TriggersResult, Verdict
 from synthsae.verdicts import always_on_text
 
 # report order of a real run's claims (no recovery, truth filter or seed budget: there is no planted truth)
@@ -43,14 +43,14 @@ def fidelity_section(v: Verdict, ab=None) -> Section:
     return sec
 
 
-def triggers_section(v: Verdict, tr: dict | None, trig: dict | None, lat: dict, fig_dir: Path, examples: list[str],
+def triggers_section(v: Verdict, tr: TriggersResult | None, trig: dict | None, lat: dict, fig_dir: Path, examples: list[str],
                      cutoffs: tuple[float, float] = (0.8, 0.2)) -> Section:
     sec = verdict_section(v)
     if not v.checks:
         return sec
-    s, u = tr["stable"], tr["unstable"]
-    rows = [[name, str(r["n"]), fmt(r["surface_score_median"]), fmt(r["frac_surface_ge_0.5"]), fmt(r["token_entropy_median"], 2)]
-            for name, r in (("stable", s), ("unstable", u))]
+    tr = typed(TriggersResult, tr)
+    rows = [[name, str(r.n), fmt(r.surface_score_median), fmt(r.frac_surface_ge_05), fmt(r.token_entropy_median, 2)]
+            for name, r in (("stable", tr.stable), ("unstable", tr.unstable))]
     sec.tables.append(Table(["group", "live latents", "median surface score", "share with score >= 0.5",
                              "median token entropy (bits)"], rows,
                             "Firing frequency is the Frequency section's (one sample, one answer)"))
@@ -67,23 +67,23 @@ def triggers_section(v: Verdict, tr: dict | None, trig: dict | None, lat: dict, 
     return sec
 
 
-def convergence_section(v: Verdict, train: dict | None, fig_dir: Path) -> Section:
+def convergence_section(v: Verdict, train: ConvergenceResult | dict | None, fig_dir: Path) -> Section:
     sec = verdict_section(v)
     if not v.checks:
         return sec
+    conv = typed(ConvergenceResult, train).convergence or []
     if any(c.core and not c.passed for c in v.checks):
         sec.paragraphs.append("This run did NOT converge: more tokens or passes would change its stability numbers, so "
                               "read the other sections as a snapshot, not a result.")
-    conv = train["convergence"]
     sec.tables.append(Table(["step", "tokens / seed", "FVU", "L0", "mean stability (live)", "stable", "unstable", "live"],
-                            [[str(c["step"]), str(c["tokens_per_seed"]), fmt(float(np.mean(c["fvu"]))), fmt(float(np.mean(c["l0"])), 1),
-                              fmt(c["mean_stability_live"]), fmt(c["frac_stable_live"]), fmt(c["frac_unstable_live"]),
-                              fmt(c["frac_live"])] for c in conv], "Stability against training tokens"))
-    x = np.array([c["tokens_per_seed"] for c in conv], dtype=float)
+                            [[str(c.step), str(c.tokens_per_seed), fmt(float(np.mean(c.fvu))), fmt(float(np.mean(c.l0)), 1),
+                              fmt(c.mean_stability_live), fmt(c.frac_stable_live), fmt(c.frac_unstable_live),
+                              fmt(c.frac_live)] for c in conv], "Stability against training tokens"))
+    x = np.array([c.tokens_per_seed for c in conv], dtype=float)
     sec.figures.append(figures.scatter(fig_dir / "convergence.png", {
-        "stable share (live)": (x, np.array([c["frac_stable_live"] for c in conv])),
-        "unstable share (live)": (x, np.array([c["frac_unstable_live"] for c in conv])),
-        "FVU": (x, np.array([float(np.mean(c["fvu"])) for c in conv]))},
+        "stable share (live)": (x, np.array([c.frac_stable_live for c in conv])),
+        "unstable share (live)": (x, np.array([c.frac_unstable_live for c in conv])),
+        "FVU": (x, np.array([float(np.mean(c.fvu)) for c in conv]))},
         "training tokens per seed", "share / FVU", "Convergence: stability and FVU against training tokens"))
     return sec
 
@@ -164,12 +164,11 @@ def atlas_section(at) -> Section:
 
 @dataclass
 class RealRun(Metrics):
-    """A real run's typed results: metrics.json's stages plus what only real runs have (train.json's convergence
-    curve, the splice and trigger numbers) and what their report sections read (per-latent trigger arrays)."""
+    """A real run's typed results: metrics.json's stages (splice and triggers among them) plus train.json's
+    convergence curve, and what the report reads beside them (train.json's provenance, per-latent trigger arrays)."""
 
-    train: dict | None = None  # train.json
-    splice: dict | None = None  # metrics.json's "splice"
-    triggers: dict | None = None  # metrics.json's "triggers"
+    convergence: ConvergenceResult | None = None  # train.json's convergence curve
+    train: dict | None = None  # train.json as written (tokens, norm scaling factor for the report's summary)
     trig: dict | None = None  # triggers.safetensors
     cutoffs: tuple[float, float] = (0.8, 0.2)  # the analysis' stable / unstable cut-offs
     examples: list[str] = field(default_factory=list)  # example latents with their contexts (report only)
@@ -182,7 +181,6 @@ def _read_run(run_dir: Path) -> RealRun:
     if not mpath.is_file():
         raise FileNotFoundError(f"{mpath}: no metrics.json; run `synthsae real run` first")
     m = read_metrics(mpath)
-    raw = json.loads(mpath.read_text())
     train = json.loads((run_dir / "train.json").read_text()) if (run_dir / "train.json").is_file() else None
     trig = None
     if (run_dir / "triggers.safetensors").is_file():
@@ -191,21 +189,22 @@ def _read_run(run_dir: Path) -> RealRun:
         trig = load_file(str(run_dir / "triggers.safetensors"))
     s = m.analysis.settings if m.analysis is not None else None
     cutoffs = (s.stable_cutoff, s.unstable_cutoff) if s is not None else (0.8, 0.2)
-    tr = raw.get("triggers")
-    if tr and "null" not in tr and trig is not None:
+    tr = m.triggers
+    if tr is not None and tr.null is None and trig is not None:
         # a run made before the null was stored: the same random splits from the saved per-latent arrays
         from real.triggers import split_null
+        from synthsae.results import TriggerNull
 
-        tr["null"] = split_null(trig, trig["frequency"] > LIVE_FREQ, (tr.get("stable") or {}).get("n", 0),
-                                (tr.get("unstable") or {}).get("n", 0))
-    return RealRun(**{f.name: getattr(m, f.name) for f in fields(Metrics)}, train=train, splice=raw.get("splice"),
-                   triggers=tr, trig=trig, cutoffs=cutoffs)
+        tr.null = typed(TriggerNull, split_null(trig, trig["frequency"] > LIVE_FREQ, (tr.stable.n if tr.stable else None) or 0,
+                                                (tr.unstable.n if tr.unstable else None) or 0))
+    return RealRun(**{f.name: getattr(m, f.name) for f in fields(Metrics)}, convergence=typed(ConvergenceResult, train),
+                   train=train, trig=trig, cutoffs=cutoffs)
 
 
 def _register_claims() -> None:
     """The real-only claims, once each: key, (title, claim), rule on a RealRun, section builder."""
-    register("convergence", CONVERGENCE, lambda r: convergence_verdict(r.train),
-             lambda v, r, lat, d: convergence_section(v, r.train, d))
+    register("convergence", CONVERGENCE, lambda r: convergence_verdict(r.convergence),
+             lambda v, r, lat, d: convergence_section(v, r.convergence, d))
     register("fidelity", FIDELITY, lambda r: fidelity_verdict(r.splice), lambda v, r, lat, d: fidelity_section(v, r.ablation))
     register("triggers", TRIGGERS,
              lambda r: triggers_verdict(r.triggers, r.analysis.frequency if r.analysis is not None else None),

@@ -19,6 +19,8 @@ from real.config import RealConfig, load, to_json
 from synthsae.config import ConfigError
 from synthsae.fileio import atomic_save_safetensors, atomic_write_text, merge_json_key
 from synthsae.metrics_file import write_stage
+from synthsae.results import TriggersResult
+from synthsae.serialize import from_json
 from synthsae.threads import threads_for
 
 CONFIG = "real_config.json"
@@ -161,7 +163,7 @@ def _run_locked(cfg: RealConfig, out: Path, force: bool, lm, progress: bool, log
 
         t = time.perf_counter()
         ab, splice = real_ablation(lm, sae, store, cfg, stab, scale, progress=progress)
-        merge_json_key(mpath, "splice", splice)
+        write_stage(mpath, "splice", splice)
         write_stage(mpath, "ablation", ab)  # last: its presence marks the stage done
         seconds["ablation"] = time.perf_counter() - t
 
@@ -194,7 +196,7 @@ def _run_locked(cfg: RealConfig, out: Path, force: bool, lm, progress: bool, log
     if not done("triggers"):
         log("[8/8] triggers: top tokens, surface-form score, token entropy")
         t = time.perf_counter()
-        merge_json_key(mpath, "triggers", trigger_stage(sae, store, cfg, stab, scale, out))
+        write_stage(mpath, "triggers", from_json(TriggersResult, trigger_stage(sae, store, cfg, stab, scale, out), "triggers"))
         seconds["triggers"] = time.perf_counter() - t
 
     from real.report import build_real_report

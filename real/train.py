@@ -20,7 +20,9 @@ from synthsae.checkpoint import FINISHED, checkpoint_step, finish, load_checkpoi
 from synthsae.device import pick_device
 from synthsae.io import RunFileError
 from synthsae.loop import DTYPES, new_state
+from synthsae.results import ConvergencePoint
 from synthsae.sae import build_sae
+from synthsae.serialize import to_json
 from synthsae.threads import threads_for
 
 __all__ = ["FINISHED", "checkpoint_steps", "convergence_point", "train_real"]
@@ -35,7 +37,7 @@ def checkpoint_steps(steps: int, n: int) -> list[int]:
 
 @torch.no_grad()
 def convergence_point(sae, x_eval, cfg: RealConfig, step: int, tokens: int) -> dict:
-    """Stability distribution and eval FVU / L0 of the seeds as they are now."""
+    """Stability distribution and eval FVU / L0 of the seeds as they are now (a ConvergencePoint in its JSON form)."""
     from synthsae.metrics.ablation import latent_stability, latent_stats
     from synthsae.metrics.stability import classify
 
@@ -48,13 +50,14 @@ def convergence_point(sae, x_eval, cfg: RealConfig, step: int, tokens: int) -> d
     var = ((x_eval - x_eval.mean(0)) ** 2).sum()
     fvu = (((x_eval - x_hat) ** 2).sum((-1, -2)) / var).tolist()
     n_live = live.sum().clamp_min(1)
-    return {"step": step, "tokens_per_seed": tokens, "fvu": fvu, "l0": (acts > 0).float().sum(-1).mean(-1).tolist(),
-            "mean_stability_live": float(stab[live].mean()) if bool(live.any()) else None,
-            "mean_stability_live_per_seed": [float(stab[s][live[s]].mean()) if bool(live[s].any()) else None
-                                             for s in range(stab.shape[0])],
-            "frac_stable_live": float((cls["stable"] & live).sum() / n_live),
-            "frac_unstable_live": float((cls["unstable"] & live).sum() / n_live),
-            "frac_live": float(live.float().mean())}
+    return to_json(ConvergencePoint(
+        step=step, tokens_per_seed=tokens, fvu=fvu, l0=(acts > 0).float().sum(-1).mean(-1).tolist(),
+        mean_stability_live=float(stab[live].mean()) if bool(live.any()) else None,
+        mean_stability_live_per_seed=[float(stab[s][live[s]].mean()) if bool(live[s].any()) else None
+                                      for s in range(stab.shape[0])],
+        frac_stable_live=float((cls["stable"] & live).sum() / n_live),
+        frac_unstable_live=float((cls["unstable"] & live).sum() / n_live),
+        frac_live=float(live.float().mean())))
 
 
 def train_real(cfg: RealConfig, store: ActivationStore, out: Path, *, resume: bool = True, progress: bool = True,

@@ -1,8 +1,9 @@
 """Verdict rules of the real-only claims (convergence, fidelity of the spliced reconstruction, triggers), typed as
 the synthetic ones are: checks with their numbers, core checks decide "did not hold", supporting ones can only
 lower "held" to "partly held", "not measured" when the input is missing. Thresholds are module constants;
-docs/metrics.md states every rule. Inputs are train.json's "convergence" list and metrics.json's "splice" and
-"triggers" entries (plain dicts: the real side writes them itself).
+docs/metrics.md states every rule. Inputs are the typed results (synthsae.results): ConvergenceResult from
+train.json, SpliceResult and TriggersResult from metrics.json ("splice", "triggers"); a plain dict in their JSON
+form is read into its type first.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import math
 
 import numpy as np
 
-from synthsae.results import Chance, Check, Verdict
+from synthsae.results import Chance, Check, ConvergencePoint, ConvergenceResult, SpliceResult, TriggersResult, Verdict
+from synthsae.serialize import from_json
 from synthsae.verdicts import decide, not_measured, rarity_check
 
 # convergence: the slope over the last CONV_WINDOW checkpoints taken before the learning rate starts to decay (once
@@ -47,6 +49,11 @@ def _verdict(title: str, claim: str, rule: str, checks: list[Check], why: str) -
     return Verdict(title, claim, rule, decide(checks), why, checks)
 
 
+def typed(cls, x):
+    """x as a `cls` result: a dict in its JSON form (train.json, metrics.json, tests) is read into it; None stays None."""
+    return from_json(cls, x, cls.__name__) if isinstance(x, dict) else x
+
+
 # ----------------------------------------------------------------------------------------------- convergence
 
 CONVERGENCE = ("Convergence",
@@ -55,13 +62,13 @@ CONVERGENCE = ("Convergence",
                "latents to study.")
 
 
-def curve_slope(points: list[dict], key: str) -> tuple[float | None, float | None]:
+def curve_slope(points: list[ConvergencePoint], key: str) -> tuple[float | None, float | None]:
     """(least-squares slope of the mean over seeds per mean checkpoint interval, mean over the points of the std over
     seeds) of `key` (a per-seed list) across `points`; None where undefined (fewer than two points, missing values)."""
-    ys = [p.get(key) for p in points]
+    ys = [getattr(p, key) for p in points]
     if len(ys) < 2 or any(not isinstance(y, list) or len(y) < 1 or not all(_ok(v) for v in y) for y in ys):
         return None, None
-    t = np.array([float(p["tokens_per_seed"]) for p in points])
+    t = np.array([float(p.tokens_per_seed) for p in points])
     mu = np.array([float(np.mean(y)) for y in ys])
     gap = (t[-1] - t[0]) / (len(t) - 1)
     slope = float(np.polyfit(t, mu, 1)[0] * gap) if gap > 0 else None
@@ -73,19 +80,20 @@ def _flat(slope: float | None, sd: float | None, floor: float) -> bool:
     return _ok(slope) and _ok(sd) and abs(slope) <= max(sd, floor)
 
 
-def constant_lr_points(train: dict) -> list[dict]:
+def constant_lr_points(train: ConvergenceResult) -> list[ConvergencePoint]:
     """The convergence checkpoints taken before the learning rate began to decay (train.json's steps x decay_start);
     all of them when train.json does not say where the decay starts."""
-    conv = train.get("convergence") or []
-    if train.get("decay_start") is None or train.get("steps") is None:
+    conv = train.convergence or []
+    if train.decay_start is None or train.steps is None:
         return list(conv)
-    cut = float(train["decay_start"]) * int(train["steps"])
-    return [c for c in conv if c["step"] <= cut]
+    cut = float(train.decay_start) * int(train.steps)
+    return [c for c in conv if c.step <= cut]
 
 
-def convergence_verdict(train: dict | None) -> Verdict:
+def convergence_verdict(train: ConvergenceResult | dict | None) -> Verdict:
     """From train.json: its "convergence" list (stability and FVU per seed at checkpoints of training)."""
-    conv = (train or {}).get("convergence") or []
+    train = typed(ConvergenceResult, train)
+    conv = (train.convergence if train is not None else None) or []
     if len(conv) < 2:
         return not_measured(*CONVERGENCE, "train.json with at least two convergence checkpoints")
     pre = constant_lr_points(train)
@@ -94,9 +102,9 @@ def convergence_verdict(train: dict | None) -> Verdict:
     b_last = conv[-1]
     ss, sd_s = curve_slope(win, "mean_stability_live_per_seed")
     fs, sd_f = curve_slope(win, "fvu")
-    sa, sb = a.get("mean_stability_live"), b.get("mean_stability_live")
-    fa, fb = _mean(a.get("fvu")), _mean(b.get("fvu"))
-    stable = b_last.get("frac_stable_live")
+    sa, sb = a.mean_stability_live, b.mean_stability_live
+    fa, fb = _mean(a.fvu), _mean(b.fvu)
+    stable = b_last.frac_stable_live
     no_seed = "" if sd_s is not None else " (no per-seed stability in train.json: rerun training to measure it)"
     checks = [
         Check("mean stability of live latents stopped moving", _flat(ss, sd_s, CONV_STAB_ABS), True,
@@ -116,9 +124,9 @@ def convergence_verdict(train: dict | None) -> Verdict:
             f"a different seed does (an undefined number fails). Supporting: >= {CONV_STABLE_MIN:.0%} of live latents "
             "stable at the last checkpoint")
     why = (f"mean stability {_f(sa, 4)} -> {_f(sb, 4)} (slope {_f(ss, 4)} per interval, seed std {_f(sd_s, 4)}), stable "
-           f"share {_f(a.get('frac_stable_live'), 4)} -> {_f(b.get('frac_stable_live'), 4)}, FVU {_f(fa, 4)} -> "
-           f"{_f(fb, 4)} (slope {_f(fs, 4)}, seed std {_f(sd_f, 4)}) between {a.get('tokens_per_seed')} and "
-           f"{b.get('tokens_per_seed')} training tokens per seed ({len(win)} checkpoints); {_f(stable, 4)} of live "
+           f"share {_f(a.frac_stable_live, 4)} -> {_f(b.frac_stable_live, 4)}, FVU {_f(fa, 4)} -> "
+           f"{_f(fb, 4)} (slope {_f(fs, 4)}, seed std {_f(sd_f, 4)}) between {a.tokens_per_seed} and "
+           f"{b.tokens_per_seed} training tokens per seed ({len(win)} checkpoints); {_f(stable, 4)} of live "
            "latents stable at the end")
     return _verdict(*CONVERGENCE, rule, checks, why)
 
@@ -130,17 +138,17 @@ FIDELITY = ("Reconstruction spliced into the model",
             "against zero-ablation.")
 
 
-def _spread_mean(sp: dict, key: str) -> float | None:
-    v = sp.get(key)
-    return v.get("mean") if isinstance(v, dict) else v
+def _mean_of(s) -> float | None:
+    return s.mean if s is not None else None
 
 
-def fidelity_verdict(splice: dict | None) -> Verdict:
+def fidelity_verdict(splice: SpliceResult | dict | None) -> Verdict:
     """From metrics.json's "splice": CE loss recovered, clean and zero-ablation CE, spliced FVU."""
-    if not splice or _spread_mean(splice, "ce_recovered") is None:
+    splice = typed(SpliceResult, splice)
+    if splice is None or _mean_of(splice.ce_recovered) is None:
         return not_measured(*FIDELITY, "the splice numbers (CE recovered)")
-    rec, fvu = _spread_mean(splice, "ce_recovered"), _spread_mean(splice, "fvu_spliced")
-    clean, zero = splice.get("ce_clean"), splice.get("ce_zero_ablation")
+    rec, fvu = _mean_of(splice.ce_recovered), _mean_of(splice.fvu_spliced)
+    clean, zero = splice.ce_clean, splice.ce_zero_ablation
     checks = [
         Check("zero-ablation hurts the model (CE recovered is defined)", _ok(clean) and _ok(zero) and zero >= clean + CE_ZERO_GAP,
               True, f"CE zero-ablation {_f(zero)} vs clean {_f(clean)} nats (+{CE_ZERO_GAP})"),
@@ -150,12 +158,11 @@ def fidelity_verdict(splice: dict | None) -> Verdict:
     ]
     rule = (f"core: CE with zeros spliced in exceeds the clean CE by >= {CE_ZERO_GAP} nats, and CE loss recovered (mean "
             f"over seeds) >= {CE_RECOVERED_MIN}. Supporting: FVU on the spliced tokens (mean over seeds) <= {FVU_MAX}. "
-            f"Spliced after block {splice.get('layer')} on {splice.get('splice_windows')} held-out windows "
-            f"({splice.get('splice_tokens')} predicted tokens). {splice.get('definition', '')}")
-    sd = lambda key: (splice.get(key) or {}).get("std") if isinstance(splice.get(key), dict) else None  # noqa: E731
-    why = (f"CE recovered {_f(rec)} ± {_f(sd('ce_recovered'))} (mean ± std over seeds); clean CE {_f(clean)}, spliced "
-           f"{_f(_spread_mean(splice, 'ce_spliced'))}, zero-ablation {_f(zero)} nats; KL to clean "
-           f"{_f(_spread_mean(splice, 'kl_spliced'))}; FVU {_f(fvu)}")
+            f"Spliced after block {splice.layer} on {splice.splice_windows} held-out windows "
+            f"({splice.splice_tokens} predicted tokens). {'' if splice.definition is None else splice.definition}")
+    why = (f"CE recovered {_f(rec)} ± {_f(splice.ce_recovered.std)} (mean ± std over seeds); clean CE {_f(clean)}, spliced "
+           f"{_f(_mean_of(splice.ce_spliced))}, zero-ablation {_f(zero)} nats; KL to clean "
+           f"{_f(_mean_of(splice.kl_spliced))}; FVU {_f(fvu)}")
     return _verdict(*FIDELITY, rule, checks, why)
 
 
@@ -167,23 +174,25 @@ TRIGGERS = ("Unstable latents fire on surface-form triggers",
             "and they fire more rarely (the Frequency section's check).")
 
 
-def _null_q(tr: dict, key: str, q: str) -> float | None:
-    return ((tr.get("null") or {}).get(f"{key}_median_diff") or {}).get(q)
+def _null_q(tr: TriggersResult, key: str, q: str) -> float | None:
+    d = getattr(tr.null, f"{key}_median_diff") if tr.null is not None else None
+    return getattr(d, q) if d is not None else None
 
 
-def triggers_verdict(tr: dict | None, fq=None) -> Verdict:
+def triggers_verdict(tr: TriggersResult | dict | None, fq=None) -> Verdict:
     """From metrics.json's "triggers": stable and unstable live latents' medians and the random-split null. Rarity is
     not measured again here: with the analysis's FrequencyResult `fq`, the Frequency section's own check (one
     definition, one sample, one answer) is repeated as a supporting check."""
-    if not tr or not tr.get("stable") or not tr.get("unstable"):
+    tr = typed(TriggersResult, tr)
+    if tr is None or tr.stable is None or tr.unstable is None:
         return not_measured(*TRIGGERS, "trigger statistics")
-    s, u = tr["stable"], tr["unstable"]
-    if not s.get("n") or not u.get("n"):
+    s, u = tr.stable, tr.unstable
+    if not s.n or not u.n:
         return Verdict(*TRIGGERS, "-", "not measured",
-                       f"{s.get('n')} stable and {u.get('n')} unstable live latents: the comparison needs both", [])
+                       f"{s.n} stable and {u.n} unstable live latents: the comparison needs both", [])
 
     def diff(key: str) -> float | None:
-        a, b = u.get(f"{key}_median"), s.get(f"{key}_median")
+        a, b = getattr(u, f"{key}_median"), getattr(s, f"{key}_median")
         return a - b if _ok(a) and _ok(b) else None
 
     surf = Chance(diff("surface_score"), _null_q(tr, "surface_score", "q95"))
@@ -201,16 +210,15 @@ def triggers_verdict(tr: dict | None, fq=None) -> Verdict:
     if fq is not None:
         rc = rarity_check(fq)
         checks.append(Check(rc.name + " (the Frequency section's check, same numbers)", rc.passed, False, rc.detail))
-    null = tr.get("null") or {}
     rule = (f"core: unstable live latents' median surface-form score exceeds stable ones' by >= {SURFACE_MARGIN}, and "
             f"their median token entropy is lower by >= {ENTROPY_MARGIN} bits; each difference must also lie beyond the "
             f"95% (entropy: 5%) quantile of the same difference between random disjoint groups of the same sizes drawn "
-            f"from all live latents ({null.get('draws', '-')} draws; a missing null fails). Supporting: the Frequency "
+            f"from all live latents ({tr.null.draws if tr.null is not None else '-'} draws; a missing null fails). Supporting: the Frequency "
             f"section's rarity check, repeated with its numbers (firing frequency is measured once, by the analysis). "
-            f"{tr.get('definition', '')}; on {tr.get('eval_tokens')} held-out tokens")
-    why = (f"median surface-form score unstable {_f(u.get('surface_score_median'))} vs stable "
-           f"{_f(s.get('surface_score_median'))} (difference {_f(surf.value)}, random splits' 95% quantile "
-           f"{_f(surf.baseline)}); token entropy {_f(u.get('token_entropy_median'), 2)} vs "
-           f"{_f(s.get('token_entropy_median'), 2)} bits (difference {_f(ent.value, 2)}, random splits' 5% quantile "
+            f"{'' if tr.definition is None else tr.definition}; on {tr.eval_tokens} held-out tokens")
+    why = (f"median surface-form score unstable {_f(u.surface_score_median)} vs stable "
+           f"{_f(s.surface_score_median)} (difference {_f(surf.value)}, random splits' 95% quantile "
+           f"{_f(surf.baseline)}); token entropy {_f(u.token_entropy_median, 2)} vs "
+           f"{_f(s.token_entropy_median, 2)} bits (difference {_f(ent.value, 2)}, random splits' 5% quantile "
            f"{_f(ent.baseline, 2)})")
     return _verdict(*TRIGGERS, rule, checks, why)

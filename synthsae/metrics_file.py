@@ -11,12 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from synthsae.fileio import merge_json_key
-from synthsae.results import AblationResult, AnalysisResult, AtlasResult, PoolingResult, SeedModesResult, SourcesResult
+from synthsae.results import (AblationResult, AnalysisResult, AtlasResult, PoolingResult, SeedModesResult, SourcesResult,
+                              SpliceResult, TriggersResult)
 from synthsae.serialize import from_json, to_json
 
 STAGES = {"analysis": AnalysisResult, "ablation": AblationResult, "pooling": PoolingResult, "sources": SourcesResult,
-          "atlas": AtlasResult, "seed_modes": SeedModesResult}
-RERUN = {"analysis": "analyze", "sources": "analyze", "ablation": "ablate", "pooling": "pool", "atlas": "atlas", "seed_modes": "seed-modes"}
+          "atlas": AtlasResult, "seed_modes": SeedModesResult, "splice": SpliceResult, "triggers": TriggersResult}
+RERUN = {"analysis": "analyze", "sources": "analyze", "ablation": "ablate", "pooling": "pool", "atlas": "atlas", "seed_modes": "seed-modes",
+         "splice": "real run", "triggers": "real run"}
 
 
 class MetricsError(ValueError):
@@ -33,6 +35,8 @@ class Metrics:
     sources: SourcesResult | None = None  # SAE folders loaded from other libraries (synthsae.loaders)
     atlas: AtlasResult | None = None  # cross-seed feature atlas (synthsae atlas, real run's atlas stage)
     seed_modes: SeedModesResult | None = None  # the run beside other seed modes (synthsae seed-modes)
+    splice: SpliceResult | None = None  # real runs: the reconstruction spliced into the model
+    triggers: TriggersResult | None = None  # real runs: what stable and unstable latents fire on
 
 
 def write_stage(path: str | Path, key: str, result) -> None:

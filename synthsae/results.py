@@ -12,11 +12,13 @@ from dataclasses import MISSING, dataclass, field
 from typing import Optional
 
 
-def doc(text: str, default=MISSING, factory=None):
-    """A dataclass field with its documentation (shown in the JSON schema); no default = required."""
+def doc(text: str, default=MISSING, factory=None, json: str | None = None, omit_none: bool = False):
+    """A dataclass field with its documentation (shown in the JSON schema); no default = required. json: its JSON key
+    when that is no Python name; omit_none: left out of the JSON when None (a key older files may lack)."""
+    meta = {"doc": text, **({"json": json} if json else {}), **({"omit_none": True} if omit_none else {})}
     if factory is not None:
-        return field(default_factory=factory, metadata={"doc": text})
-    return field(default=default, metadata={"doc": text})
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 # ----------------------------------------------------------------------------------------------- building blocks
@@ -760,6 +762,103 @@ class SeedModesResult:
 
     own_mode: str = doc("the run's seed mode")
     rows: list[SeedModeRow] = doc("the run's own mode first, then each companion", factory=list)
+
+
+# ----------------------------------------------------------------------------------------------- real runs
+
+
+@dataclass(kw_only=True)
+class SpliceResult:
+    """The SAEs' reconstruction spliced into the model after the layer (metrics.json key 'splice'; real runs)."""
+
+    layer: Optional[int] = doc("block after which the reconstruction replaces the residual stream", None)
+    splice_windows: Optional[int] = doc("held-out windows scored", None)
+    splice_tokens: Optional[int] = doc("predicted tokens scored", None)
+    ce_clean: Optional[float] = doc("next-token cross-entropy of the clean model (nats per token)", None)
+    ce_zero_ablation: Optional[float] = doc("the same with zeros spliced in at the same positions (nats per token)", None)
+    kl_zero_ablation: Optional[float] = doc("KL(clean || zero-ablated) per predicted token (nats)", None)
+    ce_spliced: Optional[Spread] = doc("CE with each seed's reconstruction spliced in (nats per token)", None)
+    kl_spliced: Optional[Spread] = doc("KL(clean || spliced) per predicted token, per seed (nats)", None)
+    fvu_spliced: Optional[Spread] = doc("fraction of variance unexplained on the spliced tokens, per seed", None)
+    ce_recovered: Optional[Spread] = doc("(CE_zero - CE_spliced) / (CE_zero - CE_clean) per seed (1: as good as clean)", None)
+    forward: Optional[str] = doc("suffix: blocks after the layer run from the spliced stream; hook: the whole model", None)
+    definition: Optional[str] = doc("the definitions in words", None)
+
+
+@dataclass(kw_only=True)
+class TriggerGroup:
+    """Trigger statistics of one group of live latents (stable or unstable), over every seed."""
+
+    n: Optional[int] = doc("live latents in the group", None)
+    surface_score_mean: Optional[float] = doc("mean surface-form score (share of activation mass on the top token)", None)
+    surface_score_median: Optional[float] = doc("median surface-form score", None)
+    token_entropy_mean: Optional[float] = doc("mean entropy of the token ids a latent fires on (bits)", None)
+    token_entropy_median: Optional[float] = doc("median token entropy (bits)", None)
+    frequency_mean: Optional[float] = doc("mean firing frequency on the trigger sample", None)
+    frequency_median: Optional[float] = doc("median firing frequency on the trigger sample", None)
+    frac_surface_ge_05: Optional[float] = doc("share with surface-form score >= 0.5", None, json="frac_surface_ge_0.5")
+
+
+@dataclass
+class Quantiles:
+    """5% / 50% / 95% quantiles of a difference over random draws."""
+
+    q05: Optional[float] = doc("5% quantile", None)
+    q50: Optional[float] = doc("median", None)
+    q95: Optional[float] = doc("95% quantile", None)
+
+
+@dataclass(kw_only=True)
+class TriggerNull:
+    """The stable / unstable comparison with both groups replaced by random disjoint groups of the same sizes drawn
+    from the live latents (every seed pooled); the differences are absent when the groups cannot be drawn."""
+
+    draws: Optional[int] = doc("random splits drawn", None)
+    seed: Optional[int] = doc("numpy generator seed of the draws", None)
+    n_pool: Optional[int] = doc("live latents with finite statistics, drawn from", None)
+    n_stable: Optional[int] = doc("size of the random 'stable' group", None)
+    n_unstable: Optional[int] = doc("size of the random 'unstable' group", None)
+    what: Optional[str] = doc("the difference, in words", None)
+    surface_score_median_diff: Optional[Quantiles] = doc("median surface score, random 'unstable' - 'stable'", None, omit_none=True)
+    token_entropy_median_diff: Optional[Quantiles] = doc("median token entropy, random 'unstable' - 'stable' (bits)", None, omit_none=True)
+    frequency_median_diff: Optional[Quantiles] = doc("median frequency, random 'unstable' - 'stable'", None, omit_none=True)
+
+
+@dataclass(kw_only=True)
+class TriggersResult:
+    """What stable and unstable live latents fire on (metrics.json key 'triggers'; real runs)."""
+
+    eval_tokens: Optional[int] = doc("held-out tokens encoded", None)
+    definition: Optional[str] = doc("the statistics in words", None)
+    stable: Optional[TriggerGroup] = doc("live latents at stability >= the stable cut-off", None)
+    unstable: Optional[TriggerGroup] = doc("live latents at stability <= the unstable cut-off", None)
+    null: Optional[TriggerNull] = doc("random splits of the live latents (absent in runs made before it was stored)",
+                                      None, omit_none=True)
+
+
+@dataclass(kw_only=True)
+class ConvergencePoint:
+    """The seeds at one checkpoint of training, on an eval sample (train.json's 'convergence' list; real runs)."""
+
+    step: int = doc("optimizer step")
+    tokens_per_seed: int = doc("training tokens each seed has seen")
+    fvu: Optional[list[Optional[float]]] = doc("eval fraction of variance unexplained, per seed", None)
+    l0: Optional[list[Optional[float]]] = doc("mean active latents per token, per seed", None)
+    mean_stability_live: Optional[float] = doc("mean stability of live latents (maxcos at the analysis tau)", None)
+    mean_stability_live_per_seed: Optional[list[Optional[float]]] = doc(
+        "the same per seed (absent in runs made before it was stored)", None, omit_none=True)
+    frac_stable_live: Optional[float] = doc("stable share of live latents", None)
+    frac_unstable_live: Optional[float] = doc("unstable share of live latents", None)
+    frac_live: Optional[float] = doc("share of latents live (frequency > 1e-5)", None)
+
+
+@dataclass(kw_only=True)
+class ConvergenceResult:
+    """The convergence curve of a real run's training, read from train.json (other train.json keys ignored)."""
+
+    steps: Optional[int] = doc("optimizer steps of the run", None)
+    decay_start: Optional[float] = doc("share of the steps after which the learning rate decays", None)
+    convergence: Optional[list[ConvergencePoint]] = doc("checkpoints in training order (null: none taken)", None)
 
 
 # ----------------------------------------------------------------------------------------------- verdicts

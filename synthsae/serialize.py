@@ -15,10 +15,17 @@ from typing import Any, Union
 import numpy as np
 
 
+def json_key(f: dataclasses.Field) -> str:
+    """A field's key in JSON: its name, or metadata["json"] where the key is no Python name (frac_surface_ge_0.5)."""
+    return f.metadata.get("json", f.name)
+
+
 def to_json(obj: Any) -> Any:
-    """Plain JSON values: dataclasses to dicts (field order kept), tensors / arrays to lists, NaN / inf to None."""
+    """Plain JSON values: dataclasses to dicts (field order kept; a None field marked omit_none is left out), tensors /
+    arrays to lists, NaN / inf to None."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_json(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        return {json_key(f): to_json(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+                if not (f.metadata.get("omit_none") and getattr(obj, f.name) is None)}
     if isinstance(obj, dict):
         return {str(k): to_json(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -56,8 +63,9 @@ def from_json(tp, data: Any, where: str = "") -> Any:
         hints = typing.get_type_hints(tp)
         kwargs = {}
         for f in dataclasses.fields(tp):
-            if f.name in data:
-                kwargs[f.name] = from_json(hints[f.name], data[f.name], f"{where}.{f.name}" if where else f.name)
+            key = json_key(f)
+            if key in data:
+                kwargs[f.name] = from_json(hints[f.name], data[key], f"{where}.{key}" if where else key)
             elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 raise ValueError(f"{where or tp.__name__}: missing field {f.name!r}")
         return tp(**kwargs)
@@ -102,9 +110,9 @@ def json_schema(tp, defs: dict | None = None) -> dict:
                 p = dict(json_schema(hints[f.name], defs))
                 if f.metadata.get("doc"):
                     p["description"] = f.metadata["doc"]
-                props[f.name] = p
+                props[json_key(f)] = p
                 if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                    required.append(f.name)
+                    required.append(json_key(f))
             defs[name] = {"type": "object", "description": " ".join((tp.__doc__ or "").split()),
                           "properties": props, "required": required}
         out = {"$ref": f"#/$defs/{name}"}
