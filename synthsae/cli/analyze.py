@@ -13,7 +13,7 @@ from synthsae.cli.folders import (check_metrics_target, check_paths, check_run_s
                                   load_given_acts, seed_folders, warn_taus)
 from synthsae.cli.options import AllowMissingSeeds, AsJson, Device, Format, Match, Tau
 from synthsae.cli.show import print_ablation, print_analysis, print_pooling, print_verdicts
-from synthsae.config import AnalysisConfig
+from synthsae.config import MATCH_RULES, AnalysisConfig
 from synthsae.config import load as load_config
 from synthsae.device import resolve_device
 from synthsae.fileio import check_writable_dir
@@ -21,7 +21,6 @@ from synthsae.loaders import load_stack
 from synthsae.loaders.analysis import analyze_stack, pool_stack, write_folder_results, write_pooling
 from synthsae.metrics.ablation import ablate_run
 from synthsae.metrics.run_analysis import analyze_run, is_run_dir, with_overrides, write_analysis
-from synthsae.metrics.stability import RULES as MATCH_RULES
 from synthsae.metrics_file import write_stage
 from synthsae.outdir import analysis_folder, claim
 from synthsae.pooling import RULES as POOL_RULES
