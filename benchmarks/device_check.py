@@ -231,16 +231,16 @@ def child_b(dry: bool, device: str, save=lambda numbers: None) -> dict:
     out: dict = {"batch": B, "train_dtype": dtype, "ceilings": [], "rows": [], "kernels": []}
     out["profile"] = child_profile(dry, device, lambda p: save({**out, "profile": p}))
     try:
-        from synthsae.sae import kernels  # the CUDA kernels (Triton); absent on older checkouts
+        from synthsae.sae.kernels import bench as kernel_bench  # the CUDA kernels (Triton); absent on older checkouts
     except ImportError as e:
         out["kernels_note"] = f"no kernel module: {e}"
     else:
         for d, m, k in sizes:
             for S in S_list[-1:]:
                 row: dict = {"d": d, "m": m, "k": k, "S": S}
-                for name, fn in (("decoder", lambda: kernels.bench_decoder(S=S, B=B, m=m, d=d, k=k, device=dev,
+                for name, fn in (("decoder", lambda: kernel_bench.bench_decoder(S=S, B=B, m=m, d=d, k=k, device=dev,
                                                                            dtype=torch.float32)),
-                                 ("topk", lambda: kernels.bench_topk(S=S, B=B, m=m, k=k, device=dev, dtype=torch.float32))):
+                                 ("topk", lambda: kernel_bench.bench_topk(S=S, B=B, m=m, k=k, device=dev, dtype=torch.float32))):
                     try:
                         row[name] = fn()
                     except Exception as e:  # recorded, not fatal: the point is to learn what breaks

@@ -19,8 +19,8 @@ from real.verdicts import CONVERGENCE, FIDELITY, TRIGGERS, convergence_verdict, 
 from synthsae import figures
 from synthsae.claims import claim_sections, claim_verdicts, register
 from synthsae.metrics_file import Metrics
-from synthsae.report import _section as verdict_section
-from synthsae.report_render import Section, Table, fmt, pm, write_report
+from synthsae.report import atlas_sections, load_latents  # importing it also registers the shared claims listed here
+from synthsae.report_render import Section, Table, fmt, pm, verdict_section, write_report
 from synthsae.results import ConvergenceResult, TriggersResult, Verdict
 from synthsae.verdicts import always_on_text
 
@@ -128,7 +128,6 @@ def atlas_section(at) -> Section:
     """The atlas stage (an AtlasResult): the synthetic report's atlas section (verdict on held-out seeds, kinds), plus
     the rank histogram and the EV and spliced CE the reproducible features carry against the remainder."""
     from synthsae.metrics.atlas_run import atlas_verdict
-    from synthsae.report import atlas_sections
 
     if at is None:
         v = atlas_verdict(None)
@@ -226,8 +225,6 @@ def real_verdicts(run_dir: str | Path) -> list[Verdict]:
 
 def build_real_report(run_dir: str | Path, tokenizer=None) -> tuple[Path, Path]:
     """figures/*.png, report.md and report.html of a real run from its saved files."""
-    from synthsae.report import load_latents
-
     run_dir = Path(run_dir)
     m = _read_run(run_dir)
     lat, train = load_latents(run_dir), m.train

@@ -13,7 +13,7 @@ from pathlib import Path
 from synthsae.fileio import merge_json_key
 from synthsae.results import (AblationResult, AnalysisResult, AtlasResult, PoolingResult, SeedModesResult, SourcesResult,
                               SpliceResult, TriggersResult)
-from synthsae.serialize import from_json, to_json
+from synthsae.serialize import from_json, json_schema, to_json
 
 STAGES = {"analysis": AnalysisResult, "ablation": AblationResult, "pooling": PoolingResult, "sources": SourcesResult,
           "atlas": AtlasResult, "seed_modes": SeedModesResult, "splice": SpliceResult, "triggers": TriggersResult}
@@ -72,3 +72,32 @@ def stage_done(path: str | Path, key: str) -> bool:
     if not Path(path).is_file():
         return False
     return getattr(read_metrics(path), key) is not None
+
+
+def stage_taus(m: Metrics) -> dict[str, float]:
+    """The match threshold tau each stage of a run used ({"analysis": 0.7, "ablation": 0.7, ...}, stages run)."""
+    out = {}
+    if m.analysis is not None:
+        out["analysis"] = float(m.analysis.settings.tau)
+    if m.ablation is not None:
+        out["ablation"] = float(m.ablation.tau)
+    if m.pooling is not None:
+        out["pooling"] = float(m.pooling.tau)
+    return out
+
+
+def tau_warning(m: Metrics) -> str | None:
+    """One line when the stages of a run used different taus (their numbers do not describe the same matching)."""
+    taus = stage_taus(m)
+    if len(set(taus.values())) <= 1:
+        return None
+    return ("warning: the stages used different tau: " + ", ".join(f"{k} {v:g}" for k, v in taus.items())
+            + "; re-run the others with the same --tau to compare them")
+
+
+def metrics_schema() -> dict:
+    """Schema of a run's metrics.json: every stage's typed result under its key (each optional)."""
+    defs: dict = {}
+    props = {key: json_schema(cls, defs) for key, cls in STAGES.items()}
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "synthsae metrics.json",
+            "type": "object", "properties": props, "$defs": defs}

@@ -17,7 +17,7 @@ from synthsae.claims import ANALYSIS_CLAIMS, REPORT_CLAIMS, SUMMARY_CLAIMS, clai
 from synthsae.metrics.atlas_run import ATLAS, atlas_verdict
 from synthsae.metrics_file import Metrics, read_metrics
 from synthsae.metrics.run_analysis import LATENTS_FILE
-from synthsae.report_render import Section, Table, fmt, pm, write_report
+from synthsae.report_render import Section, Table, fmt, pm, verdict_section, write_report
 from synthsae.results import AblationResult, AnalysisResult, AtlasResult, PoolingResult, SourcesResult, Spread, Verdict
 
 
@@ -40,21 +40,11 @@ def _pm(s: Spread | None, digits: int = 3) -> str:
     return pm(s.mean, s.std, digits) if s is not None else "-"
 
 
-def _section(v: Verdict) -> Section:
-    """A section holding the verdict, its rule and a table of its checks (figures and tables added by the caller)."""
-    sec = Section(v.title, v.claim, v.verdict, v.why, paragraphs=[f"Rule: {v.rule}."] if v.checks else [])
-    if v.checks:
-        sec.tables.append(Table(["check", "core", "passed", "numbers"],
-                                [[c.name, "core" if c.core else "supporting", "yes" if c.passed else "NO", c.detail]
-                                 for c in v.checks], "Checks of the rule"))
-    return sec
-
-
 # ----------------------------------------------------------------------------------------------- sections
 
 
 def stability_section(v: Verdict, an: AnalysisResult | None, lat: dict, fig_dir: Path) -> Section:
-    sec = _section(v)
+    sec = verdict_section(v)
     if an is None:
         return sec
     s, st = an.settings, an.stability
@@ -77,7 +67,7 @@ def stability_section(v: Verdict, an: AnalysisResult | None, lat: dict, fig_dir:
 
 
 def frequency_section(v: Verdict, an: AnalysisResult | None, lat: dict, fig_dir: Path) -> Section:
-    sec = _section(v)
+    sec = verdict_section(v)
     fq = an.frequency if an is not None else None
     if fq is None:
         return sec
@@ -94,7 +84,7 @@ def frequency_section(v: Verdict, an: AnalysisResult | None, lat: dict, fig_dir:
 
 
 def recovery_section(v: Verdict, an: AnalysisResult | None, fig_dir: Path) -> Section:
-    sec = _section(v)
+    sec = verdict_section(v)
     tr = an.truth if an is not None else None
     if tr is None:
         return sec
@@ -139,7 +129,7 @@ def recovery_section(v: Verdict, an: AnalysisResult | None, fig_dir: Path) -> Se
 
 
 def clusters_section(v: Verdict, an: AnalysisResult | None, lat: dict, fig_dir: Path) -> Section:
-    sec = _section(v)
+    sec = verdict_section(v)
     if an is None:
         return sec
     sp, uc = an.span_reproducibility, an.unstable_clusters
@@ -194,7 +184,7 @@ def _instability_sources(lat: dict, s_cut: float) -> Table:
 
 
 def ablation_section(v: Verdict, ab: AblationResult | None, fig_dir: Path) -> Section:
-    sec = _section(v)
+    sec = verdict_section(v)
     if ab is None:
         return sec
     metrics_ = list(ab.units)
@@ -231,7 +221,7 @@ def pool_row_name(pv) -> str:
 
 
 def pooling_section(v: Verdict, po: PoolingResult | None, fig_dir: Path) -> Section:
-    sec = _section(v)
+    sec = verdict_section(v)
     if po is None:
         return sec
     s = po.single
@@ -271,7 +261,7 @@ def atlas_sections(at: AtlasResult | None) -> list[Section]:
 
 def atlas_section(v: Verdict, at: AtlasResult) -> Section:
     """The atlas stage's verdict with its kinds, held-out, resample and planted-block tables."""
-    sec = _section(v)
+    sec = verdict_section(v)
     sec.paragraphs.append(
         f"{at.n_features} features from {at.n_seeds} seeds: {at.n_stable_rank1} stable rank-1 directions, "
         f"{at.n_subspaces} reproducible subspaces (ranks {at.rank_histogram}), {at.n_remainder_latents} "
@@ -368,7 +358,7 @@ def _summary(run_dir: Path, m: Metrics) -> list[str]:
         lines.append(f"{s.seeds} seeds of a {s.variant or '?'} SAE, d_in = {s.d_in}, d_sae = {s.d_sae}; matching {s.match} "
                      f"at tau = {s.tau}; stable >= {s.stable_cutoff}, unstable <= {s.unstable_cutoff}.")
     lines += sources_lines(m.sources)
-    from synthsae.study import tau_warning
+    from synthsae.metrics_file import tau_warning
 
     if tau_warning(m):
         lines.append(tau_warning(m).replace("warning: ", "Warning: ", 1) + ".")

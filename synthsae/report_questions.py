@@ -9,18 +9,12 @@ from pathlib import Path
 import numpy as np
 
 from synthsae import figures
-from synthsae.report_render import Section, Table, fmt
+from synthsae.report_render import Section, Table, fmt, verdict_section
 from synthsae.results import AnalysisResult, SeedModesResult, Verdict
 
 
-def _section(v: Verdict) -> Section:
-    from synthsae.report import _section as base
-
-    return base(v)
-
-
 def truth_filter_section(v: Verdict, an: AnalysisResult | None, lat: dict, fig_dir: Path) -> Section:
-    sec = _section(v)
+    sec = verdict_section(v)
     tf = an.truth_filter if an is not None else None
     if tf is None:
         return sec
@@ -56,7 +50,7 @@ def truth_filter_section(v: Verdict, an: AnalysisResult | None, lat: dict, fig_d
 def seed_budget_section(v: Verdict, an: AnalysisResult | None, fig_dir: Path) -> Section:
     from synthsae.metrics.seed_budget import budget_sentence
 
-    sec = _section(v)
+    sec = verdict_section(v)
     sb = an.seed_budget if an is not None else None
     if sb is None or not sb.rows:
         return sec
@@ -85,7 +79,7 @@ def seed_budget_section(v: Verdict, an: AnalysisResult | None, fig_dir: Path) ->
 
 
 def seed_modes_section(v: Verdict, sm: SeedModesResult) -> Section:
-    sec = _section(v)
+    sec = verdict_section(v)
     ind = next((r for r in sm.rows if r.mode == "independent"), None)
     sec.paragraphs.append("Each mode is the run's config with only train.seed_mode changed, trained into seed_modes/<mode>/ "
                           "and analysed with the run's settings. independent: own init, own data stream; shared_init: one "

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from synthsae.fileio import atomic_write_text
+from synthsae.results import Verdict
 
 VERDICTS = ("held", "partly held", "did not hold", "not measured")
 
@@ -36,6 +37,16 @@ class Section:
     def __post_init__(self) -> None:
         if self.verdict not in VERDICTS:
             raise ValueError(f"verdict {self.verdict!r}: must be one of {', '.join(VERDICTS)}")
+
+
+def verdict_section(v: Verdict) -> Section:
+    """A section holding the verdict, its rule and a table of its checks (figures and tables added by the caller)."""
+    sec = Section(v.title, v.claim, v.verdict, v.why, paragraphs=[f"Rule: {v.rule}."] if v.checks else [])
+    if v.checks:
+        sec.tables.append(Table(["check", "core", "passed", "numbers"],
+                                [[c.name, "core" if c.core else "supporting", "yes" if c.passed else "NO", c.detail]
+                                 for c in v.checks], "Checks of the rule"))
+    return sec
 
 
 def fmt(x: float | int | None, digits: int = 3) -> str:

@@ -127,13 +127,3 @@ def json_schema(tp, defs: dict | None = None) -> dict:
     if top:
         return {"$schema": "https://json-schema.org/draft/2020-12/schema", **out, "$defs": defs}
     return out
-
-
-def metrics_schema() -> dict:
-    """Schema of a run's metrics.json: every stage's typed result under its key (each optional)."""
-    from synthsae.metrics_file import STAGES
-
-    defs: dict = {}
-    props = {key: json_schema(cls, defs) for key, cls in STAGES.items()}
-    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "synthsae metrics.json",
-            "type": "object", "properties": props, "$defs": defs}

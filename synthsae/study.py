@@ -124,22 +124,3 @@ def _run_locked(cfg: RunConfig, out: Path, *, resume: bool, force: bool, device:
     return StudyResult(out, read_metrics(mpath), seconds)
 
 
-def stage_taus(m: Metrics) -> dict[str, float]:
-    """The match threshold tau each stage of a run used ({"analysis": 0.7, "ablation": 0.7, ...}, stages run)."""
-    out = {}
-    if m.analysis is not None:
-        out["analysis"] = float(m.analysis.settings.tau)
-    if m.ablation is not None:
-        out["ablation"] = float(m.ablation.tau)
-    if m.pooling is not None:
-        out["pooling"] = float(m.pooling.tau)
-    return out
-
-
-def tau_warning(m: Metrics) -> str | None:
-    """One line when the stages of a run used different taus (their numbers do not describe the same matching)."""
-    taus = stage_taus(m)
-    if len(set(taus.values())) <= 1:
-        return None
-    return ("warning: the stages used different tau: " + ", ".join(f"{k} {v:g}" for k, v in taus.items())
-            + "; re-run the others with the same --tau to compare them")

@@ -256,7 +256,7 @@ def test_atlas_result_round_trips_through_metrics_json_and_fits_the_schema(res):
     import jsonschema
 
     from synthsae.metrics_file import read_metrics, write_stage
-    from synthsae.serialize import metrics_schema
+    from synthsae.metrics_file import metrics_schema
 
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "metrics.json"

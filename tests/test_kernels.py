@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from synthsae.config import ConfigError
 from synthsae.sae import kernels
+from synthsae.sae.kernels import bench as kernel_bench
 from synthsae.sae.sparse import code_from_rows_cols, code_from_topk, fast_topk, sparse_decode
 
 EPS32 = torch.finfo(torch.float32).eps
@@ -297,12 +298,12 @@ def test_kernel_choice_is_validated(monkeypatch):
 @needs_triton
 def test_bench_functions_report_both_paths():
     """bench_decoder / bench_topk time both paths at one shape and report that they agree."""
-    r = kernels.bench_decoder(2, 8, 64, 24, 4, device=DEV, repeats=1)
+    r = kernel_bench.bench_decoder(2, 8, 64, 24, 4, device=DEV, repeats=1)
     assert r["triton_skipped"] is None and r["reference_ms"] > 0 and r["triton_ms"] > 0
     assert r["max_abs_diff_out"] < 1e-5 and r["max_abs_diff_grad_W_dec"] < 1e-5 and r["max_abs_diff_grad_values"] < 1e-5
-    t = kernels.bench_topk(2, 8, 128, 4, device=DEV, repeats=1)
+    t = kernel_bench.bench_topk(2, 8, 128, 4, device=DEV, repeats=1)
     assert t["values_equal"] and t["indices_point_at_values"]
-    b = kernels.bench_batch_topk(2, 8, 128, 2, device=DEV, repeats=1)
+    b = kernel_bench.bench_batch_topk(2, 8, 128, 2, device=DEV, repeats=1)
     assert b["values_equal"] and b["indices_point_at_values"] and b["block_ms"] > 0
 
 
@@ -314,14 +315,14 @@ def test_kernels_on_cuda_at_real_size(dtype):
     since both accumulate in fp32 but round their outputs to bf16)."""
     if not kernels.triton_available():
         pytest.skip(f"triton unavailable: {kernels.triton_unavailable_reason()}")
-    r = kernels.bench_decoder(2, 4096, 16384, 768, 32, device="cuda", dtype=dtype, repeats=2)
+    r = kernel_bench.bench_decoder(2, 4096, 16384, 768, 32, device="cuda", dtype=dtype, repeats=2)
     tol = 1e-4 if dtype == torch.float32 else 2e-2
     assert r["triton_skipped"] is None
     for name in ("out", "grad_values", "grad_W_dec"):
         assert r[f"max_abs_diff_{name}"] <= tol * r[f"max_abs_{name}"], (name, r)
-    t = kernels.bench_topk(2, 4096, 16384, 32, device="cuda", dtype=dtype, repeats=2)
+    t = kernel_bench.bench_topk(2, 4096, 16384, 32, device="cuda", dtype=dtype, repeats=2)
     assert t["values_equal"] and t["indices_point_at_values"]
-    b = kernels.bench_batch_topk(2, 4096, 16384, 32, device="cuda", dtype=dtype, repeats=2)
+    b = kernel_bench.bench_batch_topk(2, 4096, 16384, 32, device="cuda", dtype=dtype, repeats=2)
     assert b["values_equal"] and b["indices_point_at_values"]
 
 

@@ -398,7 +398,7 @@ def test_tau_warning_when_stages_differ():
     from types import SimpleNamespace as NS
 
     from synthsae.metrics_file import Metrics
-    from synthsae.study import stage_taus, tau_warning
+    from synthsae.metrics_file import stage_taus, tau_warning
 
     same = Metrics(analysis=NS(settings=NS(tau=0.7)), ablation=NS(tau=0.7), pooling=NS(tau=0.7))
     assert stage_taus(same) == {"analysis": 0.7, "ablation": 0.7, "pooling": 0.7} and tau_warning(same) is None

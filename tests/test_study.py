@@ -72,7 +72,7 @@ def test_run_writes_every_file(tiny_run: Path) -> None:
 
 
 def test_metrics_json_validates_against_schema(tiny_run: Path) -> None:
-    from synthsae.serialize import metrics_schema
+    from synthsae.metrics_file import metrics_schema
 
     assert SCHEMA == json.loads(json.dumps(metrics_schema())), "shipped schema is stale: regenerate it from synthsae.results"
     metrics = json.loads((tiny_run / "metrics.json").read_text())

@@ -13,9 +13,9 @@ from synthsae.cli.common import UserError, check_device, console, user_errors
 from synthsae.cli.folders import check_metrics_target, check_run_seeds, input_lock, open_input, warn_taus
 from synthsae.cli.options import AllowMissingSeeds, AsJson, Device, Format, Match, Tau
 from synthsae.cli.show import print_ablation, print_analysis, print_pooling, print_verdicts
+from synthsae.config import MATCH_RULES
 from synthsae.fileio import check_writable_dir
 from synthsae.metrics.run_analysis import with_overrides
-from synthsae.metrics.stability import RULES as MATCH_RULES
 from synthsae.pooling import RULES as POOL_RULES
 from synthsae.report import build_report
 from synthsae.serialize import to_json

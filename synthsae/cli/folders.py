@@ -10,10 +10,9 @@ from synthsae.cli.common import UserError, err_console
 from synthsae.fileio import check_writable_file, read_json_object
 from synthsae.io import check_seed_folders
 from synthsae.io import seed_folders as run_seed_folders
-from synthsae.metrics_file import MetricsError, read_metrics
+from synthsae.metrics_file import MetricsError, read_metrics, tau_warning
 from synthsae.rundir import run_lock
 from synthsae.source import Source, open_source
-from synthsae.study import tau_warning
 
 
 def open_input(paths: list[Path], fmt: Optional[str] = None, acts: Optional[Path] = None, out: Optional[Path] = None,

@@ -11,9 +11,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from synthsae.config import PRESETS, AnalysisConfig
+from synthsae.config import MATCH_RULES, PRESETS, AnalysisConfig
 from synthsae.loaders import FORMATS
-from synthsae.metrics.stability import RULES as MATCH_RULES
 from synthsae.sae import known_names
 
 

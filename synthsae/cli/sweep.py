@@ -9,7 +9,7 @@ import typer
 
 from synthsae.cli.common import UserError, console, log, stopped_exit, user_errors
 from synthsae.cli.options import Quiet
-from synthsae.sweep import grid_preset, load_grid, run_sweep
+from synthsae.sweep import PRESETS, grid_preset, load_grid, run_sweep
 
 
 def sweep_cmd(
@@ -22,7 +22,7 @@ def sweep_cmd(
 ) -> None:
     """A grid of runs (widths, layers, models, variants, seeds): sweep.json / .md / .html with the verdict map and trends."""
     if (grid_file is None) == (preset_name is None):
-        raise UserError("GRID = give a GRID.toml file or --preset NAME (quick, synthetic, real-cpu, real-gpu), not both")
+        raise UserError(f"GRID = give a GRID.toml file or --preset NAME ({', '.join(PRESETS)}), not both")
     if jobs < 1:
         raise UserError(f"--jobs = {jobs}: must be an integer >= 1")
     grid = load_grid(grid_file) if grid_file is not None else grid_preset(preset_name)

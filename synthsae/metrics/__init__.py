@@ -7,5 +7,5 @@ subspaces     subspace_overlap (+ baseline), span_projection, span_reproducibili
               describe_clusters, effective_rank, rotation_null, random_points_null
 frequency     firing_frequency, FrequencyCounter, spearman, frequency_vs_stability
 analyze       analyze / analyze_with_latents: everything for S SAEs as one typed AnalysisResult (rotated-seeds null)
-run_analysis  analyze_run / analyze_folders (from disk), write_analysis (metrics.json key "analysis")
+run_analysis  analyze_run (a run from disk), write_analysis (metrics.json key "analysis")
 """

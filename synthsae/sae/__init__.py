@@ -90,7 +90,7 @@ def known_names() -> list[str]:
 
 def get_variant(name: str) -> type:
     """The class registered under `name` (a plug-in is imported only now); a one-line ConfigError otherwise."""
-    from synthsae.config import ConfigError
+    from synthsae.errors import ConfigError
 
     _builtins()
     if name in _REGISTRY:
@@ -108,7 +108,7 @@ def get_variant(name: str) -> type:
 def check_variant_config(cfg, prefix: str = "sae") -> None:
     """The variant's own config rules (`check_config` of its class); a plug-in's check failing with anything but a
     ConfigError is a one-line ConfigError naming the plug-in."""
-    from synthsae.config import ConfigError
+    from synthsae.errors import ConfigError
 
     cls = get_variant(cfg.variant)
     if not is_plugin(cfg.variant):
@@ -159,11 +159,11 @@ def build_sae(cfg, d_in: int, init_seeds: list[int], device=None, dtype=None):
     try:
         sae = cls(cfg, d_in, list(init_seeds), device=device, dtype=dtype or torch.float32)
     except Exception as exc:  # noqa: BLE001 - a third-party constructor: its failure is named, not a traceback
-        from synthsae.config import ConfigError
+        from synthsae.errors import ConfigError
 
         raise ConfigError(f"{where} failed to build: {type(exc).__name__}: {_first_line(exc)}") from None
     if not isinstance(sae, SAE):
-        from synthsae.config import ConfigError
+        from synthsae.errors import ConfigError
 
         raise ConfigError(f"{where} built a {type(sae).__name__}, not an SAE")
     return sae

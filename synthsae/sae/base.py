@@ -17,7 +17,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor, nn
 
-from synthsae.config import SAEConfig
+from synthsae.sae_config import SAEConfig
 
 _SKIP_INIT: contextvars.ContextVar[bool] = contextvars.ContextVar("synthsae_skip_init", default=False)
 

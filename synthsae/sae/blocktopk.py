@@ -16,7 +16,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from synthsae.config import ConfigError, SAEConfig
+from synthsae.errors import ConfigError
+from synthsae.sae_config import SAEConfig
 from synthsae.sae import register_variant
 from synthsae.sae.sparse import SparseCode, code_from_topk, fast_topk
 from synthsae.sae.topk import TopKSAE

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from synthsae.config import ConfigError
+from synthsae.errors import ConfigError
 
 MODES = ("auto", "reference", "triton")
 ENV = "SYNTHSAE_KERNELS"
@@ -165,27 +165,3 @@ def row_topk_triton(pre: Tensor, k: int) -> tuple[Tensor, Tensor]:
     from synthsae.sae.kernels import triton_sparse
 
     return triton_sparse.row_topk(pre, k)
-
-
-def bench_decoder(S: int, B: int, m: int, d: int, k: int, device: str = "cuda", dtype: torch.dtype = torch.float32,
-                  repeats: int = 10) -> dict:
-    """Time the sparse decoder forward + backward, reference against Triton (see synthsae.sae.kernels.bench)."""
-    from synthsae.sae.kernels.bench import bench_decoder as run
-
-    return run(S, B, m, d, k, device=device, dtype=dtype, repeats=repeats)
-
-
-def bench_topk(S: int, B: int, m: int, k: int, device: str = "cuda", dtype: torch.dtype = torch.float32,
-               repeats: int = 10) -> dict:
-    """Time the row top-k, torch.topk against Triton (see synthsae.sae.kernels.bench)."""
-    from synthsae.sae.kernels.bench import bench_topk as run
-
-    return run(S, B, m, k, device=device, dtype=dtype, repeats=repeats)
-
-
-def bench_batch_topk(S: int, B: int, m: int, k: int, device: str = "cuda", dtype: torch.dtype = torch.float32,
-                     repeats: int = 10) -> dict:
-    """Time BatchTopK's selection, torch.topk against block maxima (see synthsae.sae.kernels.bench)."""
-    from synthsae.sae.kernels.bench import bench_batch_topk as run
-
-    return run(S, B, m, k, device=device, dtype=dtype, repeats=repeats)
