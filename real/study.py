@@ -141,12 +141,12 @@ def _run_locked(cfg: RealConfig, out: Path, force: bool, lm, progress: bool, log
     sae = sae.to(dev)
 
     from synthsae.metrics.analyze import analyze_with_latents
-    from synthsae.metrics.run_analysis import LATENTS_FILE, _sparsity, write_analysis
+    from synthsae.metrics.run_analysis import LATENTS_FILE, seed_sparsity, write_analysis
 
     if not done("analysis"):
         log("[4/8] stability, span reproducibility, clusters of unstable latents")
         t = time.perf_counter()
-        freq, source = _sparsity(seed_folders(out))
+        freq, source = seed_sparsity(seed_folders(out))
         res, per = analyze_with_latents(sae.W_dec.detach(), sae.W_enc.detach(), freq, None, cfg.analysis, dev, source)
         res.settings.run_dir = str(out)
         res.settings.variant = cfg.sae.variant

@@ -15,7 +15,6 @@ from synthsae.config import RunConfig, validate
 from synthsae.metrics_file import Metrics, read_metrics, stage_done, write_stage
 from synthsae.threads import configure_threads
 
-STAGES = ("train", "analysis", "ablation", "pooling", "report")
 RUN_OUTPUTS = ("metrics.json", "analysis_latents.safetensors", "report.md", "report.html", "figures", "pooled")
 
 

@@ -247,7 +247,7 @@ def atlas_of(paths: list[Path], cfg: AtlasConfig | None = None, device: str | No
     """Atlas of a synthetic run folder (one path; data from its truth) or of SAE folders of any format that
     `analyze` reads (frequencies where the library stores them, no EV)."""
     from synthsae.device import resolve_device
-    from synthsae.metrics.run_analysis import EVAL_DATA_SEED_OFFSET, _sparsity, is_run_dir
+    from synthsae.metrics.run_analysis import EVAL_DATA_SEED_OFFSET, is_run_dir, seed_sparsity
 
     cfg = cfg or AtlasConfig()
     _validate(cfg)
@@ -266,7 +266,7 @@ def atlas_of(paths: list[Path], cfg: AtlasConfig | None = None, device: str | No
             gen = make_generator(run_cfg.train.data_seed + EVAL_DATA_SEED_OFFSET, truth.device)
             x = sample(truth, run_cfg.analysis.eval_tokens, gen, details=False).x
         else:
-            freq, _ = _sparsity(seed_folders(run_dir))
+            freq, _ = seed_sparsity(seed_folders(run_dir))
     else:
         from synthsae.loaders import load_stack
 

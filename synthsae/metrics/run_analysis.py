@@ -44,13 +44,13 @@ def analyze_run(
         freq = measure_frequency(sae, truth, cfg.eval_tokens, seed)
         source = f"measured on {cfg.eval_tokens} fresh samples from the truth (data seed {seed})"
     else:
-        freq, source = _sparsity(seed_folders(run_dir))
+        freq, source = seed_sparsity(seed_folders(run_dir))
     res, per = analyze_with_latents(sae.W_dec.detach(), sae.W_enc.detach(), freq, truth, cfg, dev, source)
     res.settings.run_dir, res.settings.variant = str(run_dir), run_cfg.sae.variant
     return res, per
 
 
-def _sparsity(folders: list[Path]) -> tuple[Tensor | None, str | None]:
+def seed_sparsity(folders: list[Path]) -> tuple[Tensor | None, str | None]:
     """Firing frequencies from sparsity.safetensors (log10; the 1e-10 floor reads back as dead) when every folder has one."""
     if not folders or not all((f / "sparsity.safetensors").is_file() for f in folders):
         return None, None
