@@ -219,7 +219,7 @@ def load_sparsity(folders: list[str | os.PathLike[str]]) -> Float[Tensor, "S m"]
 
 
 def save_truth(path: str | os.PathLike[str], truth) -> None:
-    """truth.safetensors in the DESIGN.md layout, with the truth config as JSON metadata."""
+    """truth.safetensors: Truth.tensors() by name (docs/architecture.md), with the truth config as JSON metadata."""
     atomic_save_safetensors(truth.tensors(), path, metadata={"truth_config": json.dumps(asdict(truth.cfg))})
 
 

@@ -1,6 +1,6 @@
 """Pooled SAEs: merge the latents that several seeds agree on into one dictionary, then refit its encoder.
 
-Recipe (DESIGN.md, "Pooling"):
+Recipe (docs/metrics.md, "Pooling"):
 1. Gather the *live* latents of the pooled seeds: firing frequency > `live_threshold` (default 1e-5) on the
    held-out eval sample (a latent that never fires there carries nothing worth pooling).
 2. Cluster them across seeds. Candidate links are pairs from different seeds whose unit decoder rows have

@@ -1,6 +1,6 @@
 """Functional asymmetry: zero a group of latents, decode, and measure what the reconstruction loses.
 
-Costs (DESIGN.md, "Functional asymmetry"):
+Costs (docs/metrics.md, "Functional asymmetry"):
 - reconstruction: FVU = sum ||x - x_hat||^2 / sum ||x - mean(x)||^2 over the eval sample (pooled, mean-centred);
 - prediction: a pluggable per-token cost `(x [B, d], x_hat [..., B, d]) -> [..., B]`, averaged over tokens. On
   synthetic data it is KL(softmax(x W_head) || softmax(x_hat W_head)) through the truth's readout head
@@ -287,7 +287,7 @@ def ablation_study(
     """Functional asymmetry of stable vs unstable latents across all S seeds of `sae` (an AblationResult).
 
     `cfg` (a RunConfig) supplies tau, match, cut-offs, eval_tokens and the eval seed (data_seed + 1_000_003);
-    keyword arguments override it, DESIGN.md defaults fill in without it. `x` is the eval sample (default: fresh
+    keyword arguments override it, AnalysisConfig's defaults fill in without it. `x` is the eval sample (default: fresh
     samples of `truth`); `pred_cost` defaults to the truth's readout-head KL (no prediction cost when neither is
     given). `stability` [S, m] defaults to the per-latent cross-seed stability at `tau` under `match`.
     """
