@@ -166,7 +166,7 @@ def child_profile(dry: bool, device: str, save) -> dict:
 
     from synthsae.config import SAEConfig, TrainConfig, preset
     from synthsae.sae import build_sae
-    from synthsae.train import new_state, set_precision, train_steps
+    from synthsae.loop import new_state, set_precision, train_steps
     from synthsae.truth import build_truth, make_generator, sample
 
     dev = torch.device(device)
@@ -305,7 +305,7 @@ def child_c_bench(dry: bool, work: str, save=lambda numbers: None) -> dict:
     from synthsae.bench import PresetSpec, Suite, train_cell
     from synthsae.io import load_run
     from synthsae.metrics.recovery import matched_mcc
-    from synthsae.train import load_train_summary
+    from synthsae.checkpoint import load_train_summary
 
     if dry:
         spec, steps, seeds, l0 = PresetSpec("tiny", "tiny", (3.0,)), 100, 2, 3.0

@@ -18,7 +18,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from synthsae.config import SAEConfig, TrainConfig
 from synthsae.sae import build_sae
-from synthsae.train import new_state, train_steps
+from synthsae.loop import new_state, train_steps
 
 
 def sync(device: torch.device) -> None:

@@ -27,7 +27,7 @@ import torch
 
 from synthsae.config import SAEConfig, TrainConfig
 from synthsae.sae import build_sae
-from synthsae.train import train_steps
+from synthsae.loop import train_steps
 
 
 CLOCK = time.perf_counter  # --clock cpu: time.process_time (this process's CPU seconds: on a shared machine the
@@ -65,12 +65,12 @@ def matmul_ceiling(B: int, d: int, m: int, reps: int, device: torch.device = tor
 def time_training(variant: str, seeds: list[int], B: int, d: int, m: int, k: int, steps: int, warmup: int,
                   device: torch.device = torch.device("cpu"), dtype: str = "float32") -> float:
     """Seconds per step (median of `steps` single-step timings after `warmup` steps) of one batched SAE over `seeds`."""
-    from synthsae.train import new_state
+    from synthsae.loop import new_state
 
     cfg = SAEConfig(variant=variant, d_sae=m, k=k)
     tcfg = TrainConfig(seeds=len(seeds), steps=10**6, batch_size=B, lr=1e-4, warmup_steps=0, dtype=dtype)
     try:
-        from synthsae.train import PARAM_DTYPE, set_precision
+        from synthsae.loop import PARAM_DTYPE, set_precision
     except ImportError:  # an older checkout (before/after comparisons): float32 only
         PARAM_DTYPE, set_precision = {}, lambda sae, name: None
     sae = build_sae(cfg, d, seeds, device=device, dtype=PARAM_DTYPE.get(dtype, torch.float32))

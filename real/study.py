@@ -16,8 +16,7 @@ from pathlib import Path
 import torch
 
 from real.config import RealConfig
-from real.stages import CONFIG, OUTPUTS, prepare  # noqa: F401  (OUTPUTS: what --force clears)
-from synthsae.config import ConfigError
+from real.stages import CONFIG, prepare
 
 def run_real(cfg: RealConfig, out: str | Path, *, force: bool = False, lm=None, progress: bool = True, log=print,
              collect_only: bool = False) -> dict:
@@ -85,7 +84,7 @@ def check_real_disk(cfg: RealConfig, lm, out: Path, collect_only: bool = False) 
     collecting, its seed folders, checkpoints and pooled dictionaries would not fit on the disk of `out`."""
     from real.activations import collect_disk_bytes
     from synthsae.memory import check_disk, sae_disk_bytes
-    from synthsae.train import DTYPES
+    from synthsae.loop import DTYPES
 
     c, S, m, d = cfg.collect, cfg.train.seeds, cfg.sae.d_sae, lm.d_model
     need = 0 if (out / "acts" / "meta.json").is_file() else collect_disk_bytes(c, d)  # a started cache: collect checks
@@ -104,7 +103,7 @@ def check_real_fits(cfg: RealConfig, lm) -> None:
     free memory of their devices (estimates on the high side, not exact); one line naming the knobs when too big."""
     from synthsae.memory import check_fits
     from synthsae.device import pick_device
-    from synthsae.train import DTYPES
+    from synthsae.loop import DTYPES
 
     S, m, d, B = cfg.train.seeds, cfg.sae.d_sae, lm.d_model, cfg.train.batch_size
     b = torch.empty((), dtype=DTYPES[cfg.train.dtype]).element_size()

@@ -208,7 +208,7 @@ def cell_config(suite: Suite, spec: PresetSpec, variant: str, l0: float, wide: b
 
 
 def _eval_l0(run_dir: Path) -> float:
-    from synthsae.train import load_train_summary
+    from synthsae.checkpoint import load_train_summary
 
     l0 = load_train_summary(run_dir)["eval"]["l0"]
     return float(sum(l0) / len(l0))
@@ -402,7 +402,7 @@ def cell_numbers(folder: Path, *, pool: bool = True, progress: bool = False) -> 
     from synthsae.source import Source
     from synthsae.pooling import PoolConfig
     from synthsae.study_stages import pool_run
-    from synthsae.train import load_train_summary
+    from synthsae.checkpoint import load_train_summary
 
     t0 = time.perf_counter()
     src = Source("run", folder, run_dir=folder, device="cpu")
@@ -641,7 +641,7 @@ def _cell_job(out: Path, suite: Suite, job: tuple, *, pool: bool, progress: bool
 
 
 def _probe_seconds(folder: Path) -> float:
-    from synthsae.train import load_train_summary
+    from synthsae.checkpoint import load_train_summary
 
     return float(sum(load_train_summary(p)["seconds"] for p in sorted(folder.glob("calibration/probe_*"))
                      if (p / "train.json").is_file()))

@@ -136,7 +136,7 @@ def pareto_figure(path: Path, grouped: dict[tuple[str, float], list[dict]]) -> s
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from synthsae.figures import _save
+    from synthsae.figures import save_figure
 
     n = max(len(grouped), 1)
     cols = min(n, 3)
@@ -161,7 +161,7 @@ def pareto_figure(path: Path, grouped: dict[tuple[str, float], list[dict]]) -> s
     for ax in list(axes.flat)[len(grouped):]:
         ax.axis("off")
     fig.suptitle("variants (filled; dashed = Pareto front) and baselines (hollow)", fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def render_md(grouped, suite_name: str, figure: str) -> str:

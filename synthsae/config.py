@@ -121,7 +121,7 @@ class TrainConfig:
 
 @dataclass
 class AnalysisConfig:
-    """Cut-offs of the metrics (DESIGN.md defaults)."""
+    """Cut-offs of the metrics (what each decides: docs/metrics.md)."""
 
     tau: float = 0.7
     tau_sweep: list[float] = field(default_factory=lambda: [0.5, 0.6, 0.7, 0.8, 0.9, 0.95])

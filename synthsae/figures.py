@@ -1,4 +1,4 @@
-"""Plain matplotlib (Agg) figure writers used by the report: histogram, scatter, grouped bars, heatmap.
+"""Plain matplotlib (Agg) figure writers used by the report: histogram, scatter, grouped bars.
 
 Each takes arrays and labels, writes one PNG atomically and returns its file name.
 """
@@ -17,7 +17,8 @@ import numpy as np  # noqa: E402
 from synthsae.fileio import atomic_path  # noqa: E402
 
 
-def _save(fig, path: Path) -> str:
+def save_figure(fig, path: Path) -> str:
+    """Write `fig` as PNG to `path` atomically, close it, and return the file name (what a report section lists)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
@@ -40,7 +41,7 @@ def histogram(
     ax.set_ylabel("latents")
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def scatter(
@@ -60,7 +61,7 @@ def scatter(
     ax.set_title(title, fontsize=10)
     if len(series) > 1:
         ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def grouped_bars(
@@ -85,18 +86,4 @@ def grouped_bars(
     ax.set_title(title, fontsize=10)
     if len(series) > 1:
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # outside: never hides a bar
-    return _save(fig, path)
-
-
-def heatmap(path: Path, matrix: np.ndarray, row_labels: list[str], col_labels: list[str], title: str, cbar: str) -> str:
-    """A matrix with labelled rows and columns (e.g. unstable-latent clusters against planted blocks)."""
-    m = np.asarray(matrix, dtype=float)
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.45 * len(col_labels) + 2), max(3.0, 0.3 * len(row_labels) + 1.5)))
-    im = ax.imshow(m, aspect="auto", vmin=0, vmax=max(1.0, float(np.nanmax(m)) if m.size else 1.0), cmap="viridis")
-    ax.set_xticks(range(len(col_labels)))
-    ax.set_xticklabels(col_labels, rotation=45, ha="right", fontsize=7)
-    ax.set_yticks(range(len(row_labels)))
-    ax.set_yticklabels(row_labels, fontsize=7)
-    fig.colorbar(im, ax=ax, label=cbar)
-    ax.set_title(title, fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -92,7 +92,7 @@ def _read_cfg(folder: Path) -> dict[str, Any]:
     for key in ("d_in", "d_sae"):
         v = cfg.get(key)
         if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_DIM:
-            raise RunFileError(f"{path}: field {key!r} must be an integer 1..{MAX_DIM} (found {_short(v)})")
+            raise RunFileError(f"{path}: field {key!r} must be an integer 1..{MAX_DIM} (found {short_repr(v)})")
     if "metadata" in cfg and not isinstance(cfg["metadata"], dict):
         raise RunFileError(f"{path}: field 'metadata' must be an object (found a {type(cfg['metadata']).__name__})")
     return cfg
@@ -101,12 +101,14 @@ def _read_cfg(folder: Path) -> dict[str, Any]:
 MAX_DIM = 2**26  # d_in / d_sae above this are typos (a stacked SAE of that size would not fit anywhere)
 
 
-def _short(v: Any) -> str:
+def short_repr(v: Any) -> str:
+    """repr(v) cut to 40 characters, for naming a bad value in a one-line error."""
     r = repr(v)
     return r if len(r) <= 40 else r[:37] + "..."
 
 
-def _read_tensors(path: Path) -> dict[str, Tensor]:
+def read_tensors(path: Path) -> dict[str, Tensor]:
+    """Every tensor of a safetensors file on the CPU; RunFileError (one line) when missing or damaged."""
     from safetensors.torch import load_file
 
     if not path.is_file():
@@ -132,17 +134,17 @@ def sae_config_from_cfg(cfg: dict[str, Any], where: Path) -> SAEConfig:
     else:
         arch, arch_to_variant = cfg.get("architecture", "standard"), saelens_architectures()
         if not isinstance(arch, str) or arch not in arch_to_variant:
-            raise RunFileError(f"{where / CFG}: architecture = {_short(arch)} is not one we can load "
+            raise RunFileError(f"{where / CFG}: architecture = {short_repr(arch)} is not one we can load "
                                f"(known: {', '.join(arch_to_variant)})")
         k = cfg.get("k", 1)
         sc = SAEConfig(variant=arch_to_variant[arch], d_sae=cfg["d_sae"], k=k,
                        apply_b_dec_to_input=bool(cfg.get("apply_b_dec_to_input", True)))
     variant = meta.get("variant", sc.variant)
     if not isinstance(variant, str):
-        raise RunFileError(f"{where / CFG}: metadata.variant = {_short(variant)}: must be a variant name")
+        raise RunFileError(f"{where / CFG}: metadata.variant = {short_repr(variant)}: must be a variant name")
     sc.variant = variant
     if sc.d_sae != cfg["d_sae"]:
-        raise RunFileError(f"{where / CFG}: d_sae = {cfg['d_sae']} but metadata.sae.d_sae = {_short(sc.d_sae)}")
+        raise RunFileError(f"{where / CFG}: d_sae = {cfg['d_sae']} but metadata.sae.d_sae = {short_repr(sc.d_sae)}")
     from synthsae.config import validate_sae
 
     try:
@@ -151,7 +153,7 @@ def sae_config_from_cfg(cfg: dict[str, Any], where: Path) -> SAEConfig:
         raise RunFileError(f"{where / CFG}: {str(exc).replace('sae.', 'metadata.sae.', 1)}") from None
     seed = meta.get("init_seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise RunFileError(f"{where / CFG}: metadata.init_seed = {_short(seed)}: must be an integer >= 0")
+        raise RunFileError(f"{where / CFG}: metadata.init_seed = {short_repr(seed)}: must be an integer >= 0")
     return sc
 
 
@@ -182,7 +184,7 @@ def load_sae_folders(folders: list[str | os.PathLike[str]], device: str | torch.
     expected = {k: tuple(t.shape) for k, t in sae.seed_tensors(0).items()}
     per_seed = []
     for p in paths:
-        tensors = _read_tensors(p / WEIGHTS)
+        tensors = read_tensors(p / WEIGHTS)
         for k, shape in expected.items():
             if k not in tensors:
                 raise RunFileError(f"{p / WEIGHTS}: tensor {k!r} missing (has {', '.join(sorted(tensors)) or 'none'})")
@@ -204,7 +206,7 @@ def load_sparsity(folders: list[str | os.PathLike[str]]) -> Float[Tensor, "S m"]
     """log10 firing frequencies [S, d_sae] from each folder's sparsity.safetensors."""
     rows = []
     for f in folders:
-        t = _read_tensors(Path(f) / SPARSITY)
+        t = read_tensors(Path(f) / SPARSITY)
         if "sparsity" not in t:
             raise RunFileError(f"{Path(f) / SPARSITY}: no 'sparsity' tensor")
         rows.append(t["sparsity"].reshape(-1))
@@ -217,13 +219,13 @@ def load_sparsity(folders: list[str | os.PathLike[str]]) -> Float[Tensor, "S m"]
 
 
 def save_truth(path: str | os.PathLike[str], truth) -> None:
-    """truth.safetensors in the DESIGN.md layout, with the truth config as JSON metadata."""
+    """truth.safetensors: Truth.tensors() by name (docs/architecture.md), with the truth config as JSON metadata."""
     atomic_save_safetensors(truth.tensors(), path, metadata={"truth_config": json.dumps(asdict(truth.cfg))})
 
 
 def load_truth_tensors(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     """The raw tensors of a truth.safetensors file (readable without our code, too)."""
-    return _read_tensors(Path(path))
+    return read_tensors(Path(path))
 
 
 def seed_folders(run_dir: str | os.PathLike[str]) -> list[Path]:

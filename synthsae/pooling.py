@@ -1,6 +1,6 @@
 """Pooled SAEs: merge the latents that several seeds agree on into one dictionary, then refit its encoder.
 
-Recipe (DESIGN.md, "Pooling"):
+Recipe (docs/metrics.md, "Pooling"):
 1. Gather the *live* latents of the pooled seeds: firing frequency > `live_threshold` (default 1e-5) on the
    held-out eval sample (a latent that never fires there carries nothing worth pooling).
 2. Cluster them across seeds. Candidate links are pairs from different seeds whose unit decoder rows have
@@ -221,7 +221,7 @@ def pooled_sae(sae_cfg, states: list[dict[str, Tensor]], d_in: int, device="cpu"
 
 def refit(sae, batches, steps: int, train_cfg, progress: bool = False):
     """Refit encoder and biases with the decoder frozen: a short phase of the same trainer."""
-    from synthsae.train import train_steps
+    from synthsae.loop import train_steps
 
     if steps <= 0:
         return sae

@@ -36,7 +36,7 @@ def companion_config(cfg: RunConfig, mode: str) -> RunConfig:
 
 
 def _row(run_dir: Path, mode: str, own: bool, res) -> SeedModeRow:
-    from synthsae.train import load_train_summary
+    from synthsae.checkpoint import load_train_summary
 
     fvu = load_train_summary(run_dir)["eval"]["fvu"]
     return SeedModeRow(mode=mode, run_dir=str(run_dir), own=own,

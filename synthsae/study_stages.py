@@ -7,9 +7,6 @@ ablation, atlas and triggers stages beside these (real/stages.py).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
-
-from torch import Tensor
 
 from synthsae.config import AnalysisConfig, RunConfig
 from synthsae.metrics.ablation import AblationConfig

@@ -16,36 +16,12 @@ import torch
 from torch import Tensor
 
 from synthsae import distributed
-from synthsae.checkpoint import (  # noqa: F401 - checkpoint names re-exported for existing callers
-    CHECKPOINT_DIR,
-    FINISHED,
-    LATEST,
-    checkpoint_step,
-    deferred_interrupt,
-    finish,
-    load_checkpoint,
-    load_train_summary,
-    seed_checkpoint,
-    train_checkpointed,
-    write_seed_folders,
-)
+from synthsae.checkpoint import (CHECKPOINT_DIR, FINISHED, checkpoint_step, finish, load_checkpoint, train_checkpointed,
+                                 write_seed_folders)
 from synthsae.config import RunConfig, validate
 from synthsae.config import save as save_config
 from synthsae.device import pick_device
-from synthsae.loop import (  # noqa: F401 - loop names re-exported for existing callers
-    DTYPES,
-    PARAM_DTYPE,
-    TrainingDiverged,
-    TrainState,
-    TrainStats,
-    clip_per_seed,
-    device_batches,
-    lr_at,
-    new_state,
-    set_precision,
-    train_steps,
-    trainable_params,
-)
+from synthsae.loop import PARAM_DTYPE, new_state, set_precision
 from synthsae.sae import build_sae
 from synthsae.sae.base import SAE
 from synthsae.threads import configure_threads

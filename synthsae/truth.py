@@ -81,7 +81,7 @@ class Truth:
         return med * math.exp(self.cfg.magnitude_log_std ** 2 / 2)
 
     def tensors(self) -> dict[str, Tensor]:
-        """The DESIGN.md layout of truth.safetensors (readable without our code)."""
+        """The tensors of truth.safetensors by name, plain arrays so it is readable without our code."""
         na, nb = self.n_atoms, self.n_blocks
         return {
             "atoms": self.atoms,

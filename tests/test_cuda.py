@@ -17,7 +17,8 @@ import torch
 from synthsae.config import preset
 from synthsae.io import load_run
 from synthsae.metrics.stability import pair_scores
-from synthsae.train import load_train_summary, train_run
+from synthsae.train import train_run
+from synthsae.checkpoint import load_train_summary
 
 REPO = Path(__file__).resolve().parents[1]
 NO_CUDA = not torch.cuda.is_available()

@@ -18,7 +18,8 @@ from safetensors.torch import load_file
 
 from synthsae import distributed
 from synthsae.config import load as load_config
-from synthsae.train import checkpoint_step, train_run
+from synthsae.train import train_run
+from synthsae.checkpoint import checkpoint_step
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = 'preset = "tiny"\n[train]\ndevice = "cpu"\nsteps = {steps}\nbatch_size = 128\ncheckpoint_every = {every}\n[analysis]\neval_tokens = 2048\n'
@@ -277,7 +278,7 @@ def test_fast_topk_is_torch_topk(rows, blocks, k, seed, dead_share):
 
 
 def test_entry_dots_match_the_embedding_bag_kernel():
-    from synthsae.sae.sparse import _PSW_BACKWARD, _entry_dots, _rowwise_dots, code_from_topk
+    from synthsae.sae.sparse import _PSW_BACKWARD, _entry_dots, code_from_topk, rowwise_dots
 
     g = torch.Generator().manual_seed(3)
     S, B, m, d, k = 2, 64, 96, 16, 5
@@ -285,7 +286,7 @@ def test_entry_dots_match_the_embedding_bag_kernel():
     code = code_from_topk(idx, m)
     grad, W = torch.randn(S * B, d, generator=g), torch.randn(S * m, d, generator=g)
     got = _entry_dots(grad, W, code)
-    want = _rowwise_dots(grad, code.rows, W, code.cols, code.per_row)
+    want = rowwise_dots(grad, code.rows, W, code.cols, code.per_row)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(got, (grad[code.rows] * W[code.cols]).sum(1), rtol=1e-5, atol=1e-5)
     assert _PSW_BACKWARD is None or got.shape == (S * B * k,)

@@ -1,7 +1,7 @@
 """Loaders without the libraries: detection, stacking, globs, refusals and one-line errors (exit 2), weights-only
 frequency, --acts, and `synthsae analyze` end to end on 4 SAELens and 4 sparsify seeds.
 
-Folders here are written by hand in each library's layout (FORMATS.md) so these tests run without the libraries;
+Folders here are written by hand in each library's layout (synthsae/loaders/<library>.py) so these run without them;
 tests/test_loaders_libraries.py checks the same loaders against the libraries themselves.
 """
 

@@ -107,7 +107,7 @@ def test_saelens_batchtopk_checkpoint_and_inference_save_match(tmp_path, kind):
 @pytest.mark.parametrize("activation", ["relu", "topk"])
 def test_saelens_flat_pre6_config_matches_the_library_loader(tmp_path, activation):
     """Configs from before SAELens 6.0 are flat (hook_point, activation_fn_str, activation_fn_kwargs.k, no
-    architecture). No pre-6 SAELens installs beside 6.x, so the folder is written by hand from FORMATS.md and
+    architecture). No pre-6 SAELens installs beside 6.x, so the folder is written by hand (synthsae/loaders/saelens.py) and
     checked against SAELens 6's own loader of such configs (its pre-6 conversion)."""
     sl = _saelens_cases()
     from safetensors.torch import save_file

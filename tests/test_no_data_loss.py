@@ -186,7 +186,7 @@ def test_force_removes_links_never_what_they_point_to(tmp_path):
 
 
 def test_real_force_removes_links_never_what_they_point_to(tmp_path):
-    from real.study import OUTPUTS
+    from real.stages import OUTPUTS
     from synthsae.rundir import clear_run as clear
 
     shared = tmp_path / "shared"
@@ -196,7 +196,7 @@ def test_real_force_removes_links_never_what_they_point_to(tmp_path):
     run.mkdir()
     (run / "pooled").symlink_to(shared, target_is_directory=True)
     before = tree_hash(shared)
-    clear(run, OUTPUTS)  # what real.study.prepare(force=True) runs
+    clear(run, OUTPUTS)  # what real.stages.prepare(force=True) runs
     assert tree_hash(shared) == before and not (run / "pooled").exists()
 
 
@@ -237,7 +237,8 @@ def test_edited_config_before_resume_is_checked_in_one_line(tmp_path, steps, wor
 
 def test_resume_keeps_the_checkpoint_it_started_from(tmp_path):
     from synthsae.config import load
-    from synthsae.train import checkpoint_step, train_run
+    from synthsae.train import train_run
+    from synthsae.checkpoint import checkpoint_step
 
     out = _killed_run(tmp_path)
     cfg = load(out / "config.toml")

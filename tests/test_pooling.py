@@ -131,7 +131,7 @@ def test_pooling_study_on_tiny_run(tmp_path):
     from synthsae.io import load_sae_folders
     from synthsae.pooling import PoolConfig, pooling_study
     from synthsae.sae import build_sae
-    from synthsae.train import train_steps
+    from synthsae.loop import train_steps
     from synthsae.truth import build_truth, stream
 
     cfg = preset("tiny")

@@ -21,7 +21,9 @@ from cli import app
 from synthsae import config as C
 from synthsae.fileio import BadFileError, atomic_save_safetensors, atomic_write_json, atomic_write_text, merge_json_key
 from synthsae.rundir import MARKER, check_overwritable, clear_run
-from synthsae.train import TrainingDiverged, checkpoint_step, seed_checkpoint, train_run
+from synthsae.train import train_run
+from synthsae.loop import TrainingDiverged
+from synthsae.checkpoint import checkpoint_step, seed_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()

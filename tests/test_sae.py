@@ -11,7 +11,7 @@ from torch import Tensor
 from synthsae.config import SAEConfig, TrainConfig, TruthConfig
 from synthsae.sae import build_sae, get_variant, registered_variants
 from synthsae.sae.base import SAE, as_seed_batch, batch_fvu
-from synthsae.train import train_steps
+from synthsae.loop import train_steps
 from synthsae.truth import build_truth, make_generator, sample
 
 from conftest import SHIPPED

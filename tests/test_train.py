@@ -14,7 +14,9 @@ from synthsae.io import load_run
 from synthsae.sae import build_sae, register_variant
 from synthsae.sae.base import SAE, SAEOutput, batch_scale
 from synthsae.device import pick_device
-from synthsae.train import TrainingDiverged, checkpoint_step, lr_at, seed_checkpoint, train_run, train_steps
+from synthsae.train import train_run
+from synthsae.loop import TrainingDiverged, lr_at, train_steps
+from synthsae.checkpoint import checkpoint_step, seed_checkpoint
 from synthsae.truth import build_truth, make_generator, sample
 
 from conftest import SHIPPED

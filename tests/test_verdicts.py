@@ -257,7 +257,7 @@ def test_ablation_without_unstable_latents_did_not_hold():
 @pytest.fixture(scope="module")
 def trained_tiny():
     from synthsae.sae import build_sae
-    from synthsae.train import train_steps
+    from synthsae.loop import train_steps
     from synthsae.truth import stream
 
     cfg = preset("tiny")

@@ -10,7 +10,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from synthsae.io import RunFileError, _read_tensors
+from synthsae.io import RunFileError, read_tensors
 
 KEYS = ("acts", "activations", "x")  # tried in this order when a file holds several tensors
 
@@ -39,7 +39,7 @@ def read_activations(path: str | os.PathLike[str], d_in: int, max_tokens: int | 
         raise RunFileError(f"{path}: --acts: no such file or folder")
     parts, n = [], 0
     for f in files:
-        t = _pick(_read_tensors(f), f)
+        t = _pick(read_tensors(f), f)
         if not t.is_floating_point():
             raise RunFileError(f"{f}: activations have dtype {t.dtype}; they must be floating point (float32, "
                                "float16 or bfloat16)")

@@ -12,7 +12,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from synthsae.config import SAEConfig
-from synthsae.io import RunFileError, _read_tensors
+from synthsae.io import RunFileError, read_tensors
 from synthsae.sae import get_variant
 from synthsae.sae.base import SAE
 
@@ -48,15 +48,15 @@ class LoadedSAE:
 
 def read_safetensors(path: Path) -> dict[str, Tensor]:
     """Every tensor of a safetensors file on the CPU (one-line RunFileError when missing or damaged)."""
-    return _read_tensors(path)
+    return read_tensors(path)
 
 
 def need_int(cfg: dict[str, Any], key: str, where: Path) -> int:
-    from synthsae.io import MAX_DIM, _short
+    from synthsae.io import MAX_DIM, short_repr
 
     v = cfg.get(key)
     if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_DIM:
-        raise RunFileError(f"{where}: field {key!r} missing or not an integer 1..{MAX_DIM} (found {_short(v)})")
+        raise RunFileError(f"{where}: field {key!r} missing or not an integer 1..{MAX_DIM} (found {short_repr(v)})")
     return v
 
 

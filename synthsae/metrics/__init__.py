@@ -1,4 +1,4 @@
-"""Cross-seed metrics as plain functions on tensors (DESIGN.md "Metrics").
+"""Cross-seed metrics as plain functions on tensors (definitions, nulls and rules: docs/metrics.md).
 
 matching      unit_rows, maxcos, maxcos_both, topk_cos, hungarian (dense / sparse candidate graph), strict_match
 stability     pair_scores [S,S,m], stability, soft_stability, classify, threshold_sweep, random_dictionary_baseline

@@ -1,6 +1,6 @@
 """Functional asymmetry: zero a group of latents, decode, and measure what the reconstruction loses.
 
-Costs (DESIGN.md, "Functional asymmetry"):
+Costs (docs/metrics.md, "Functional asymmetry"):
 - reconstruction: FVU = sum ||x - x_hat||^2 / sum ||x - mean(x)||^2 over the eval sample (pooled, mean-centred);
 - prediction: a pluggable per-token cost `(x [B, d], x_hat [..., B, d]) -> [..., B]`, averaged over tokens. On
   synthetic data it is KL(softmax(x W_head) || softmax(x_hat W_head)) through the truth's readout head

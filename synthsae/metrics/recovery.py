@@ -52,7 +52,7 @@ def block_projection(dec: Float[Tensor, "m d"], bases: Float[Tensor, "n_blocks d
 
 
 def block_members(dec: Float[Tensor, "m d"], bases: Float[Tensor, "n_blocks d r_max"], threshold: float = BLOCK_ASSIGN) -> Bool[Tensor, "m n_blocks"]:
-    """The latents assigned to each block: ||U_b^T d_i||^2 >= threshold (DESIGN.md; a latent may sit in two)."""
+    """The latents assigned to each block: ||U_b^T d_i||^2 >= threshold (docs/metrics.md, "Truth recovery"; a latent may sit in two)."""
     return block_projection(dec, bases) >= threshold
 
 

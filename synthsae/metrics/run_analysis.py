@@ -8,7 +8,6 @@ import torch
 from torch import Tensor
 
 from synthsae.config import AnalysisConfig, validate_analysis
-from synthsae.device import resolve_device
 from synthsae.fileio import atomic_save_safetensors
 from synthsae.results import AnalysisResult
 from synthsae.source import Source

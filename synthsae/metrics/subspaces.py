@@ -254,7 +254,7 @@ def rotation_null(
 
 
 def random_points_null(r: int, n: int, tau: float = 0.7, trials: int = 256, gen_seed: int = 0) -> float:
-    """DESIGN.md's geometry table: P(a random unit direction in R^r matches one of n others at cos >= tau)."""
+    """P(a random unit direction in R^r matches one of n others at cos >= tau): the chance table in docs/metrics.md."""
     g = torch.Generator().manual_seed(gen_seed)
     a = unit_rows(torch.randn(trials, n, r, generator=g, dtype=torch.float64))
     b = unit_rows(torch.randn(trials, n, r, generator=g, dtype=torch.float64))

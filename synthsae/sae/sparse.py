@@ -115,7 +115,7 @@ def code_from_rows_cols(rows: Int[Tensor, " nnz"], cols: Int[Tensor, " nnz"], n_
     return SparseCode(rows=rows, cols=cols, offsets=offsets, n_rows=n_rows, n_cols=n_cols), perm
 
 
-def _rowwise_dots(a: Tensor, a_idx: Tensor | None, b: Tensor, b_idx: Tensor, per_row: int | None) -> Tensor:
+def rowwise_dots(a: Tensor, a_idx: Tensor | None, b: Tensor, b_idx: Tensor, per_row: int | None) -> Tensor:
     """out[e] = <a[a_idx[e]], b[b_idx[e]]> for every entry, in chunks so no [nnz, d] temporary is kept."""
     nnz, d = b_idx.numel(), b.shape[1]
     out = torch.empty(nnz, dtype=b.dtype, device=b.device)
@@ -165,7 +165,7 @@ def _entry_dots(grad: Tensor, W_flat: Tensor, code: SparseCode) -> Float[Tensor,
             return _PSW_BACKWARD(grad, W_flat, code.cols, code.offsets, code.rows, 0, -1)
         except RuntimeError:  # pragma: no cover - signature changed in some torch version
             pass
-    return _rowwise_dots(grad, code.rows, W_flat, code.cols, code.per_row)
+    return rowwise_dots(grad, code.rows, W_flat, code.cols, code.per_row)
 
 
 def _bag_by_col(code: SparseCode, weights: Tensor, table: Tensor, table_rows: Tensor) -> Float[Tensor, "Sm d"]:

@@ -17,8 +17,8 @@ from synthsae.sae import base as _base
 from synthsae.sae import kernels
 from synthsae.sae import register_variant
 from synthsae.sae.base import SAE, SAEOutput, as_seed_batch, batch_fvu
-from synthsae.sae.sparse import (SparseCode, _rowwise_dots, block_topk, code_from_rows_cols, code_from_topk, fast_topk,
-                                 gather_pre, sparse_decode)
+from synthsae.sae.sparse import (SparseCode, block_topk, code_from_rows_cols, code_from_topk, fast_topk, gather_pre,
+                                 rowwise_dots, sparse_decode)
 
 
 @register_variant("topk")
@@ -61,7 +61,7 @@ class TopKSAE(SAE):
         if kernels.use_triton(xs):
             dots = kernels.entry_dots_triton(xs, code.rows, w_t, code.cols)
         else:
-            dots = _rowwise_dots(xs, code.rows, w_t, code.cols, code.per_row)
+            dots = rowwise_dots(xs, code.rows, w_t, code.cols, code.per_row)
         return dots + bias.detach().reshape(-1)[code.cols]
 
     def decode_code(self, code: SparseCode, vals: Tensor, S: int, B: int) -> Float[Tensor, "S B d"]:

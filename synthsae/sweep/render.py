@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import base64
 import html
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from synthsae.fileio import atomic_write_json, atomic_write_text
