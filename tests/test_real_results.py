@@ -11,7 +11,8 @@ import pytest
 from real.triggers import trigger_summary
 from synthsae.metrics_file import read_metrics, write_stage
 from synthsae.results import ConvergencePoint, ConvergenceResult, SpliceResult, TriggersResult
-from synthsae.serialize import from_json, metrics_schema, to_json
+from synthsae.metrics_file import metrics_schema
+from synthsae.serialize import from_json, to_json
 
 
 def _same(cls, d: dict) -> None:
