@@ -16,8 +16,6 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 from jaxtyping import Bool, Float, Int
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 from torch import Tensor
 
 from synthsae.metrics.matching import unit_rows
@@ -180,6 +178,9 @@ def _rank1_groups(Df: Tensor, mem: Tensor, m: int, tau: float, min_seeds: int,
 
 def _components(n: int, src: list[np.ndarray], dst: list[np.ndarray]) -> np.ndarray:
     s, t = np.concatenate(src) if src else np.zeros(0, int), np.concatenate(dst) if dst else np.zeros(0, int)
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
     g = coo_matrix((np.ones(len(s)), (s, t)), shape=(n, n))
     return connected_components(g, directed=False)[1]
 

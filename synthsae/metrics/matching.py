@@ -10,9 +10,6 @@ from typing import Iterator
 import numpy as np
 import torch
 from jaxtyping import Float, Int
-from scipy.optimize import linear_sum_assignment
-from scipy.sparse import csr_matrix
-from scipy.sparse.csgraph import min_weight_full_bipartite_matching
 from torch import Tensor
 
 DEFAULT_CHUNK = 4096  # rows per cosine block, capped so a block holds at most BLOCK_ELEMS entries
@@ -85,6 +82,8 @@ def hungarian_dense(
     c = (a @ b.T).double().cpu().numpy()
     if absolute:
         c = np.abs(c)
+    from scipy.optimize import linear_sum_assignment
+
     rows, cols = linear_sum_assignment(c, maximize=True)
     return _pack(rows, cols, c[rows, cols], a.shape[0], a.device)
 
@@ -120,6 +119,9 @@ def hungarian_sparse(
     key = r.astype(np.int64) * n + c_  # deduplicate edges (the same pair may come from both sides)
     _, first = np.unique(key, return_index=True)
     r, c_, v = r[first], c_[first], v[first]
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import min_weight_full_bipartite_matching
+
     graph = csr_matrix((2.0 - v + 1e-9, (r, c_)), shape=(m, n))
     rows_i, match = min_weight_full_bipartite_matching(graph)  # row rows_i[j] -> column match[j]
     rows_i, match = np.asarray(rows_i, dtype=np.int64), np.asarray(match, dtype=np.int64)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 from jaxtyping import Float, Int
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 from torch import Tensor
 
 from synthsae.metrics.matching import DEFAULT_CHUNK, topk_cos, unit_rows
@@ -157,6 +155,9 @@ def cluster_by_span(
             src.append(rows[sel].cpu().numpy())
             dst.append(cols[idx[sel, j]].cpu().numpy())
     s, t = np.concatenate(src), np.concatenate(dst)
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
     graph = coo_matrix((np.ones(len(s)), (s, t)), shape=(N, N))
     _, labels = connected_components(graph, directed=False)
     return torch.as_tensor(labels, dtype=torch.long)
