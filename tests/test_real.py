@@ -53,7 +53,7 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
 
 
 def test_collect_counts_drops_and_reads_memory_mapped(tiny, lm, tmp_path):
-    from real.activations import ActivationStore, collect
+    from real.activations import collect
     from real.model import hidden_after
 
     c = _collect_cfg(tiny)
