@@ -190,6 +190,7 @@ def test_training_step_reads_nothing_on_the_host_between_log_steps(monkeypatch, 
     from synthsae import loop
     from synthsae import train as T
     from synthsae.config import preset
+    from synthsae.sae import build_sae
     from synthsae.sae import base
     from synthsae.truth import build_truth
 
@@ -199,11 +200,11 @@ def test_training_step_reads_nothing_on_the_host_between_log_steps(monkeypatch, 
     cfg.sae.variant = variant
     cfg.train.dead_window_tokens = 128  # latents die, so AuxK runs too
     truth = build_truth(cfg.truth)
-    sae = T.build_sae(cfg.sae, cfg.truth.d, [0, 1])
-    state = T.new_state(sae, cfg.train)
+    sae = build_sae(cfg.sae, cfg.truth.d, [0, 1])
+    state = loop.new_state(sae, cfg.train)
     stream = T.DataStream(truth, 128, 0, 2, False)
     data = iter([next(stream) for _ in range(9)])  # drawn beforehand: the sampler is not the step (see note below)
-    T.train_steps(sae, data, 3, cfg.train, progress=False, state=state, log_every=100)  # warm state
+    loop.train_steps(sae, data, 3, cfg.train, progress=False, state=state, log_every=100)  # warm state
     assert bool(state.dead(cfg.train.dead_window_tokens).any())
     counter, per_step = _CountSyncs(), []
 
@@ -213,7 +214,7 @@ def test_training_step_reads_nothing_on_the_host_between_log_steps(monkeypatch, 
         return True
 
     with counter:
-        T.train_steps(sae, data, 9, cfg.train, progress=False, state=state, log_every=100, on_step=snap)
+        loop.train_steps(sae, data, 9, cfg.train, progress=False, state=state, log_every=100, on_step=snap)
     # steps 4..8 are not log steps; step 9 is the last (a log point: the flags and history are read there).
     # Note: the synthetic-data sampler itself reads nnz on the host once per batch (truth.sample's nonzero).
     if host_reads_free:
@@ -224,14 +225,16 @@ def test_training_step_reads_nothing_on_the_host_between_log_steps(monkeypatch, 
 
 def test_bfloat16_keeps_float32_weights_and_exact_selected_values():
     """--dtype bfloat16: the selection matmul is bfloat16; weights, Adam state and the selected values stay float32."""
+    from synthsae import loop
     from synthsae import train as T
     from synthsae.config import preset
+    from synthsae.sae import build_sae
     from synthsae.truth import build_truth
 
     cfg = preset("tiny")
     truth = build_truth(cfg.truth)
-    sae = T.build_sae(cfg.sae, cfg.truth.d, [0, 1])
-    T.set_precision(sae, "bfloat16")
+    sae = build_sae(cfg.sae, cfg.truth.d, [0, 1])
+    loop.set_precision(sae, "bfloat16")
     x = T.DataStream(truth, 256, 0, 2, False).__next__()
     bias = sae.bias_eff().detach()
     pre, exact = sae.selection_pre_acts(x, bias)
@@ -242,8 +245,8 @@ def test_bfloat16_keeps_float32_weights_and_exact_selected_values():
     torch.testing.assert_close(exact_vals, full.view(2, 256, -1).reshape(2 * 256, -1).flatten()[
         code.rows * sae.d_sae + code.cols % sae.d_sae], rtol=1e-5, atol=1e-5)
     assert (exact_vals - approx.float()).abs().max() > 0  # bfloat16 rounding is visible, and not what trains
-    state = T.new_state(sae, cfg.train)
-    stats = T.train_steps(sae, T.DataStream(truth, 256, 0, 2, False), 60, cfg.train, progress=False, state=state)
+    state = loop.new_state(sae, cfg.train)
+    stats = loop.train_steps(sae, T.DataStream(truth, 256, 0, 2, False), 60, cfg.train, progress=False, state=state)
     assert all(p.dtype == torch.float32 for p in sae.parameters())
     assert all(v.dtype == torch.float32 for st in state.optimizer.state.values() for k, v in st.items() if k != "step")
     torch.testing.assert_close(sae.W_dec.norm(dim=2), torch.ones(2, sae.d_sae), rtol=0, atol=1e-5)
