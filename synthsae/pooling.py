@@ -12,7 +12,7 @@ Recipe (docs/metrics.md, "Pooling"):
    (the full union of unique latents; its width is the number of clusters, not `width`).
 4. Represent each kept cluster by the normalised mean of its unit decoder rows, the mean encoder column and
    the mean of the other per-latent parameters (b_enc, thresholds ...); b_dec is the mean over pooled seeds.
-5. Refit encoder and biases with the decoder frozen: a short phase of the same trainer (train.train_steps).
+5. Refit encoder and biases with the decoder frozen: a short phase of the same trainer (loop.train_steps).
 
 The result is an ordinary SAE (S = number of pools) saved in the SAELens layout, accepted by every command.
 """

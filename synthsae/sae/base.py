@@ -126,7 +126,7 @@ class SAE(nn.Module):
         self.W_dec = nn.Parameter(torch.empty(S, m, d, **kw))
         self.b_dec = nn.Parameter(torch.zeros(S, d, **kw))
         # precision of the dense encoder forward that only *selects* latents (TopK family): None = parameter dtype;
-        # torch.bfloat16 / torch.float16 = that dtype; "tf32" = float32 with TF32 matmuls (CUDA). See train.DTYPES.
+        # torch.bfloat16 / torch.float16 = that dtype; "tf32" = float32 with TF32 matmuls (CUDA). See loop.DTYPES.
         self.select_precision: torch.dtype | str | None = None
         if not _SKIP_INIT.get():
             self.reset_parameters()
