@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
+
+import torch
 
 import synthsae.study_stages as shared
 from real.config import RealConfig, load, to_json
@@ -68,8 +71,6 @@ def attach(src: Source) -> Source:
 
 def open_real(run_dir, device: str | None = None) -> Source:
     """The Source of a finished real run folder (`synthsae atlas REAL_RUN`); one line when training is unfinished."""
-    from pathlib import Path
-
     from real.train import FINISHED
     from synthsae.io import RunFileError
 
@@ -82,10 +83,9 @@ def open_real(run_dir, device: str | None = None) -> Source:
 def language_model(src: Source):
     """The run's language model, loaded once onto the SAEs' device (the LM runs where the SAEs do)."""
     if src.lm is None:
-        from real.config import load
         from real.model import load_model
 
-        src.lm = load_model(load(src.run_dir / "real_config.json").collect.model, device=src.dev)
+        src.lm = load_model(load(src.run_dir / CONFIG).collect.model, device=src.dev)
     return src.lm
 
 
@@ -100,10 +100,9 @@ def activation_store(src: Source):
 
 def _collect(src: Source, earlier: dict, s: RealSettings):
     from real.activations import collect
+
     src.store = collect(s.cfg.collect, src.out / "acts", lm=src.lm, progress=s.progress, force=s.force, log=s.log)
     prepare(s.cfg, src.out, s.force)  # only once the activations are known to match: a refused call changes nothing
-    import torch
-
     torch.manual_seed(0)  # the later stages' global draws start from the same state on every call
 
 
@@ -171,10 +170,9 @@ def _atlas(src: Source, earlier: dict, s):
     """The atlas on the run's eval activations with the CE splice; `s` is the run's RealSettings (default cut-offs)
     or an AtlasConfig (`synthsae atlas REAL_RUN`)."""
     from real.atlas import real_atlas
-    from real.config import load
 
     acfg = None if isinstance(s, RealSettings) else s
-    cfg = s.cfg if isinstance(s, RealSettings) else load(src.run_dir / "real_config.json")
+    cfg = s.cfg if isinstance(s, RealSettings) else load(src.run_dir / CONFIG)
     progress = s.progress if isinstance(s, RealSettings) else False
     attach(src)
     res = real_atlas(language_model(src), src.sae, activation_store(src), cfg, src.scale, src.out, acfg, progress=progress)
@@ -183,7 +181,6 @@ def _atlas(src: Source, earlier: dict, s):
 
 def _triggers(src: Source, earlier: dict, s: RealSettings):
     from synthsae.metrics.run_analysis import saved_stability
-
     from synthsae.results import TriggersResult
     from synthsae.serialize import from_json
 
@@ -198,7 +195,6 @@ def _report(src: Source, earlier: dict, s):
     build_real_report(src.out, tokenizer=language_model(src).tokenizer)
 
 
-KINDS = ("real",)
 def _model(src: Source, earlier: dict, s: RealSettings) -> None:
     from real.model import load_model
 
@@ -206,6 +202,7 @@ def _model(src: Source, earlier: dict, s: RealSettings) -> None:
         src.lm = load_model(s.cfg.collect.model, device=src.dev)  # the LM runs where the SAEs do
 
 
+KINDS = ("real",)
 register(Stage("model", lambda src, s: f"loading {s.cfg.collect.model}", _model, write=lambda src, res: None,
                done=lambda src: False), KINDS)
 register(Stage("collect", _collect_title, _collect, write=lambda src, res: None, done=lambda src: False), KINDS)

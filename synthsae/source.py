@@ -19,7 +19,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from synthsae.config import ConfigError, RunConfig
+from synthsae.config import AnalysisConfig, ConfigError, RunConfig
 
 KINDS = ("run", "real", "folders")
 EVAL_DATA_SEED_OFFSET = 1_000_003  # the evaluation stream: samples the SAEs never trained on
@@ -191,12 +191,6 @@ class Source:
             return lambda seed: (b.to(dev) for b in store.batches(batch_size, seed, scale=scale))
         return None
 
-    def describe(self) -> str:
-        """One line for logs: what the study runs on."""
-        if self.kind == "folders":
-            return f"{len(self.paths)} SAE folders" + (f" with activations {self.acts_path}" if self.acts_path else "")
-        return f"{'real' if self.kind == 'real' else 'synthetic'} run {self.run_dir}"
-
 
 def seed_sparsity(folders: list[Path]) -> tuple[Tensor | None, str | None]:
     """Firing frequencies from sparsity.safetensors (log10; the 1e-10 floor reads back as dead) when every folder
@@ -209,10 +203,12 @@ def seed_sparsity(folders: list[Path]) -> tuple[Tensor | None, str | None]:
     return frequency_from_log10(load_sparsity(folders).cpu()), "sparsity.safetensors (training; at the log10 floor = dead)"
 
 
-def folder_run_config(stack) -> RunConfig:
-    """A RunConfig describing loaded SAE folders (their SAE config, default analysis and refit settings)."""
+def folder_run_config(stack, analysis: AnalysisConfig | None = None) -> RunConfig:
+    """A RunConfig describing loaded SAE folders: their SAE config, `analysis` (default AnalysisConfig) and default
+    refit settings."""
     rc = RunConfig(preset="loaded")
     rc.sae = dataclasses.replace(stack.sae.cfg)
+    rc.analysis = analysis or AnalysisConfig()
     rc.train.seeds = stack.sae.n_seeds
     return rc
 

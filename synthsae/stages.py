@@ -67,6 +67,11 @@ def is_done(src: Source, stage: Stage) -> bool:
     return src.metrics.is_file() and stage.key in json.loads(src.metrics.read_text())
 
 
+def done_keys(src: Source, keys: list[str] | tuple[str, ...]) -> set[str]:
+    """The stages among `keys` whose output already exists (read before any of them runs)."""
+    return {k for k in keys if is_done(src, stage_for(k, src.kind))}
+
+
 @dataclass
 class StageRun:
     """What run_stages did: the results of the stages it ran (by key) and their seconds."""
@@ -84,7 +89,7 @@ def run_stages(src: Source, keys: list[str] | tuple[str, ...], *, resume: bool =
     (default: `keys`); a one-stage call is not numbered."""
     stages = [stage_for(k, src.kind) for k in keys]
     settings = settings or {}
-    done = {st.key for st in stages if resume and is_done(src, st)}  # read before any stage writes
+    done = done_keys(src, keys) if resume else set()  # read before any stage writes
     pipeline = tuple(pipeline or keys)
     out = StageRun()
     for st in stages:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from synthsae.config import RunConfig, validate
-from synthsae.metrics_file import Metrics, read_metrics, stage_done
+from synthsae.metrics_file import Metrics, read_metrics
 from synthsae.threads import configure_threads
 
 RUN_OUTPUTS = ("metrics.json", "analysis_latents.safetensors", "report.md", "report.html", "figures", "pooled")
@@ -86,7 +86,7 @@ def _run_locked(cfg: RunConfig, out: Path, *, resume: bool, force: bool, device:
     from synthsae.device import pick_device
     from synthsae.io import check_seed_folders
     from synthsae.source import Source
-    from synthsae.stages import run_stages
+    from synthsae.stages import done_keys, run_stages
 
     dd = distributed.current()
     if not dd.is_main:
@@ -101,9 +101,7 @@ def _run_locked(cfg: RunConfig, out: Path, *, resume: bool, force: bool, device:
     settings = {"train": ss.TrainSettings(cfg, resume=resume, force=force, progress=progress),
                 "ablation": ss.AblationSettings(ss.AblationConfig(progress=progress)),
                 "pooling": ss.PoolConfig(progress=progress)}
-    done = {k for k in SYNTHETIC[1:4] if resume and stage_done(mpath, k)}  # read before any rank writes
-    if resume and (out / "train.json").is_file():
-        done.add("train")
+    done = done_keys(src, SYNTHETIC) if resume else set()  # read before any rank writes
     distributed.barrier("start")  # every rank has read the folder's state before rank 0 changes it
     configure_threads(cfg.train.batch_size, cfg.truth.d, cfg.sae.d_sae, device or cfg.train.device)
     if force and dd.is_main:

@@ -52,8 +52,8 @@ def _train_title(src: Source, s: TrainSettings) -> str:
             f"steps) -> {src.out}")
 
 
-TRAIN = register(Stage("train", _train_title, _train, write=lambda src, res: None,
-                       done=lambda src: (src.out / "train.json").is_file()), kinds=("run",))
+register(Stage("train", _train_title, _train, write=lambda src, res: None,
+               done=lambda src: (src.out / "train.json").is_file()), kinds=("run",))
 
 
 # ----------------------------------------------------------------------------------------------- analysis

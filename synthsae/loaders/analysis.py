@@ -8,7 +8,6 @@ frequency, FVU and the ablation are measured on them.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,9 +15,10 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from synthsae.config import AnalysisConfig, RunConfig
+from synthsae.config import AnalysisConfig
 from synthsae.loaders import LoadedStack
 from synthsae.results import AblationResult, AnalysisResult, GivenActivations, PoolingResult, SeedSource, SourcesResult
+from synthsae.source import folder_run_config
 
 SOURCES_KEY = "sources"  # metrics.json key of the provenance record
 NOT_MEASURED = "not measured (no sparsity file in the folders and no --acts)"
@@ -58,15 +58,6 @@ def sources_record(stack: LoadedStack, frequency_source: str | None, acts: Given
     return SourcesResult(folders=seeds, libraries=libs, frequency_source=frequency_source or NOT_MEASURED, activations=given)
 
 
-def run_config_for(stack: LoadedStack, cfg: AnalysisConfig) -> RunConfig:
-    """A RunConfig describing loaded SAEs (their SAE config, our analysis config, default refit settings)."""
-    rc = RunConfig(preset="loaded")
-    rc.sae = dataclasses.replace(stack.sae.cfg)
-    rc.analysis = cfg
-    rc.train.seeds = stack.sae.n_seeds
-    return rc
-
-
 def analyze_stack(stack: LoadedStack, cfg: AnalysisConfig, device: torch.device | str = "cpu",
                   acts: GivenActs | None = None, ablate: bool = True, progress: bool = False) -> FolderResults:
     """Cross-seed analysis of loaded SAEs; with activations also frequency, FVU and (when `ablate`) the ablation."""
@@ -89,7 +80,7 @@ def analyze_stack(stack: LoadedStack, cfg: AnalysisConfig, device: torch.device 
 
         from synthsae.metrics.ablation import AblationConfig
 
-        out.ablation = ablation_study(sae, None, run_config_for(stack, cfg), AblationConfig(progress=progress),
+        out.ablation = ablation_study(sae, None, folder_run_config(stack, cfg), AblationConfig(progress=progress),
                                       x=acts.x.to(device), stability=per["stability"].to(device))
         out.ablation.variant = sae.variant
         out.sources.ablation_folders = folders
@@ -109,7 +100,7 @@ def pool_stack(stack: LoadedStack, acts: GivenActs, cfg: AnalysisConfig, out_dir
         raise RunFileError(f"{acts.path}: pooling needs at least 4 activation vectors (half to refit, half to judge)")
     h = x.shape[0] // 2
     fit, judge = x[:h].to(device), x[h:].to(device)
-    rc = run_config_for(stack, cfg)
+    rc = folder_run_config(stack, cfg)
     rc.train.batch_size = min(rc.train.batch_size, fit.shape[0])
 
     def batches(seed: int):
