@@ -137,10 +137,10 @@ def test_killed_sweep_resumes_only_missing_cells(quick: Path, tmp_path: Path, mo
     (out / "cells" / cells[1] / "report.html").unlink()  # killed before its report
     counter = _Counter(quick / "cells")
     monkeypatch.setattr("synthsae.sweep.run.run_cell", counter)
-    res = runner.invoke(app, ["sweep", "--preset", "quick", "--out", str(out), "--resume", "--quiet"])
+    res = runner.invoke(app, ["sweep", "--preset", "quick", "--out", str(out), "--resume", "--quiet", "--jobs", "1"])
     assert res.exit_code == 0, res.output
     assert sorted(counter.calls) == sorted(cells[:2])
-    res = runner.invoke(app, ["sweep", "--preset", "quick", "--out", str(out), "--resume", "--quiet"])
+    res = runner.invoke(app, ["sweep", "--preset", "quick", "--out", str(out), "--resume", "--quiet", "--jobs", "1"])
     assert res.exit_code == 0 and len(counter.calls) == 2  # nothing left to train
 
 
@@ -151,7 +151,7 @@ def test_adding_an_axis_value_trains_only_the_new_cells(quick: Path, tmp_path: P
     grid.write_text(QUICK_TOML.format(widths="[1, 2, 3]"))
     counter = _Counter(quick / "cells")
     monkeypatch.setattr("synthsae.sweep.run.run_cell", counter)
-    res = runner.invoke(app, ["sweep", str(grid), "--out", str(out), "--resume", "--quiet"])
+    res = runner.invoke(app, ["sweep", str(grid), "--out", str(out), "--resume", "--quiet", "--jobs", "1"])
     assert res.exit_code == 0, res.output
     assert sorted(counter.calls) == ["width-3x_variant-batchtopk_seeds-4", "width-3x_variant-topk_seeds-4"]
     assert len(json.loads((out / "sweep.json").read_text())["cells"]) == 6

@@ -17,13 +17,14 @@ def sweep_cmd(
     preset_name: Optional[str] = typer.Option(None, "--preset", help="quick (tests), synthetic, real-cpu, real-gpu"),
     out: Optional[Path] = typer.Option(None, "--out", help="sweep folder (default runs/sweep-<name>)"),
     resume: bool = typer.Option(False, "--resume", help="finish a killed sweep or train only the cells of new axis values"),
-    jobs: int = typer.Option(1, "--jobs", help="cells trained at once in worker processes"),
+    jobs: Optional[int] = typer.Option(None, "--jobs", help="cells trained at once in worker processes (default: one per "
+                                       "CPU core on the CPU, 1 on a GPU)"),
     quiet: Quiet = False,
 ) -> None:
     """A grid of runs (widths, layers, models, variants, seeds): sweep.json / .md / .html with the verdict map and trends."""
     if (grid_file is None) == (preset_name is None):
         raise UserError(f"GRID = give a GRID.toml file or --preset NAME ({', '.join(PRESETS)}), not both")
-    if jobs < 1:
+    if jobs is not None and jobs < 1:
         raise UserError(f"--jobs = {jobs}: must be an integer >= 1")
     grid = load_grid(grid_file) if grid_file is not None else grid_preset(preset_name)
     out = out or Path("runs") / f"sweep-{grid.name}"

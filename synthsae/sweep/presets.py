@@ -24,14 +24,15 @@ def _synthetic() -> Grid:
 
 
 def _real_cpu() -> Grid:
-    # SmolLM2: widths 1x, 2x, 4x, 8x d_model (576 .. 4608 latents) at block 6, and blocks 3, 6, 9 at 1x; 4 seeds, k 16,
-    # 200k training tokens x 8 passes at batch 256 = 6,250 optimizer steps, the count that made the measured default
-    # (576 latents, batch 512, 400k tokens) pass the convergence rule, at half its tokens per step; docs/sweep.md
-    # estimates the time (not measured yet)
+    # SmolLM2: widths 1x, 2x, 4x, 8x d_model (576 .. 4608 latents) at block 6, and blocks 3, 6, 9 at 1x; 4 seeds, k 16.
+    # Training as in the `default` real preset, which passed the convergence rule: 400k tokens x 8 passes at batch 512
+    # = 6,250 optimizer steps. The first real-cpu (200k tokens x 8 passes at batch 256: the same steps, half the
+    # tokens per step) left stability rising in all six cells (docs/real.md). Cells run two at a time on 2 cores
+    # (--jobs defaults to one per core); docs/sweep.md states the measured time.
     return Grid("real-cpu", "real", "default",
                 [{"model": ["smollm2"], "layer": [6], "width": [1, 2, 4, 8], "k": [16], "variant": ["topk"], "seeds": [4]},
                  {"model": ["smollm2"], "layer": [3, 9], "width": [1], "k": [16], "variant": ["topk"], "seeds": [4]}],
-                {"tokens": 200_000, "passes": 8, "batch_size": 256})
+                {"tokens": 400_000, "passes": 8, "batch_size": 512})
 
 
 def _real_gpu() -> Grid:

@@ -117,19 +117,36 @@ def _rank() -> tuple[int, int]:
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def run_sweep(grid: Grid, out: str | Path, *, resume: bool = False, jobs: int = 1, progress: bool = True, log=print,
+def auto_jobs(configs: list[CellConfig]) -> int:
+    """--jobs' default: on the CPU one worker per core (each cell trains on one thread, so two cells use two cores
+    where one cell used one); on a GPU one (cells would share the device)."""
+    from synthsae.device import pick_device
+
+    if not configs or any(str(pick_device(cc.cfg.train.device)) != "cpu" for cc in configs):
+        return 1
+    return max(1, min(os.cpu_count() or 1, len(configs)))
+
+
+def cell_cost(cc: CellConfig) -> float:
+    """A cell's training work in multiply-adds (seeds x steps x batch x d_sae), to start the longest cells first."""
+    t = cc.cfg.train
+    return float(t.seeds * t.steps * t.batch_size * cc.cfg.sae.d_sae)
+
+
+def run_sweep(grid: Grid, out: str | Path, *, resume: bool = False, jobs: int | None = 1, progress: bool = True, log=print,
               adapter: Callable | None = None, render: bool = True) -> dict:
     """Train every missing cell of `grid` into `out`, then write sweep.json / .md / .html; returns counts.
 
     Under torchrun each rank takes cells i with i % world == rank (each cell runs on the rank's own device as a
     single-process run); rank 0 writes the summary from the cells finished so far (rerun with --resume once every
-    rank is done to include all). jobs > 1 runs that many cells at once in spawned worker processes.
+    rank is done to include all). jobs > 1 runs that many cells at once in spawned worker processes, the costliest
+    first (so the longest cell does not start last); jobs None picks `auto_jobs`.
     """
     from synthsae.sweep.estimate import check_sweep_fits
 
     out = Path(out)
     adapter = adapter or run_cell
-    if jobs > 1 and adapter is not run_cell:
+    if jobs is not None and jobs > 1 and adapter is not run_cell:
         raise ConfigError("--jobs > 1 runs the library's run_cell in worker processes; a custom adapter needs jobs = 1")
     check_target(grid, out, resume)
     all_cells = cells(grid)
@@ -141,7 +158,10 @@ def run_sweep(grid: Grid, out: str | Path, *, resume: bool = False, jobs: int = 
     if rank == 0:
         atomic_write_json(out / GRID_FILE, to_dict(grid))
     mine = [c for i, c in enumerate(todo) if i % world == rank]
-    log(f"sweep {grid.name}: {len(all_cells)} cells, {len(all_cells) - len(todo)} finished, {len(mine)} to run here")
+    if jobs is None:
+        jobs = auto_jobs([configs[c.id] for c in mine]) if adapter is run_cell and world == 1 else 1
+    log(f"sweep {grid.name}: {len(all_cells)} cells, {len(all_cells) - len(todo)} finished, {len(mine)} to run here"
+        + (f" ({jobs} at once)" if jobs > 1 and len(mine) > 1 else ""))
     if grid.kind == "real":
         for c in mine:  # sequential: two cells sharing a store must not collect it twice at once
             share_activations(out, configs[c.id], cell_folder(out, c), progress=progress, log=log)
@@ -192,11 +212,12 @@ class _single_process_env:
 
 
 def _worker(args) -> str:
-    cc, folder, progress = args
+    cc, folder, verbose = args
     import torch
 
     torch.set_num_threads(1)
-    run_cell(cc, Path(folder), progress=progress, log=lambda m: None)
+    name = Path(folder).name  # no progress bars from workers (they would interleave): a line per stage, cell named
+    run_cell(cc, Path(folder), progress=False, log=(lambda m: print(f"[{name}] {m}", flush=True)) if verbose else (lambda m: None))
     return str(folder)
 
 
@@ -205,7 +226,10 @@ def _run_parallel(mine, configs, out: Path, jobs: int, adapter, progress: bool, 
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
+    from concurrent.futures import as_completed
+
+    order = sorted(mine, key=lambda c: -cell_cost(configs[c.id]))  # longest first: the last cell to start is short
     with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as ex:
-        futs = [ex.submit(_worker, (configs[c.id], str(cell_folder(out, c)), False)) for c in mine]
-        for i, f in enumerate(futs, 1):
+        futs = [ex.submit(_worker, (configs[c.id], str(cell_folder(out, c)), progress)) for c in order]
+        for i, f in enumerate(as_completed(futs), 1):
             log(f"cell {i}/{len(mine)} done: {Path(f.result()).name}")
