@@ -384,3 +384,21 @@ def test_penalty_cells_are_calibrated_with_the_grids_probe_settings(tmp_path: Pa
     monkeypatch.setattr("synthsae.study.run_study", lambda *a, **k: None)
     run_cell(relu, tmp_path / "cell", progress=False)
     assert seen == {"target": 5.0, "knob": "l1_coeff", "probes": 2, "tol": 0.3}
+
+
+def test_auto_jobs_one_per_core_on_cpu_one_on_gpu_and_longest_cell_first(monkeypatch) -> None:
+    from synthsae.sweep import cells, grid_preset
+    from synthsae.sweep.configs import cell_config
+    from synthsae.sweep.run import auto_jobs, cell_cost
+
+    g = grid_preset("real-cpu")
+    ccs = [cell_config(g, c) for c in cells(g)]
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert auto_jobs(ccs) == 2 and auto_jobs(ccs[:1]) == 1
+    monkeypatch.setattr("os.cpu_count", lambda: 64)
+    assert auto_jobs(ccs) == len(ccs)
+    ccs[0].cfg.train.device = "cuda"
+    monkeypatch.setattr("synthsae.device.pick_device", lambda d: d if d != "auto" else "cpu")
+    assert auto_jobs(ccs) == 1
+    widest = max(ccs, key=cell_cost)
+    assert widest.cfg.sae.d_sae == 8 * 576
