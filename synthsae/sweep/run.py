@@ -224,9 +224,7 @@ def _worker(args) -> str:
 def _run_parallel(mine, configs, out: Path, jobs: int, adapter, progress: bool, log) -> None:
     """Cells on `jobs` spawned worker processes (the library's run_cell; a failed cell stops the sweep)."""
     import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-
-    from concurrent.futures import as_completed
+    from concurrent.futures import ProcessPoolExecutor, as_completed
 
     order = sorted(mine, key=lambda c: -cell_cost(configs[c.id]))  # longest first: the last cell to start is short
     with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as ex:
