@@ -31,6 +31,7 @@ import torch
 
 from synthsae.config import ConfigError, RunConfig, preset, validate
 from synthsae.fileio import atomic_write_json
+from synthsae.threads import cpu_cores
 
 BENCH_SCHEMA = "synthsae.bench/1"
 WIDE = "@wide"  # suffix of the wide single-SAE baseline cell
@@ -485,16 +486,6 @@ def check_jobs(jobs: int | None) -> int:
     if jobs > cores:  # each worker is a process with its own torch: more than the cores only thrashes (or hangs)
         raise ConfigError(f"--jobs = {jobs}: this machine has {cores} CPU core(s); give at most {cores}")
     return jobs
-
-
-def cpu_cores() -> int:
-    """CPU cores this process may use (its affinity mask where the OS has one)."""
-    import os
-
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
 
 
 def bench_cell(out: Path, suite: Suite, spec: PresetSpec, l0: float, variant: str, wide: bool, *, pool: bool,

@@ -27,6 +27,14 @@ def configure_threads(batch: int, d_in: int, d_sae: int, device: torch.device | 
     return torch.get_num_threads()
 
 
+def cpu_cores() -> int:
+    """CPU cores this process may use (its affinity mask where the OS has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
 @contextmanager
 def _kept_threads():
     """The intra-op thread count as it was, back after the block whatever the block set."""

@@ -393,9 +393,9 @@ def test_auto_jobs_one_per_core_on_cpu_one_on_gpu_and_longest_cell_first(monkeyp
 
     g = grid_preset("real-cpu")
     ccs = [cell_config(g, c) for c in cells(g)]
-    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    monkeypatch.setattr("synthsae.threads.cpu_cores", lambda: 2)
     assert auto_jobs(ccs) == 2 and auto_jobs(ccs[:1]) == 1
-    monkeypatch.setattr("os.cpu_count", lambda: 64)
+    monkeypatch.setattr("synthsae.threads.cpu_cores", lambda: 64)
     assert auto_jobs(ccs) == len(ccs)
     ccs[0].cfg.train.device = "cuda"
     monkeypatch.setattr("synthsae.device.pick_device", lambda d: d if d != "auto" else "cpu")

@@ -121,10 +121,11 @@ def auto_jobs(configs: list[CellConfig]) -> int:
     """--jobs' default: on the CPU one worker per core (each cell trains on one thread, so two cells use two cores
     where one cell used one); on a GPU one (cells would share the device)."""
     from synthsae.device import pick_device
+    from synthsae.threads import cpu_cores
 
     if not configs or any(str(pick_device(cc.cfg.train.device)) != "cpu" for cc in configs):
         return 1
-    return max(1, min(os.cpu_count() or 1, len(configs)))
+    return min(cpu_cores(), len(configs))
 
 
 def cell_cost(cc: CellConfig) -> float:
